@@ -1,0 +1,669 @@
+//! The CPU backend: `matrixmultiply`'s SIMD sgemm for every dense product,
+//! im2col/col2im for convolutions, rayon over the batch (or over rows/planes)
+//! for the rest. matrixmultiply runs single-threaded: on this 2-vCPU machine
+//! its second thread adds little and fights rayon for the cores
+//! (../shared/MACHINE.md §3), so parallelism lives at the batch level only.
+//!
+//! Per-thread scratch (im2col columns, partial weight gradients) is kept in
+//! thread-locals and in the backend, so a steady-state training step allocates
+//! nothing. Naive reference kernels, used by the tests, are in [`naive`].
+
+use super::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper, IGNORE_LABEL};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+
+/// f32 storage on the host.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CpuBuf(pub(crate) Vec<f32>);
+
+/// u32 storage on the host.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CpuIdxBuf(pub(crate) Vec<u32>);
+
+impl CpuBuf {
+    pub fn as_slice(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+/// Element counts below this run on the calling thread: forking costs more.
+const PAR_MIN: usize = 1 << 15;
+
+/// The CPU device. Cheap to clone; clones share the scratch space.
+#[derive(Clone, Default)]
+pub struct CpuBackend {
+    /// One partial weight-gradient buffer per batch chunk (conv2d_bwd_weight).
+    partials: Arc<Mutex<Vec<Vec<f32>>>>,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+thread_local! {
+    /// im2col columns of one image, reused across calls on this thread.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with this thread's scratch of at least `len` floats.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
+}
+
+/// `C = alpha·op(A)·op(B) + beta·C` on slices; transposes are free stride swaps.
+pub fn gemm_slices(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
+    let Gemm { m, n, k, trans_a, trans_b, alpha, beta } = g;
+    assert!(a.len() >= m * k, "sgemm: A has {} elements, needs {m}×{k}", a.len());
+    assert!(b.len() >= k * n, "sgemm: B has {} elements, needs {k}×{n}", b.len());
+    assert!(c.len() >= m * n, "sgemm: C has {} elements, needs {m}×{n}", c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    // A is logically [m, k]; stored [k, m] when transposed.
+    let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+    let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the asserts above guarantee every index m·k, k·n, m·n is in bounds
+    // for the given strides, and `c` does not alias `a` or `b` (&mut vs &).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// Unfold one image `x: (C, H, W)` into `cols: (C·KH·KW, OH·OW)`; padding reads as 0.
+fn im2col(cols: &mut [f32], x: &[f32], p: &Conv2dParams) {
+    let (oh, ow) = (p.oh(), p.ow());
+    for ci in 0..p.c {
+        let plane = &x[ci * p.h * p.w..(ci + 1) * p.h * p.w];
+        for ki in 0..p.kh {
+            for kj in 0..p.kw {
+                let row = (ci * p.kh + ki) * p.kw + kj;
+                let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * p.sh + ki) as isize - p.ph as isize;
+                    let dst = &mut out[oy * ow..(oy + 1) * ow];
+                    if iy < 0 || iy >= p.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * p.w..(iy as usize + 1) * p.w];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * p.sw + kj) as isize - p.pw as isize;
+                        *d = if ix >= 0 && ix < p.w as isize { src[ix as usize] } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx (C, H, W) += fold(dcols)`.
+fn col2im_acc(dx: &mut [f32], dcols: &[f32], p: &Conv2dParams) {
+    let (oh, ow) = (p.oh(), p.ow());
+    for ci in 0..p.c {
+        let plane = &mut dx[ci * p.h * p.w..(ci + 1) * p.h * p.w];
+        for ki in 0..p.kh {
+            for kj in 0..p.kw {
+                let row = (ci * p.kh + ki) * p.kw + kj;
+                let src = &dcols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * p.sh + ki) as isize - p.ph as isize;
+                    if iy < 0 || iy >= p.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * p.w..(iy as usize + 1) * p.w];
+                    for ox in 0..ow {
+                        let ix = (ox * p.sw + kj) as isize - p.pw as isize;
+                        if ix >= 0 && ix < p.w as isize {
+                            dst[ix as usize] += src[oy * ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Split `0..n` into `parts` contiguous ranges (deterministic: depends only on
+/// n and parts, never on scheduling).
+fn chunks(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts).map(|i| (i * n / parts)..((i + 1) * n / parts)).collect()
+}
+
+/// A fast `exp` for f32 that the compiler can vectorise: range reduction to
+/// `2^n · e^r`, |r| ≤ ln2/2, and a degree-6 polynomial (rel. error < 2e-7).
+/// Inputs below −87 flush to ~1e-38 instead of 0, harmless in softmax sums.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_52 + r * (0.008_333_68 + r * 0.001_394_1)))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Max of a non-empty slice (starts from the first element, never a sentinel).
+fn row_max(xs: &[f32]) -> f32 {
+    xs.iter().fold(xs[0], |m, &v| m.max(v))
+}
+
+impl Backend for CpuBackend {
+    type Buf = CpuBuf;
+    type IdxBuf = CpuIdxBuf;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn zeros(&self, len: usize) -> CpuBuf {
+        CpuBuf(vec![0.0; len])
+    }
+    fn zeros_idx(&self, len: usize) -> CpuIdxBuf {
+        CpuIdxBuf(vec![0; len])
+    }
+    fn upload(&self, xs: &[f32]) -> CpuBuf {
+        CpuBuf(xs.to_vec())
+    }
+    fn upload_idx(&self, xs: &[u32]) -> CpuIdxBuf {
+        CpuIdxBuf(xs.to_vec())
+    }
+    fn write(&self, dst: &mut CpuBuf, xs: &[f32]) {
+        dst.0[..xs.len()].copy_from_slice(xs);
+    }
+    fn write_idx(&self, dst: &mut CpuIdxBuf, xs: &[u32]) {
+        dst.0[..xs.len()].copy_from_slice(xs);
+    }
+    fn download(&self, b: &CpuBuf) -> Vec<f32> {
+        b.0.clone()
+    }
+    fn download_idx(&self, b: &CpuIdxBuf) -> Vec<u32> {
+        b.0.clone()
+    }
+    fn len(&self, b: &CpuBuf) -> usize {
+        b.0.len()
+    }
+    fn len_idx(&self, b: &CpuIdxBuf) -> usize {
+        b.0.len()
+    }
+    fn fill(&self, y: &mut CpuBuf, v: f32) {
+        if y.0.len() >= PAR_MIN * 4 {
+            y.0.par_chunks_mut(PAR_MIN).for_each(|c| c.fill(v));
+        } else {
+            y.0.fill(v);
+        }
+    }
+    fn copy(&self, dst: &mut CpuBuf, dst_off: usize, src: &CpuBuf, src_off: usize, len: usize) {
+        dst.0[dst_off..dst_off + len].copy_from_slice(&src.0[src_off..src_off + len]);
+    }
+
+    fn sgemm(&self, c: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, g: Gemm) {
+        gemm_slices(&mut c.0, &a.0, &b.0, g);
+    }
+
+    // x: (N, C, H, W), w: (OC, C·KH·KW) → y: (N, OC, OH, OW). Per image:
+    // y_n = W · im2col(x_n), images in parallel.
+    fn conv2d_fwd(&self, y: &mut CpuBuf, x: &CpuBuf, w: &CpuBuf, p: &Conv2dParams) {
+        check_conv(p, x.0.len(), w.0.len(), y.0.len(), "conv2d_fwd");
+        let (ohw, k) = (p.oh() * p.ow(), p.patch());
+        let g = Gemm::nn(p.oc, ohw, k);
+        y.0[..p.y_len()].par_chunks_mut(p.oc * ohw).zip(x.0.par_chunks(p.c * p.h * p.w)).for_each(
+            |(y_n, x_n)| {
+                with_cols(k * ohw, |cols| {
+                    im2col(cols, x_n, p);
+                    gemm_slices(y_n, &w.0, cols, g);
+                })
+            },
+        );
+    }
+
+    // dx_n += col2im(Wᵀ · dy_n), images in parallel (their dx are disjoint).
+    fn conv2d_bwd_data(&self, dx: &mut CpuBuf, dy: &CpuBuf, w: &CpuBuf, p: &Conv2dParams) {
+        check_conv(p, dx.0.len(), w.0.len(), dy.0.len(), "conv2d_bwd_data");
+        let (ohw, k) = (p.oh() * p.ow(), p.patch());
+        let g = Gemm::nn(k, ohw, p.oc).trans(true, false);
+        dx.0[..p.x_len()].par_chunks_mut(p.c * p.h * p.w).zip(dy.0.par_chunks(p.oc * ohw)).for_each(
+            |(dx_n, dy_n)| {
+                with_cols(k * ohw, |dcols| {
+                    gemm_slices(dcols, &w.0, dy_n, g);
+                    col2im_acc(dx_n, dcols, p);
+                })
+            },
+        );
+    }
+
+    // dW += Σ_n dy_n · im2col(x_n)ᵀ. The batch is cut into one chunk per
+    // thread; each chunk sums into its own partial, then the partials are added
+    // in chunk order (so the result does not depend on scheduling).
+    fn conv2d_bwd_weight(&self, dw: &mut CpuBuf, x: &CpuBuf, dy: &CpuBuf, p: &Conv2dParams) {
+        check_conv(p, x.0.len(), dw.0.len(), dy.0.len(), "conv2d_bwd_weight");
+        let (ohw, k) = (p.oh() * p.ow(), p.patch());
+        let ranges = chunks(p.n, rayon::current_num_threads());
+        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        let need = ranges.len().max(partials.len());
+        partials.resize_with(need, Vec::new);
+        partials.iter_mut().for_each(|v| v.resize(p.oc * k, 0.0));
+        let (xs, dys) = (&x.0, &dy.0);
+        partials[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, r)| {
+            with_cols(k * ohw, |cols| {
+                for (i, img) in r.clone().enumerate() {
+                    im2col(cols, &xs[img * p.c * p.h * p.w..(img + 1) * p.c * p.h * p.w], p);
+                    let mut g = Gemm::nn(p.oc, k, ohw).trans(false, true);
+                    if i > 0 {
+                        g = g.acc();
+                    }
+                    gemm_slices(part, &dys[img * p.oc * ohw..(img + 1) * p.oc * ohw], cols, g);
+                }
+            })
+        });
+        for (part, r) in partials.iter().zip(&ranges) {
+            if !r.is_empty() {
+                dw.0[..p.oc * k].iter_mut().zip(part).for_each(|(d, s)| *d += s);
+            }
+        }
+    }
+
+    fn maxpool2d_fwd(&self, y: &mut CpuBuf, argmax: &mut CpuIdxBuf, x: &CpuBuf, p: &PoolParams) {
+        assert!(x.0.len() >= p.x_len(), "maxpool2d_fwd: x has {} elements, needs {:?}", x.0.len(), p);
+        let (oh, ow, hw) = (p.oh(), p.ow(), p.h * p.w);
+        let y = &mut y.0[..p.y_len()];
+        let am = &mut argmax.0[..p.y_len()];
+        y.par_chunks_mut(oh * ow).zip(am.par_chunks_mut(oh * ow)).zip(x.0.par_chunks(hw)).for_each(
+            |((y_p, a_p), x_p)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (y0, x0) = (oy * p.s, ox * p.s);
+                        let mut best = y0 * p.w + x0;
+                        for ky in 0..p.k {
+                            for kx in 0..p.k {
+                                let i = (y0 + ky) * p.w + x0 + kx;
+                                if x_p[i] > x_p[best] {
+                                    best = i;
+                                }
+                            }
+                        }
+                        y_p[oy * ow + ox] = x_p[best];
+                        a_p[oy * ow + ox] = best as u32;
+                    }
+                }
+            },
+        );
+    }
+
+    fn maxpool2d_bwd(&self, dx: &mut CpuBuf, dy: &CpuBuf, argmax: &CpuIdxBuf, p: &PoolParams) {
+        let (ohw, hw) = (p.oh() * p.ow(), p.h * p.w);
+        dx.0[..p.x_len()]
+            .par_chunks_mut(hw)
+            .zip(dy.0.par_chunks(ohw))
+            .zip(argmax.0.par_chunks(ohw))
+            .for_each(|((dx_p, dy_p), a_p)| {
+                for (g, &i) in dy_p.iter().zip(a_p) {
+                    dx_p[i as usize] += g;
+                }
+            });
+    }
+
+    fn relu_fwd(&self, y: &mut CpuBuf, x: &CpuBuf) {
+        assert_eq!(y.0.len(), x.0.len(), "relu_fwd: y and x lengths differ");
+        zip_apply(&mut y.0, &x.0, |y, x| *y = x.max(0.0));
+    }
+
+    fn relu_bwd(&self, dx: &mut CpuBuf, y: &CpuBuf, dy: &CpuBuf) {
+        assert!(dx.0.len() == y.0.len() && y.0.len() == dy.0.len(), "relu_bwd: lengths differ");
+        let f = |dx: &mut [f32], y: &[f32], dy: &[f32]| {
+            for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                // NOTE: the subgradient at 0 is 0, as PyTorch's.
+                if y > 0.0 {
+                    *d += g;
+                }
+            }
+        };
+        if dx.0.len() >= PAR_MIN {
+            dx.0.par_chunks_mut(PAR_MIN)
+                .zip(y.0.par_chunks(PAR_MIN))
+                .zip(dy.0.par_chunks(PAR_MIN))
+                .for_each(|((d, y), g)| f(d, y, g));
+        } else {
+            f(&mut dx.0, &y.0, &dy.0);
+        }
+    }
+
+    fn bias_add(&self, y: &mut CpuBuf, b: &CpuBuf, rows: usize, cols: usize, inner: usize) {
+        assert!(b.0.len() >= cols && y.0.len() >= rows * cols * inner, "bias_add: shapes");
+        y.0[..rows * cols * inner].par_chunks_mut(cols * inner).for_each(|row| {
+            for (c, seg) in row.chunks_mut(inner).enumerate() {
+                let bc = b.0[c];
+                seg.iter_mut().for_each(|v| *v += bc);
+            }
+        });
+    }
+
+    fn bias_grad(&self, db: &mut CpuBuf, dy: &CpuBuf, rows: usize, cols: usize, inner: usize) {
+        assert!(db.0.len() >= cols && dy.0.len() >= rows * cols * inner, "bias_grad: shapes");
+        // Per column, sum over rows and the inner extent in f64: with 10⁵
+        // addends f32 summation loses ~3 digits.
+        let dy = &dy.0;
+        let sums: Vec<f64> = (0..cols)
+            .into_par_iter()
+            .map(|c| {
+                (0..rows)
+                    .map(|r| {
+                        let s = &dy[(r * cols + c) * inner..(r * cols + c + 1) * inner];
+                        s.iter().map(|&v| v as f64).sum::<f64>()
+                    })
+                    .sum()
+            })
+            .collect();
+        for (d, s) in db.0.iter_mut().zip(sums) {
+            *d += s as f32;
+        }
+    }
+
+    fn axpy(&self, y: &mut CpuBuf, alpha: f32, x: &CpuBuf) {
+        zip_apply(&mut y.0, &x.0, |y, x| *y += alpha * x);
+    }
+
+    fn scale(&self, y: &mut CpuBuf, alpha: f32) {
+        y.0.iter_mut().for_each(|v| *v *= alpha);
+    }
+
+    fn softmax_xent(
+        &self,
+        dlogits: &mut CpuBuf,
+        loss: &mut CpuBuf,
+        logits: &CpuBuf,
+        labels: &CpuIdxBuf,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+    ) {
+        assert!(logits.0.len() >= rows * cols && dlogits.0.len() >= rows * cols, "softmax_xent: shapes");
+        let mut total = 0.0f64;
+        for r in 0..rows {
+            let y = labels.0[r];
+            if y == IGNORE_LABEL {
+                continue;
+            }
+            assert!((y as usize) < cols, "softmax_xent: label {y} out of range for {cols} classes");
+            let z = &logits.0[r * cols..(r + 1) * cols];
+            let dz = &mut dlogits.0[r * cols..(r + 1) * cols];
+            let m = row_max(z);
+            let mut sum = 0.0f32;
+            for &v in z {
+                sum += exp_fast(v - m);
+            }
+            let inv = 1.0 / sum;
+            for (d, &v) in dz.iter_mut().zip(z) {
+                *d += scale * exp_fast(v - m) * inv;
+            }
+            dz[y as usize] -= scale;
+            // −log softmax(z)_y = log Σ exp(z − m) − (z_y − m)
+            total += (sum.ln() - (z[y as usize] - m)) as f64;
+        }
+        loss.0[0] += (scale as f64 * total) as f32;
+    }
+
+    fn kd_loss(
+        &self,
+        dzs: &mut CpuBuf,
+        loss: &mut CpuBuf,
+        zs: &CpuBuf,
+        zt: &CpuBuf,
+        rows: usize,
+        cols: usize,
+        ld: usize,
+        t: f32,
+        scale: f32,
+    ) {
+        assert!(ld >= cols && zs.0.len() >= (rows.max(1) - 1) * ld + cols, "kd_loss: student shape");
+        assert!(zt.0.len() >= rows * cols && dzs.0.len() >= zs.0.len().min(rows * ld), "kd_loss: shapes");
+        let inv_t = 1.0 / t;
+        let gscale = scale * inv_t;
+        let rows_loss: Vec<f64> = dzs.0[..rows * ld]
+            .par_chunks_mut(ld)
+            .enumerate()
+            .with_min_len(64)
+            .map(|(r, dz)| {
+                let s = &zs.0[r * ld..r * ld + cols];
+                let tt = &zt.0[r * cols..(r + 1) * cols];
+                kd_row(&mut dz[..cols], s, tt, inv_t, gscale)
+            })
+            .collect();
+        loss.0[0] += (scale as f64 * rows_loss.iter().sum::<f64>()) as f32;
+    }
+
+    fn anchor_penalty(
+        &self,
+        dw: &mut CpuBuf,
+        loss: &mut CpuBuf,
+        w: &CpuBuf,
+        anchor: &CpuBuf,
+        fisher: Option<&CpuBuf>,
+        scale: f32,
+    ) {
+        let n = w.0.len();
+        assert!(dw.0.len() == n && anchor.0.len() == n, "anchor_penalty: lengths differ");
+        let mut total = 0.0f64;
+        for i in 0..n {
+            let f = fisher.map_or(1.0, |f| f.0[i]);
+            let d = w.0[i] - anchor.0[i];
+            total += (f * d * d) as f64;
+            dw.0[i] += 2.0 * scale * f * d;
+        }
+        loss.0[0] += (scale as f64 * total) as f32;
+    }
+
+    fn add_squared(&self, y: &mut CpuBuf, alpha: f32, x: &CpuBuf) {
+        zip_apply(&mut y.0, &x.0, |y, x| *y += alpha * x * x);
+    }
+
+    fn sgd_step(&self, w: &mut CpuBuf, v: &mut CpuBuf, g: &CpuBuf, h: SgdHyper) {
+        let n = w.0.len();
+        assert!(v.0.len() == n && g.0.len() == n, "sgd_step: lengths differ");
+        let f = |w: &mut [f32], v: &mut [f32], g: &[f32]| {
+            for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
+                let d = g + h.weight_decay * *w;
+                *v = h.momentum * *v + d;
+                *w -= h.lr * *v;
+            }
+        };
+        if n >= PAR_MIN * 4 {
+            w.0.par_chunks_mut(PAR_MIN)
+                .zip(v.0.par_chunks_mut(PAR_MIN))
+                .zip(g.0.par_chunks(PAR_MIN))
+                .for_each(|((w, v), g)| f(w, v, g));
+        } else {
+            f(&mut w.0, &mut v.0, &g.0);
+        }
+    }
+
+    fn max_rows(&self, vals: &mut CpuBuf, idx: &mut CpuIdxBuf, x: &CpuBuf, rows: usize, cols: usize) {
+        for r in 0..rows {
+            let z = &x.0[r * cols..(r + 1) * cols];
+            let mut best = 0;
+            for (i, &v) in z.iter().enumerate() {
+                if v > z[best] {
+                    best = i;
+                }
+            }
+            vals.0[r] = z[best];
+            idx.0[r] = best as u32;
+        }
+    }
+}
+
+/// One row of the fused KD loss: returns `−Σ p log q` and adds
+/// `gscale · (q − p)` into `dz`. Three passes over the row, all in L1:
+/// maxima; exponential sums and `Σ p·s`; the gradient update (exponentials
+/// recomputed: cheaper than a scratch row on this memory-bound machine).
+#[inline]
+fn kd_row(dz: &mut [f32], s: &[f32], t: &[f32], inv_t: f32, gscale: f32) -> f64 {
+    let ms = row_max(s) * inv_t;
+    let mt = row_max(t) * inv_t;
+    let (mut ss, mut st, mut dot) = (0.0f32, 0.0f32, 0.0f32);
+    for (&a, &b) in s.iter().zip(t) {
+        let es = exp_fast(a * inv_t - ms);
+        let et = exp_fast(b * inv_t - mt);
+        ss += es;
+        st += et;
+        dot += et * (a * inv_t - ms);
+    }
+    let (iss, ist) = (1.0 / ss, 1.0 / st);
+    for ((d, &a), &b) in dz.iter_mut().zip(s).zip(t) {
+        let q = exp_fast(a * inv_t - ms) * iss;
+        let p = exp_fast(b * inv_t - mt) * ist;
+        *d += gscale * (q - p);
+    }
+    // −Σ p_i log q_i with log q_i = (s_i/T − ms) − ln ss and Σ p_i = 1.
+    (ss.ln() - dot * ist) as f64
+}
+
+/// `f(y_i, x_i)` over two equal-length slices, in parallel when large.
+fn zip_apply(y: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
+    assert_eq!(y.len(), x.len(), "elementwise op: lengths {} and {} differ", y.len(), x.len());
+    if y.len() >= PAR_MIN * 4 {
+        y.par_chunks_mut(PAR_MIN).zip(x.par_chunks(PAR_MIN)).for_each(|(y, x)| {
+            y.iter_mut().zip(x).for_each(|(y, &x)| f(y, x));
+        });
+    } else {
+        y.iter_mut().zip(x).for_each(|(y, &x)| f(y, x));
+    }
+}
+
+fn check_conv(p: &Conv2dParams, x_len: usize, w_len: usize, y_len: usize, op: &str) {
+    assert!(p.h + 2 * p.ph >= p.kh && p.w + 2 * p.pw >= p.kw, "{op}: kernel larger than padded input: {p:?}");
+    assert!(x_len >= p.x_len(), "{op}: x has {x_len} elements, needs {} for {p:?}", p.x_len());
+    assert!(w_len >= p.w_len(), "{op}: w has {w_len} elements, needs {} for {p:?}", p.w_len());
+    assert!(y_len >= p.y_len(), "{op}: y has {y_len} elements, needs {} for {p:?}", p.y_len());
+}
+
+/// Plain, obviously-correct reference kernels (llm.c's `*_naive`): the fast
+/// CPU kernels are tested against these, and the GPU against the fast CPU.
+pub mod naive {
+    use super::super::{Conv2dParams, Gemm};
+
+    pub fn sgemm(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut s = 0.0f64;
+                for p in 0..g.k {
+                    let av = if g.trans_a { a[p * g.m + i] } else { a[i * g.k + p] };
+                    let bv = if g.trans_b { b[j * g.k + p] } else { b[p * g.n + j] };
+                    s += av as f64 * bv as f64;
+                }
+                let old = if g.beta == 0.0 { 0.0 } else { g.beta * c[i * g.n + j] };
+                c[i * g.n + j] = g.alpha * s as f32 + old;
+            }
+        }
+    }
+
+    /// Direct 7-loop convolution, `y = conv(x, w)`.
+    pub fn conv2d(x: &[f32], w: &[f32], p: &Conv2dParams) -> Vec<f32> {
+        let (oh, ow) = (p.oh(), p.ow());
+        let mut y = vec![0.0; p.y_len()];
+        for n in 0..p.n {
+            for o in 0..p.oc {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0.0f64;
+                        for c in 0..p.c {
+                            for ki in 0..p.kh {
+                                for kj in 0..p.kw {
+                                    let iy = (oy * p.sh + ki) as isize - p.ph as isize;
+                                    let ix = (ox * p.sw + kj) as isize - p.pw as isize;
+                                    if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((n * p.c + c) * p.h + iy as usize) * p.w + ix as usize];
+                                    let wv = w[((o * p.c + c) * p.kh + ki) * p.kw + kj];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((n * p.oc + o) * oh + oy) * ow + ox] = s as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Unfused distillation loss and gradient, written the way a framework
+    /// composes it: softmax(zt/T), log_softmax(zs/T), their product summed,
+    /// then softmax(zs/T) again for the gradient. Returns (loss, dzs).
+    pub fn kd_loss(zs: &[f32], zt: &[f32], rows: usize, cols: usize, t: f32, scale: f32) -> (f64, Vec<f32>) {
+        let div = |z: &[f32]| z.iter().map(|v| v / t).collect::<Vec<f32>>();
+        let softmax = |z: &[f32]| {
+            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|v| v / s).collect::<Vec<f32>>()
+        };
+        let log_softmax = |z: &[f32]| {
+            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = z.iter().map(|v| (v - m).exp()).sum();
+            z.iter().map(|v| v - m - s.ln()).collect::<Vec<f32>>()
+        };
+        let mut loss = 0.0f64;
+        let mut grad = vec![0.0; rows * cols];
+        for r in 0..rows {
+            let s = div(&zs[r * cols..(r + 1) * cols]);
+            let tt = div(&zt[r * cols..(r + 1) * cols]);
+            let p = softmax(&tt);
+            let lq = log_softmax(&s);
+            let prod: Vec<f32> = p.iter().zip(&lq).map(|(a, b)| a * b).collect();
+            loss -= prod.iter().map(|&v| v as f64).sum::<f64>();
+            let q = softmax(&s);
+            for i in 0..cols {
+                grad[r * cols + i] = scale * (q[i] - p[i]) / t;
+            }
+        }
+        (scale as f64 * loss, grad)
+    }
+
+    /// Unfused softmax cross-entropy. Returns (loss, dlogits).
+    pub fn softmax_xent(z: &[f32], labels: &[u32], rows: usize, cols: usize, scale: f32) -> (f64, Vec<f32>) {
+        let mut loss = 0.0f64;
+        let mut grad = vec![0.0; rows * cols];
+        for r in 0..rows {
+            if labels[r] == super::IGNORE_LABEL {
+                continue;
+            }
+            let row: Vec<f64> = z[r * cols..(r + 1) * cols].iter().map(|&v| v as f64).collect();
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            let y = labels[r] as usize;
+            loss += s.ln() - (row[y] - m);
+            for i in 0..cols {
+                let p = (row[i] - m).exp() / s;
+                grad[r * cols + i] = scale * (p - if i == y { 1.0 } else { 0.0 }) as f32;
+            }
+        }
+        (scale as f64 * loss, grad)
+    }
+}

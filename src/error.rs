@@ -1,0 +1,41 @@
+//! Errors at the edges: files, checkpoints, CLI input, devices, diverging
+//! training. Inside the engine, shape mismatches between calls are programmer
+//! errors and `assert!` with both shapes instead.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The OS refused a file operation.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A data file is corrupt, truncated or not what it claims to be.
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+    /// A checkpoint that cannot be read or does not fit the data/model.
+    #[error("{}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+    /// Bad user input that is not tied to one file (flags, class ranges).
+    #[error("{0}")]
+    Config(String),
+    /// No usable GPU adapter, or the device failed.
+    #[error("{0}")]
+    Device(String),
+    /// Training diverged; the last good checkpoint is left as it was.
+    #[error("loss became {value} at epoch {epoch}, step {step} ({context}); stopped, nothing written — try a lower --lr")]
+    NonFiniteLoss { value: f32, epoch: usize, step: usize, context: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+    pub fn format(path: &Path, msg: impl Into<String>) -> Self {
+        Error::Format { path: path.to_path_buf(), msg: msg.into() }
+    }
+    pub fn checkpoint(path: &Path, msg: impl Into<String>) -> Self {
+        Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
+    }
+}

@@ -1,0 +1,325 @@
+//! Layers and the `Net`: a trunk (θs) plus any number of heads (θo, θn).
+//!
+//! Parameters live here, in the modules; the tape refers to them by borrow and
+//! gradients are indexed by [`ParamId`]. Initialisation follows PyTorch's
+//! defaults for `nn.Linear`/`nn.Conv2d`: weights and biases uniform in
+//! ±1/√fan_in (kaiming_uniform with a = √5 reduces to exactly that bound),
+//! drawn from one seeded [`Rng`] so the same seed gives the same net.
+
+use crate::backend::Backend;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Index of a parameter in its `Net`, stable for the net's lifetime.
+pub type ParamId = usize;
+
+pub struct Param<B: Backend> {
+    pub id: ParamId,
+    /// Stable name, used as the checkpoint key (e.g. `trunk.0.weight`).
+    pub name: String,
+    pub value: Tensor<B>,
+    /// Frozen parameters get no gradient work at all.
+    pub trainable: bool,
+}
+
+fn uniform_param<B: Backend>(
+    b: &B,
+    rng: &mut Rng,
+    id: ParamId,
+    name: String,
+    dims: &[usize],
+    bound: f32,
+) -> Param<B> {
+    let n: usize = dims.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
+    Param { id, name, value: Tensor::from_vec(b, dims, &data), trainable: true }
+}
+
+/// `y = x · Wᵀ + b`, `W: (out, in)` as PyTorch stores it.
+pub struct Linear<B: Backend> {
+    pub w: Param<B>,
+    pub b: Param<B>,
+    pub in_f: usize,
+    pub out_f: usize,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn new(b: &B, rng: &mut Rng, ids: &mut ParamId, name: &str, in_f: usize, out_f: usize) -> Self {
+        let bound = 1.0 / (in_f as f32).sqrt();
+        let w = uniform_param(b, rng, next(ids), format!("{name}.weight"), &[out_f, in_f], bound);
+        let bias = uniform_param(b, rng, next(ids), format!("{name}.bias"), &[out_f], bound);
+        Linear { w, b: bias, in_f, out_f }
+    }
+
+    /// Add `extra` output rows (new classes) initialised like a fresh layer;
+    /// the existing rows are kept bit for bit (the shared-head mode).
+    pub fn grow_rows(&mut self, b: &B, rng: &mut Rng, extra: usize) {
+        let bound = 1.0 / (self.in_f as f32).sqrt();
+        let mut w = self.w.value.to_vec(b);
+        w.extend((0..extra * self.in_f).map(|_| rng.uniform(-bound, bound)));
+        let mut bias = self.b.value.to_vec(b);
+        bias.extend((0..extra).map(|_| rng.uniform(-bound, bound)));
+        self.out_f += extra;
+        self.w.value = Tensor::from_vec(b, &[self.out_f, self.in_f], &w);
+        self.b.value = Tensor::from_vec(b, &[self.out_f], &bias);
+    }
+}
+
+/// 2-D convolution with bias. `w: (OC, C, KH, KW)`.
+pub struct Conv2d<B: Backend> {
+    pub w: Param<B>,
+    pub b: Param<B>,
+    pub c: usize,
+    pub oc: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl<B: Backend> Conv2d<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        b: &B,
+        rng: &mut Rng,
+        ids: &mut ParamId,
+        name: &str,
+        c: usize,
+        oc: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        let bound = 1.0 / ((c * k * k) as f32).sqrt();
+        let w = uniform_param(b, rng, next(ids), format!("{name}.weight"), &[oc, c, k, k], bound);
+        let bias = uniform_param(b, rng, next(ids), format!("{name}.bias"), &[oc], bound);
+        Conv2d { w, b: bias, c, oc, k, stride, pad }
+    }
+}
+
+fn next(ids: &mut ParamId) -> ParamId {
+    *ids += 1;
+    *ids - 1
+}
+
+pub enum Layer<B: Backend> {
+    Conv2d(Conv2d<B>),
+    Relu,
+    MaxPool2d { k: usize, s: usize },
+    Flatten,
+    Linear(Linear<B>),
+}
+
+impl<B: Backend> Layer<B> {
+    pub fn params(&self) -> Vec<&Param<B>> {
+        match self {
+            Layer::Conv2d(c) => vec![&c.w, &c.b],
+            Layer::Linear(l) => vec![&l.w, &l.b],
+            _ => vec![],
+        }
+    }
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        match self {
+            Layer::Conv2d(c) => vec![&mut c.w, &mut c.b],
+            Layer::Linear(l) => vec![&mut l.w, &mut l.b],
+            _ => vec![],
+        }
+    }
+    pub fn has_params(&self) -> bool {
+        matches!(self, Layer::Conv2d(_) | Layer::Linear(_))
+    }
+}
+
+/// The architecture, as stored in checkpoints: a stack of 3×3 pad-1 conv +
+/// ReLU + 2×2 maxpool blocks, then a hidden linear layer + ReLU (= θs).
+/// `cnn-s` is conv widths [32, 64] and hidden 256 (DESIGN.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arch {
+    pub name: String,
+    /// Input image (C, H, W); the hidden layer's fan-in is sized from it.
+    pub input: [usize; 3],
+    pub conv: Vec<usize>,
+    pub hidden: usize,
+}
+
+impl Arch {
+    pub fn cnn_s(input: [usize; 3]) -> Self {
+        Arch { name: "cnn-s".into(), input, conv: vec![32, 64], hidden: 256 }
+    }
+
+    /// (C, H, W) after the conv blocks, i.e. what Flatten sees.
+    pub fn conv_out(&self) -> [usize; 3] {
+        let [mut c, mut h, mut w] = self.input;
+        for &oc in &self.conv {
+            c = oc;
+            h /= 2;
+            w /= 2;
+        }
+        [c, h, w]
+    }
+
+    pub fn image_len(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    /// Checks that pooling never shrinks the image to nothing.
+    pub fn validate(&self) -> Result<(), String> {
+        let [c, h, w] = self.conv_out();
+        if c * h * w == 0 || self.input.contains(&0) {
+            return Err(format!(
+                "input {:?} is too small for {} conv blocks (each halves H and W)",
+                self.input,
+                self.conv.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One output head: a linear layer and the global classes of its outputs.
+pub struct Head<B: Backend> {
+    pub linear: Linear<B>,
+    pub classes: Vec<u32>,
+}
+
+pub struct Net<B: Backend> {
+    pub arch: Arch,
+    pub trunk: Vec<Layer<B>>,
+    pub heads: Vec<Head<B>>,
+    next_id: ParamId,
+}
+
+impl<B: Backend> Net<B> {
+    /// A freshly initialised trunk with no heads.
+    pub fn new(b: &B, arch: Arch, rng: &mut Rng) -> Self {
+        let mut ids = 0;
+        let mut trunk = Vec::new();
+        let mut c = arch.input[0];
+        for (i, &oc) in arch.conv.iter().enumerate() {
+            trunk.push(Layer::Conv2d(Conv2d::new(
+                b,
+                rng,
+                &mut ids,
+                &format!("trunk.{}", 3 * i),
+                c,
+                oc,
+                3,
+                1,
+                1,
+            )));
+            trunk.push(Layer::Relu);
+            trunk.push(Layer::MaxPool2d { k: 2, s: 2 });
+            c = oc;
+        }
+        trunk.push(Layer::Flatten);
+        let flat: usize = arch.conv_out().iter().product();
+        let name = format!("trunk.{}", trunk.len());
+        trunk.push(Layer::Linear(Linear::new(b, rng, &mut ids, &name, flat, arch.hidden)));
+        trunk.push(Layer::Relu);
+        Net { arch, trunk, heads: Vec::new(), next_id: ids }
+    }
+
+    /// Append a freshly initialised head for `classes` (per-task mode, and the
+    /// first head of the shared mode).
+    pub fn add_head(&mut self, b: &B, rng: &mut Rng, classes: &[u32]) {
+        let name = format!("heads.{}", self.heads.len());
+        let linear = Linear::new(b, rng, &mut self.next_id, &name, self.arch.hidden, classes.len());
+        self.heads.push(Head { linear, classes: classes.to_vec() });
+    }
+
+    /// Grow head `h` by new classes (shared mode: "4 outputs become 7").
+    pub fn grow_head(&mut self, b: &B, rng: &mut Rng, h: usize, classes: &[u32]) {
+        let head = &mut self.heads[h];
+        head.linear.grow_rows(b, rng, classes.len());
+        head.classes.extend_from_slice(classes);
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.next_id
+    }
+
+    pub fn params(&self) -> Vec<&Param<B>> {
+        let mut v: Vec<&Param<B>> = self.trunk.iter().flat_map(|l| l.params()).collect();
+        for h in &self.heads {
+            v.push(&h.linear.w);
+            v.push(&h.linear.b);
+        }
+        v
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut v: Vec<&mut Param<B>> = self.trunk.iter_mut().flat_map(|l| l.params_mut()).collect();
+        for h in &mut self.heads {
+            v.push(&mut h.linear.w);
+            v.push(&mut h.linear.b);
+        }
+        v
+    }
+
+    /// Parameters of θs (the trunk), in order.
+    pub fn trunk_params(&self) -> Vec<&Param<B>> {
+        self.trunk.iter().flat_map(|l| l.params()).collect()
+    }
+
+    /// Set which parameters train: the whole trunk or its first `frozen_layers`
+    /// parameterised layers frozen, and the listed heads.
+    pub fn set_trainable(&mut self, trunk: bool, frozen_layers: usize, heads: &[usize]) {
+        let mut seen = 0;
+        for layer in &mut self.trunk {
+            let has = layer.has_params();
+            let train = trunk && seen >= frozen_layers;
+            for p in layer.params_mut() {
+                p.trainable = train;
+            }
+            if has {
+                seen += 1;
+            }
+        }
+        for (i, h) in self.heads.iter_mut().enumerate() {
+            h.linear.w.trainable = heads.contains(&i);
+            h.linear.b.trainable = heads.contains(&i);
+        }
+    }
+
+    /// Total output classes over all heads.
+    pub fn num_outputs(&self) -> usize {
+        self.heads.iter().map(|h| h.classes.len()).sum()
+    }
+
+    /// Number of parameterised trunk layers (for `--freeze-layers`).
+    pub fn trunk_depth(&self) -> usize {
+        self.trunk.iter().filter(|l| l.has_params()).count()
+    }
+}
+
+impl<B: Backend> Net<B> {
+    /// Record the trunk on the tape: x (N, C, H, W) → features (N, hidden).
+    pub fn features<'a>(
+        &'a self,
+        tape: &mut crate::autodiff::Tape<'a, B>,
+        x: crate::autodiff::Var,
+    ) -> crate::autodiff::Var {
+        let mut h = x;
+        for layer in &self.trunk {
+            h = match layer {
+                Layer::Conv2d(c) => tape.conv2d(h, c),
+                Layer::Relu => tape.relu(h),
+                Layer::MaxPool2d { k, s } => tape.maxpool2d(h, *k, *s),
+                Layer::Flatten => tape.flatten(h),
+                Layer::Linear(l) => tape.linear(h, l),
+            };
+        }
+        h
+    }
+
+    /// Record the trunk and the listed heads: one logits Var per head.
+    pub fn forward<'a>(
+        &'a self,
+        tape: &mut crate::autodiff::Tape<'a, B>,
+        x: crate::autodiff::Var,
+        heads: &[usize],
+    ) -> Vec<crate::autodiff::Var> {
+        let f = self.features(tape, x);
+        heads.iter().map(|&h| tape.linear(f, &self.heads[h].linear)).collect()
+    }
+}
