@@ -1,1 +1,201 @@
-//! (in progress)
+//! Checkpoints: safetensors files holding every parameter by its stable name
+//! (`trunk.0.weight`, `heads.1.bias`, …) plus, under the metadata key
+//! `lwf_engine`, a JSON description: architecture, input normalisation, head
+//! mode, heads and their class names, the tasks learnt so far and the history
+//! of verbs and methods. EWC's Fisher, when present, is stored as `fisher.K`.
+//! Written atomically.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::incremental::HeadMode;
+use crate::nn::{Arch, Net};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+const META_KEY: &str = "lwf_engine";
+const FORMAT: &str = "lwf-engine-checkpoint/1";
+
+/// One step of a model's life: how it got here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// `train` or `extend`.
+    pub verb: String,
+    pub method: String,
+    pub classes: Vec<u32>,
+    pub data: String,
+    pub epochs: usize,
+    pub seed: u64,
+    pub train_seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadMeta {
+    pub classes: Vec<u32>,
+    pub class_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: String,
+    pub engine_version: String,
+    pub arch: Arch,
+    /// Pixels are scaled to [0, 1], then `(x − mean) / std`.
+    pub norm_mean: f32,
+    pub norm_std: f32,
+    pub head_mode: HeadMode,
+    pub heads: Vec<HeadMeta>,
+    /// The tasks learnt so far, in order (their class lists).
+    pub tasks: Vec<Vec<u32>>,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Meta {
+    pub fn new(arch: Arch, norm_mean: f32, norm_std: f32, head_mode: HeadMode) -> Self {
+        Meta {
+            format: FORMAT.into(),
+            engine_version: env!("CARGO_PKG_VERSION").into(),
+            arch,
+            norm_mean,
+            norm_std,
+            head_mode,
+            heads: Vec::new(),
+            tasks: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// All classes the model knows.
+    pub fn classes(&self) -> Vec<u32> {
+        self.tasks.iter().flatten().copied().collect()
+    }
+
+    /// The name of a global class, as recorded in the heads.
+    pub fn class_name(&self, class: u32) -> String {
+        for h in &self.heads {
+            if let Some(i) = h.classes.iter().position(|&c| c == class) {
+                return h.class_names.get(i).cloned().unwrap_or_else(|| format!("class {class}"));
+            }
+        }
+        format!("class {class}")
+    }
+}
+
+/// A loaded checkpoint: the net, its description and EWC's Fisher if saved.
+pub struct Checkpoint<B: Backend> {
+    pub net: Net<B>,
+    pub meta: Meta,
+    pub fisher: Option<Vec<B::Buf>>,
+}
+
+/// Write `net` with `meta` (and the optional Fisher) to `path`, atomically.
+pub fn save<B: Backend>(
+    path: &Path,
+    b: &B,
+    net: &Net<B>,
+    meta: &Meta,
+    fisher: Option<&[B::Buf]>,
+) -> Result<()> {
+    let mut meta = meta.clone();
+    meta.heads = net
+        .heads
+        .iter()
+        .zip(meta.heads.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(h, m)| HeadMeta {
+            classes: h.classes.clone(),
+            class_names: m.map(|m| m.class_names.clone()).unwrap_or_default(),
+        })
+        .collect();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = net
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.value.shape.0.clone(), f32_bytes(&p.value.to_vec(b))))
+        .collect();
+    if let Some(f) = fisher {
+        for (k, buf) in f.iter().enumerate() {
+            tensors.push((format!("fisher.{k}"), vec![b.len(buf)], f32_bytes(&b.download(buf))));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::checkpoint(path, e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let json = serde_json::to_string(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let info = HashMap::from([(META_KEY.to_string(), json)]);
+    let bytes = safetensors::tensor::serialize(views, Some(info))
+        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    crate::fsio::write_atomic(path, &bytes)
+}
+
+/// Read a checkpoint, checking that every tensor the architecture needs is
+/// present with the right shape.
+pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |m: String| Error::checkpoint(path, m);
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors checkpoint ({e})")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("unreadable header ({e})")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| bad("not an lwf-engine checkpoint (no 'lwf_engine' metadata)".into()))?;
+    let meta: Meta = serde_json::from_str(json).map_err(|e| bad(format!("bad metadata ({e})")))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!(
+            "checkpoint format '{}' is not supported (expected '{FORMAT}')",
+            meta.format
+        )));
+    }
+    meta.arch.validate().map_err(bad)?;
+    let mut net = Net::new(b, meta.arch.clone(), &mut Rng::new(0));
+    for h in &meta.heads {
+        net.add_head(b, &mut Rng::new(0), &h.classes);
+    }
+    let mut used = 0;
+    for p in net.params_mut() {
+        let view = st.tensor(&p.name).map_err(|_| {
+            bad(format!("tensor '{}' is missing: the checkpoint is from another architecture", p.name))
+        })?;
+        if view.dtype() != Dtype::F32 || view.shape() != p.value.shape.dims() {
+            return Err(bad(format!(
+                "tensor '{}' is {:?} {:?}, the architecture needs F32 {:?}",
+                p.name,
+                view.dtype(),
+                view.shape(),
+                p.value.shape.dims()
+            )));
+        }
+        p.value = Tensor::from_vec(b, p.value.shape.dims(), &f32_from_bytes(view.data()));
+        used += 1;
+    }
+    let mut fisher = Vec::new();
+    while let Ok(view) = st.tensor(&format!("fisher.{}", fisher.len())) {
+        fisher.push(b.upload(&f32_from_bytes(view.data())));
+    }
+    let extra = st.names().len() - used - fisher.len();
+    if extra > 0 {
+        return Err(bad(format!(
+            "{extra} tensors do not belong to a {} net: the checkpoint is from another architecture",
+            meta.arch.name
+        )));
+    }
+    let fisher = if fisher.is_empty() { None } else { Some(fisher) };
+    Ok(Checkpoint { net, meta, fisher })
+}
+
+fn f32_bytes(xs: &[f32]) -> Vec<u8> {
+    xs.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}

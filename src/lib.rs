@@ -10,16 +10,19 @@
 //! - [`incremental`]: methods (lwf, finetune, …), protocols and the task loop
 //! - [`metrics`], [`checkpoint`]: reports and safetensors checkpoints
 
+pub mod app;
 pub mod autodiff;
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod fsio;
 pub mod incremental;
 pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod tensor;
 

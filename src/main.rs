@@ -1,1 +1,368 @@
-fn main() {}
+//! The `lwf-engine` command line: parse, call the library, print. All the
+//! work lives in the library; errors become one line and a non-zero exit.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lwf_engine::app::{self, BackendChoice};
+use lwf_engine::incremental::{HeadMode, Hyper, Observer};
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "lwf-engine",
+    version,
+    about = "Add classes to a trained image classifier without forgetting the old ones \
+(Learning without Forgetting), on a from-scratch engine with CPU and GPU (wgpu) kernels."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a new classifier on some classes (the model you will later extend).
+    Train(TrainArgs),
+    /// Add new classes to a saved model using only the new data (LwF by default).
+    Extend(ExtendArgs),
+    /// Accuracy of a saved model on the test split of a data set.
+    Eval(EvalArgs),
+    /// Class names and probabilities for each image of a file.
+    Predict(PredictArgs),
+    /// Compare methods on a protocol (two-task, splitN) over seeds; writes JSON, CSV and an SVG plot.
+    Experiment(ExperimentArgs),
+    /// Training and evaluation throughput (images/s) and peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
+    /// CPU threads (rayon); 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Cpu,
+    Wgpu,
+}
+
+#[derive(Args, Clone)]
+struct HyperArgs {
+    /// Epochs per task.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// LwF warm-up epochs (only the new head trains).
+    #[arg(long, default_value_t = 1)]
+    warmup_epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f32,
+    /// Distillation temperature T (≥ 1).
+    #[arg(long, default_value_t = 2.0)]
+    temperature: f32,
+    /// λ_o: weight of the distillation loss on the old outputs.
+    #[arg(long, default_value_t = 1.0)]
+    lambda_o: f32,
+    /// Multiply the distillation loss by T² (Hinton et al.).
+    #[arg(long)]
+    kd_t2: bool,
+    /// λ of the l2 method's pull towards the old trunk.
+    #[arg(long, default_value_t = 0.01)]
+    lambda_l2: f32,
+    /// λ of EWC's Fisher-weighted pull.
+    #[arg(long, default_value_t = 100.0)]
+    lambda_ewc: f32,
+    /// Images used to estimate EWC's Fisher after a task.
+    #[arg(long, default_value_t = 1000)]
+    ewc_samples: usize,
+    /// Trunk layers frozen by the `freeze` method.
+    #[arg(long, default_value_t = 2)]
+    freeze_layers: usize,
+    /// per-task: one head per task (the paper); shared: one softmax grown with the new classes.
+    #[arg(long, default_value = "per-task")]
+    head_mode: String,
+}
+
+impl HyperArgs {
+    fn hyper(&self) -> lwf_engine::Result<Hyper> {
+        let h = Hyper {
+            epochs: self.epochs,
+            warmup_epochs: self.warmup_epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            temperature: self.temperature,
+            lambda_o: self.lambda_o,
+            kd_t2: self.kd_t2,
+            lambda_l2: self.lambda_l2,
+            lambda_ewc: self.lambda_ewc,
+            ewc_samples: self.ewc_samples,
+            freeze_layers: self.freeze_layers,
+            head_mode: HeadMode::parse(&self.head_mode)?,
+        };
+        h.validate()?;
+        Ok(h)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Data set: `fashion-mnist` (shipped) or a directory of IDX or NPY files.
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Classes to learn, e.g. `0-4` or `0,2,7`.
+    #[arg(long, default_value = "0-4")]
+    classes: String,
+    /// Where to write the model (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed for initialisation and shuffling (same seed, same numbers on the CPU).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    hyper: HyperArgs,
+}
+
+#[derive(Args)]
+struct ExtendArgs {
+    /// The trained model to extend.
+    #[arg(long)]
+    model: PathBuf,
+    /// Data holding the new classes (the old data is not needed).
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// New classes; default: every class of the data the model does not know.
+    #[arg(long)]
+    classes: Option<String>,
+    /// lwf, finetune, freeze, feature-extraction, l2, ewc or joint.
+    #[arg(long, default_value = "lwf")]
+    method: String,
+    /// Old data, only for `--method joint` (defaults to --data).
+    #[arg(long)]
+    old_data: Option<String>,
+    /// Where to write the extended model (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed for initialisation and shuffling (same seed, same numbers on the CPU).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    hyper: HyperArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Images: an IDX (optionally .gz) or NPY file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Classes listed per image.
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// Predict only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    /// two-task (classes 0-4 then 5-9) or splitN (N equal tasks, e.g. split5).
+    #[arg(long, default_value = "two-task")]
+    protocol: String,
+    /// Explicit tasks instead of a protocol, e.g. "0-4;5-9".
+    #[arg(long)]
+    tasks: Option<String>,
+    /// Comma-separated methods.
+    #[arg(long, default_value = "lwf,finetune,feature-extraction,l2,joint")]
+    methods: String,
+    /// Comma-separated seeds.
+    #[arg(long, default_value = "0")]
+    seeds: String,
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Directory for the JSON, CSV and SVG results.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Keep only the first N training images of each task (quick runs).
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Keep only the first N test images of each class (quick runs).
+    #[arg(long)]
+    test_limit: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    hyper: HyperArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Epochs of the plain and LwF phases timed.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Keep only the first N training images of each task (quick runs).
+    #[arg(long)]
+    train_limit: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    hyper: HyperArgs,
+}
+
+/// Progress bars on a terminal; nothing when stderr is not one.
+struct Bars {
+    bar: RefCell<Option<ProgressBar>>,
+}
+
+impl Observer for Bars {
+    fn phase(&self, label: &str, steps: u64) {
+        let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{msg:32} [{bar:28}] {pos}/{len} {prefix} {per_sec} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(label.to_string());
+        *self.bar.borrow_mut() = Some(bar);
+    }
+    fn step(&self, loss: f32, _images: usize) {
+        if let Some(b) = self.bar.borrow().as_ref() {
+            if loss.is_finite() {
+                b.set_prefix(format!("loss {loss:.4}"));
+            }
+            b.inc(1);
+        }
+    }
+    fn phase_done(&self) {
+        if let Some(b) = self.bar.borrow_mut().take() {
+            b.finish_and_clear();
+        }
+    }
+    fn note(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+fn setup(c: &Common) -> lwf_engine::Result<BackendChoice> {
+    app::set_threads(c.threads)?;
+    match c.backend {
+        Backend::Cpu => Ok(BackendChoice::Cpu),
+        Backend::Wgpu => Ok(BackendChoice::Wgpu),
+    }
+}
+
+fn run(cli: Cli) -> lwf_engine::Result<()> {
+    let obs = Bars { bar: RefCell::new(None) };
+    match cli.cmd {
+        Cmd::Train(a) => {
+            let be = setup(&a.common)?;
+            let req = app::TrainRequest {
+                data: a.data,
+                classes: a.classes,
+                out: a.out,
+                seed: a.seed,
+                hyper: a.hyper.hyper()?,
+            };
+            let s = app::train(be, &req, &obs)?;
+            println!("{s}");
+        }
+        Cmd::Extend(a) => {
+            let be = setup(&a.common)?;
+            let req = app::ExtendRequest {
+                model: a.model,
+                data: a.data,
+                classes: a.classes,
+                method: a.method,
+                old_data: a.old_data,
+                out: a.out,
+                seed: a.seed,
+                hyper: a.hyper.hyper()?,
+            };
+            let s = app::extend(be, &req, &obs)?;
+            println!("{s}");
+        }
+        Cmd::Eval(a) => {
+            let be = setup(&a.common)?;
+            let r = app::eval(be, &a.model, &a.data)?;
+            println!("{}", if a.json { r.to_json() } else { r.to_table() });
+        }
+        Cmd::Predict(a) => {
+            let be = setup(&a.common)?;
+            let p = app::predict(be, &a.model, &a.input, a.top_k, a.limit)?;
+            println!("{}", if a.json { p.to_json() } else { p.to_table() });
+        }
+        Cmd::Experiment(a) => {
+            let be = setup(&a.common)?;
+            let req = app::ExperimentRequest {
+                data: a.data,
+                protocol: a.protocol,
+                tasks: a.tasks,
+                methods: a.methods,
+                seeds: a.seeds,
+                out: a.out,
+                train_limit: a.train_limit,
+                test_limit: a.test_limit,
+                hyper: a.hyper.hyper()?,
+            };
+            let s = app::experiment(be, &req, &obs)?;
+            println!("{s}");
+        }
+        Cmd::Bench(a) => {
+            let be = setup(&a.common)?;
+            let r = app::bench(be, &a.data, a.epochs, a.train_limit, &a.hyper.hyper()?, &obs)?;
+            println!("{}", if a.json { r.to_json() } else { r.to_table() });
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lwf-engine: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

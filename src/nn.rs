@@ -323,3 +323,55 @@ impl<B: Backend> Net<B> {
         heads.iter().map(|&h| tape.linear(f, &self.heads[h].linear)).collect()
     }
 }
+
+impl<B: Backend> Linear<B> {
+    /// A frozen copy of output rows `start..start + len` (evaluation of one
+    /// task's slice of a shared head). Device-side copies, no host round trip.
+    pub fn rows(&self, b: &B, start: usize, len: usize) -> Linear<B> {
+        assert!(
+            start + len <= self.out_f,
+            "Linear::rows: rows {start}..{} of a {}-row layer",
+            start + len,
+            self.out_f
+        );
+        let mut w = Tensor::zeros(b, &[len, self.in_f]);
+        b.copy(&mut w.buf, 0, &self.w.value.buf, start * self.in_f, len * self.in_f);
+        let mut bias = Tensor::zeros(b, &[len]);
+        b.copy(&mut bias.buf, 0, &self.b.value.buf, start, len);
+        let frozen = |p: &Param<B>, value| Param { id: p.id, name: p.name.clone(), value, trainable: false };
+        Linear { w: frozen(&self.w, w), b: frozen(&self.b, bias), in_f: self.in_f, out_f: len }
+    }
+}
+
+impl<B: Backend> Param<B> {
+    fn duplicate(&self, b: &B) -> Self {
+        Param {
+            id: self.id,
+            name: self.name.clone(),
+            value: self.value.duplicate(b),
+            trainable: self.trainable,
+        }
+    }
+}
+
+impl<B: Backend> Net<B> {
+    /// A deep copy on the device (task 1 is trained once and copied per method).
+    pub fn duplicate(&self, b: &B) -> Self {
+        let lin =
+            |l: &Linear<B>| Linear { w: l.w.duplicate(b), b: l.b.duplicate(b), in_f: l.in_f, out_f: l.out_f };
+        let trunk = self
+            .trunk
+            .iter()
+            .map(|layer| match layer {
+                Layer::Conv2d(c) => Layer::Conv2d(Conv2d { w: c.w.duplicate(b), b: c.b.duplicate(b), ..*c }),
+                Layer::Relu => Layer::Relu,
+                Layer::MaxPool2d { k, s } => Layer::MaxPool2d { k: *k, s: *s },
+                Layer::Flatten => Layer::Flatten,
+                Layer::Linear(l) => Layer::Linear(lin(l)),
+            })
+            .collect();
+        let heads =
+            self.heads.iter().map(|h| Head { linear: lin(&h.linear), classes: h.classes.clone() }).collect();
+        Net { arch: self.arch.clone(), trunk, heads, next_id: self.next_id }
+    }
+}

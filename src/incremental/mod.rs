@@ -1,1 +1,197 @@
-//! (in progress)
+//! Incremental learning: the methods (LwF and its baselines), the head modes,
+//! the training loop and the protocols (DESIGN.md "LwF, as the seed and paper
+//! define it" and "Protocols and metrics").
+//!
+//! - [`train`]: one training step and the epoch loop, generic over the backend
+//! - [`eval`]: task-aware and class-incremental accuracy
+//! - [`methods`]: what each method does to learn a new task
+//! - [`protocol`]: the task loop of an experiment (two-task, splitN, explicit)
+
+pub mod eval;
+pub mod methods;
+pub mod protocol;
+pub mod train;
+
+use crate::backend::SgdHyper;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How a new task is learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Learning without Forgetting: record Y_o, warm up the new head, then
+    /// train everything on CE + λ_o·KD.
+    Lwf,
+    /// θs and θn trained; old heads kept as they are.
+    Finetune,
+    /// Finetune with the first `--freeze-layers` trunk layers frozen.
+    Freeze,
+    /// Only θn trained.
+    FeatureExtraction,
+    /// Finetune + λ‖θs − θs_old‖² (the seed's naive regulariser).
+    L2,
+    /// Elastic weight consolidation (Kirkpatrick et al. 2017), diagonal Fisher.
+    Ewc,
+    /// Old data kept: train on the union (the upper bound).
+    Joint,
+}
+
+impl Method {
+    pub const ALL: [Method; 7] = [
+        Method::Lwf,
+        Method::Finetune,
+        Method::Freeze,
+        Method::FeatureExtraction,
+        Method::L2,
+        Method::Ewc,
+        Method::Joint,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lwf => "lwf",
+            Method::Finetune => "finetune",
+            Method::Freeze => "freeze",
+            Method::FeatureExtraction => "feature-extraction",
+            Method::L2 => "l2",
+            Method::Ewc => "ewc",
+            Method::Joint => "joint",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Method::ALL.into_iter().find(|m| m.name() == s.trim()).ok_or_else(|| {
+            let all: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            Error::Config(format!("unknown method '{s}': choose from {}", all.join(", ")))
+        })
+    }
+
+    /// Parse a comma-separated list.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        s.split(',').filter(|p| !p.trim().is_empty()).map(Method::parse).collect()
+    }
+
+    /// Whether the method needs the old tasks' training data.
+    pub fn needs_old_data(self) -> bool {
+        self == Method::Joint
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where new classes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadMode {
+    /// One head per task (the paper).
+    PerTask,
+    /// One softmax grown with the new classes: CE over all outputs, KD on the
+    /// old outputs.
+    Shared,
+}
+
+impl HeadMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "per-task" => Ok(HeadMode::PerTask),
+            "shared" => Ok(HeadMode::Shared),
+            _ => Err(Error::Config(format!("unknown head mode '{s}': choose per-task or shared"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadMode::PerTask => "per-task",
+            HeadMode::Shared => "shared",
+        }
+    }
+}
+
+/// Hyper-parameters; `Default` is the protocol of DESIGN.md.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hyper {
+    pub epochs: usize,
+    pub warmup_epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// Distillation temperature T.
+    pub temperature: f32,
+    /// λ_o, the weight of the distillation loss.
+    pub lambda_o: f32,
+    /// Multiply the KD loss by T² (Hinton et al.); off by default.
+    pub kd_t2: bool,
+    pub lambda_l2: f32,
+    pub lambda_ewc: f32,
+    /// Images used to estimate EWC's diagonal Fisher after each task.
+    pub ewc_samples: usize,
+    /// Trunk layers (with parameters) frozen by `freeze`.
+    pub freeze_layers: usize,
+    pub head_mode: HeadMode,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Hyper {
+            epochs: 3,
+            warmup_epochs: 1,
+            batch_size: 128,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            temperature: 2.0,
+            lambda_o: 1.0,
+            kd_t2: false,
+            lambda_l2: 0.01,
+            lambda_ewc: 100.0,
+            ewc_samples: 1000,
+            freeze_layers: 2,
+            head_mode: HeadMode::PerTask,
+        }
+    }
+}
+
+impl Hyper {
+    pub fn sgd(&self) -> SgdHyper {
+        SgdHyper { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1");
+        }
+        if self.temperature < 1.0 || !self.temperature.is_finite() {
+            return bad("--temperature must be a finite number ≥ 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad("--momentum must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// Progress reports from long work. The library never prints; the CLI turns
+/// these into progress bars.
+pub trait Observer {
+    /// A phase of `steps` training (or evaluation) steps begins.
+    fn phase(&self, _label: &str, _steps: u64) {}
+    /// One step done, with its loss (NaN when not a training step) and images.
+    fn step(&self, _loss: f32, _images: usize) {}
+    fn phase_done(&self) {}
+    /// A line worth telling the user (a task finished, its accuracies).
+    fn note(&self, _line: &str) {}
+}
+
+/// An observer that ignores everything (tests, library use).
+pub struct Silent;
+impl Observer for Silent {}

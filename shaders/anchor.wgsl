@@ -1,0 +1,65 @@
+// Quadratic pull towards an anchor (the l2 and ewc penalties):
+// dw += 2·scale·f·(w − a) per element, and per workgroup the partial sum of
+// f·(w − a)², which reduce.wgsl `sum_into` then adds (times scale) into the
+// loss scalar. f = fisher[i] when `has_fisher` is 1, else 1 (the host then
+// binds w again in the fisher slot: it is never read).
+//
+// Bindings (STYLE.md §8.3): 0 params, 1 w, 2 anchor, 3 fisher (read),
+// 4 dw, 5 partials (read_write).
+
+// Rust twin: `AnchorParams` in src/backend/wgpu/kernels.rs (32 bytes).
+struct Params {
+    n: u32,
+    has_fisher: u32,
+    // Workgroups that own a partial-sum slot (the grid may have a few more).
+    groups: u32,
+    _pad0: u32,
+    // 2 · scale.
+    two_scale: f32,
+    _pad1: f32,
+    _pad2: f32,
+    _pad3: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> anchor: array<f32>;
+@group(0) @binding(3) var<storage, read> fisher: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+
+const WG: u32 = 256u;
+
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn anchor_penalty(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let wg = wid.y * nwg.x + wid.x;
+    // No early return: every invocation takes part in the tree reduction.
+    let i = wg * WG + li;
+    var sq = 0.0;
+    if (i < p.n) {
+        var f = 1.0;
+        if (p.has_fisher != 0u) {
+            f = fisher[i];
+        }
+        let d = w[i] - anchor[i];
+        sq = f * d * d;
+        dw[i] = dw[i] + p.two_scale * f * d;
+    }
+    red[li] = sq;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (li < s) {
+            red[li] = red[li] + red[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (li == 0u && wg < p.groups) {
+        partials[wg] = red[0];
+    }
+}

@@ -1,0 +1,608 @@
+//! The user's verbs (train, extend, eval, predict, experiment, bench) as
+//! library functions: they load and check the inputs, run the work on the
+//! chosen backend and return reports that the CLI prints. Every failure is an
+//! `Error` whose message is one line naming the file and the problem; every
+//! output is written atomically, after the work succeeded.
+
+use crate::backend::{Backend, CpuBackend};
+use crate::checkpoint::{self, HistoryEntry, Meta};
+use crate::data::{self, Dataset, Normalization, Split, TaskView};
+use crate::error::{Error, Result};
+use crate::incremental::eval::{evaluate, Accuracies};
+use crate::incremental::methods::{examples_for, learn_task, streams, train_first_task, MethodState, TaskContext};
+use crate::incremental::protocol::{run_experiment, ExperimentConfig, MethodRun};
+use crate::incremental::train::Trainer;
+use crate::incremental::{HeadMode, Hyper, Method, Observer};
+use crate::nn::{Arch, Net};
+use crate::rng::Rng;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Which device runs the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Cpu,
+    Wgpu,
+}
+
+/// Run `$body` with `$b` bound to the chosen backend (generic code, two
+/// monomorphisations).
+macro_rules! on_backend {
+    ($choice:expr, $b:ident => $body:expr) => {
+        match $choice {
+            BackendChoice::Cpu => {
+                let $b = CpuBackend::new();
+                $body
+            }
+            BackendChoice::Wgpu => {
+                // WIP: replaced by WgpuBackend when it lands.
+                return Err(Error::Device("the wgpu backend is not available yet".into()));
+            }
+        }
+    };
+}
+
+/// Size rayon's global pool (0 = one thread per core). Call once, early.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::Config(format!("--threads {n}: {e}")))
+}
+
+fn load_data(spec: &str) -> Result<Dataset> {
+    data::load(spec)
+}
+
+/// Checks that a model built for `arch` can read the images of `split`.
+fn check_input(model: &Path, arch: &Arch, split: &Split, data: &Path) -> Result<()> {
+    let got = [split.c, split.h, split.w];
+    if got != arch.input {
+        return Err(Error::checkpoint(
+            model,
+            format!(
+                "the model takes {}×{}×{} images but {} has {}×{}×{}",
+                arch.input[0],
+                arch.input[1],
+                arch.input[2],
+                data.display(),
+                got[0],
+                got[1],
+                got[2]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn class_names(data: &Dataset, classes: &[u32]) -> Vec<String> {
+    classes.iter().map(|&c| data.class_names.get(c as usize).cloned().unwrap_or_else(|| format!("class {c}"))).collect()
+}
+
+/// `train`: a new model on some classes of a data set.
+pub struct TrainRequest {
+    pub data: String,
+    pub classes: String,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub hyper: Hyper,
+}
+
+pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> Result<String> {
+    let data = load_data(&req.data)?;
+    let classes = data::parse_classes(&req.classes)?;
+    data::check_classes_present(&data.train, &classes, &data.root.display().to_string())?;
+    on_backend!(choice, b => train_on(&b, &data, &classes, req, obs))
+}
+
+fn train_on<B: Backend>(b: &B, data: &Dataset, classes: &[u32], req: &TrainRequest, obs: &dyn Observer) -> Result<String> {
+    let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
+    arch.validate().map_err(Error::Config)?;
+    let mut tr = Trainer::new(b.clone());
+    let mut net = Net::new(b, arch.clone(), &mut Rng::derive(req.seed, streams::TRUNK));
+    let view = data::task_view(&data.train, classes);
+    let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &req.hyper, seed: req.seed, obs };
+    let report = train_first_task(&mut tr, &mut net, &view, &cx)?;
+    let mut meta = Meta::new(arch, data.norm.mean, data.norm.std, req.hyper.head_mode);
+    meta.heads = vec![checkpoint::HeadMeta { classes: classes.to_vec(), class_names: class_names(data, classes) }];
+    meta.tasks = vec![classes.to_vec()];
+    meta.history.push(HistoryEntry {
+        verb: "train".into(),
+        method: "train".into(),
+        classes: classes.to_vec(),
+        data: data.root.display().to_string(),
+        epochs: req.hyper.epochs,
+        seed: req.seed,
+        train_seconds: report.train_seconds,
+    });
+    let fisher = fisher_after(&mut tr, &mut net, &data.train, data.norm, &view, None, &req.hyper, req.seed, 1);
+    let acc = evaluate(&mut tr, &net, &data.test, data.norm, &meta.tasks, meta.head_mode, req.hyper.batch_size);
+    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher))?;
+    Ok(format!(
+        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}% → {}",
+        data::format_classes(classes),
+        b.name(),
+        report.train_seconds,
+        report.images_per_second(),
+        100.0 * acc.task_aware[0],
+        req.out.display()
+    ))
+}
+
+/// EWC's Fisher after a task, added to what the model carried, so a later
+/// `extend --method ewc` needs no old data.
+#[allow(clippy::too_many_arguments)]
+fn fisher_after<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &mut Net<B>,
+    split: &Split,
+    norm: Normalization,
+    view: &TaskView,
+    carried: Option<Vec<B::Buf>>,
+    hyper: &Hyper,
+    seed: u64,
+    task: u64,
+) -> Vec<B::Buf> {
+    let b = tr.b.clone();
+    let (head, classes) = match hyper.head_mode {
+        HeadMode::Shared => (0, net.heads[0].classes.clone()),
+        HeadMode::PerTask => (net.heads.len() - 1, view.classes.clone()),
+    };
+    let mut ex = examples_for(view, split, head, &classes);
+    Rng::derive(seed, streams::FISHER + task).shuffle(&mut ex);
+    ex.truncate(hyper.ewc_samples);
+    let mut fisher = carried.unwrap_or_else(|| net.trunk_params().iter().map(|p| b.zeros(p.value.numel())).collect());
+    tr.accumulate_fisher(net, split, norm, &ex, &mut fisher);
+    let n = net.heads.len();
+    net.set_trainable(true, 0, &(0..n).collect::<Vec<_>>());
+    fisher
+}
+
+/// `extend`: new classes into a saved model, from the new data only.
+pub struct ExtendRequest {
+    pub model: PathBuf,
+    pub data: String,
+    pub classes: Option<String>,
+    pub method: String,
+    pub old_data: Option<String>,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub hyper: Hyper,
+}
+
+pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
+    let method = Method::parse(&req.method)?;
+    let data = load_data(&req.data)?;
+    on_backend!(choice, b => extend_on(&b, method, &data, req, obs))
+}
+
+fn extend_on<B: Backend>(b: &B, method: Method, data: &Dataset, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
+    let ck = checkpoint::load(&req.model, b)?;
+    let (mut net, mut meta) = (ck.net, ck.meta);
+    check_input(&req.model, &meta.arch, &data.train, &data.root)?;
+    let known = meta.classes();
+    let classes = match &req.classes {
+        Some(s) => data::parse_classes(s)?,
+        None => {
+            let present: Vec<u32> =
+                (0..data.num_classes as u32).filter(|c| data.train.labels.contains(c) && !known.contains(c)).collect();
+            if present.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} has no class the model does not already know ({})",
+                    data.root.display(),
+                    data::format_classes(&known)
+                )));
+            }
+            present
+        }
+    };
+    if let Some(c) = classes.iter().find(|c| known.contains(c)) {
+        return Err(Error::Config(format!(
+            "class {c} is already known by {} (it knows {}): extend adds new classes only",
+            req.model.display(),
+            data::format_classes(&known)
+        )));
+    }
+    data::check_classes_present(&data.train, &classes, &data.root.display().to_string())?;
+    if meta.head_mode != req.hyper.head_mode {
+        return Err(Error::Config(format!(
+            "{} uses --head-mode {}, not {}",
+            req.model.display(),
+            meta.head_mode.name(),
+            req.hyper.head_mode.name()
+        )));
+    }
+    // Only joint reads old data; it must hold every class the model knows.
+    let old_data = match (method, &req.old_data) {
+        (Method::Joint, Some(spec)) => Some(load_data(spec)?),
+        (Method::Joint, None) => Some(data.clone()),
+        _ => None,
+    };
+    let old_views: Vec<TaskView> = match &old_data {
+        Some(od) => {
+            check_input(&req.model, &meta.arch, &od.train, &od.root)?;
+            meta.tasks
+                .iter()
+                .map(|t| {
+                    data::check_classes_present(&od.train, t, &od.root.display().to_string())
+                        .map(|_| data::task_view(&od.train, t))
+                })
+                .collect::<Result<_>>()?
+        }
+        None => Vec::new(),
+    };
+    // joint trains on old and new images together: one split holding both.
+    let (split, new_view, old_views) = match &old_data {
+        Some(od) => merged(&od.train, &old_views, &data.train, &classes),
+        None => (data.train.clone(), data::task_view(&data.train, &classes), old_views),
+    };
+    let t = meta.tasks.len();
+    let mut tr = Trainer::new(b.clone());
+    let mut state = MethodState { fisher: ck.fisher };
+    let cx = TaskContext { split: &split, norm: Normalization { mean: meta.norm_mean, std: meta.norm_std }, hyper: &req.hyper, seed: req.seed, obs };
+    let report = learn_task(&mut tr, &mut net, method, t, &new_view, &old_views, &mut state, &cx)?;
+    meta.tasks.push(classes.clone());
+    let mut heads = meta.heads.clone();
+    match meta.head_mode {
+        HeadMode::PerTask => heads.push(checkpoint::HeadMeta { classes: classes.clone(), class_names: class_names(data, &classes) }),
+        HeadMode::Shared => {
+            heads[0].classes.extend(&classes);
+            heads[0].class_names.extend(class_names(data, &classes));
+        }
+    }
+    meta.heads = heads;
+    meta.history.push(HistoryEntry {
+        verb: "extend".into(),
+        method: method.name().into(),
+        classes: classes.clone(),
+        data: data.root.display().to_string(),
+        epochs: req.hyper.epochs,
+        seed: req.seed,
+        train_seconds: report.train_seconds,
+    });
+    let fisher = fisher_after(&mut tr, &mut net, &split, cx.norm, &new_view, state.fisher.take(), &req.hyper, req.seed, t as u64 + 1);
+    let acc = eval_present(&mut tr, &net, &meta, &data.test, cx.norm, req.hyper.batch_size);
+    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher))?;
+    let per: Vec<String> = meta
+        .tasks
+        .iter()
+        .zip(&acc.task_aware)
+        .map(|(t, a)| if a.is_nan() { format!("{}: -", data::format_classes(t)) } else { format!("{}: {:.2}%", data::format_classes(t), 100.0 * a) })
+        .collect();
+    Ok(format!(
+        "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}] → {}",
+        data::format_classes(&classes),
+        b.name(),
+        report.train_seconds,
+        report.images_per_second(),
+        per.join(", "),
+        req.out.display()
+    ))
+}
+
+/// One split holding the old tasks' images followed by the new ones, with
+/// task views into it (joint only).
+fn merged(old: &Split, old_views: &[TaskView], new: &Split, classes: &[u32]) -> (Split, TaskView, Vec<TaskView>) {
+    let mut idx: Vec<usize> = Vec::new();
+    let mut views = Vec::new();
+    for v in old_views {
+        let start = idx.len();
+        idx.extend(&v.indices);
+        views.push(TaskView { classes: v.classes.clone(), indices: (start..idx.len()).collect() });
+    }
+    let old_part = old.subset(&idx);
+    let new_view = data::task_view(new, classes);
+    let new_part = new.subset(&new_view.indices);
+    let n_old = old_part.len();
+    let split = concat(old_part, new_part);
+    let new_view = TaskView { classes: classes.to_vec(), indices: (n_old..split.len()).collect() };
+    (split, new_view, views)
+}
+
+fn concat(a: Split, b: Split) -> Split {
+    use crate::data::Pixels;
+    let pixels = match (a.pixels, b.pixels) {
+        (Pixels::U8(mut x), Pixels::U8(y)) => {
+            x.extend(y);
+            Pixels::U8(x)
+        }
+        (x, y) => {
+            let to_f32 = |p: Pixels| match p {
+                Pixels::U8(v) => v.iter().map(|&p| p as f32 / 255.0).collect::<Vec<f32>>(),
+                Pixels::F32(v) => v,
+            };
+            let mut x = to_f32(x);
+            x.extend(to_f32(y));
+            Pixels::F32(x)
+        }
+    };
+    let mut labels = a.labels;
+    labels.extend(b.labels);
+    Split::new(pixels, labels, a.c, a.h, a.w)
+}
+
+/// Evaluate on the tasks whose classes the test split holds; the others are NaN.
+fn eval_present<B: Backend>(tr: &mut Trainer<B>, net: &Net<B>, meta: &Meta, test: &Split, norm: Normalization, bs: usize) -> Accuracies {
+    evaluate(tr, net, test, norm, &meta.tasks, meta.head_mode, bs)
+}
+
+/// `eval`: accuracies of a saved model on a test split.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub data: String,
+    pub backend: String,
+    pub tasks: Vec<Vec<u32>>,
+    /// Per task; null where the data has no test image of that task.
+    pub task_aware: Vec<Option<f64>>,
+    pub class_il: f64,
+    pub class_il_per_task: Vec<Option<f64>>,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+impl EvalReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+    pub fn to_table(&self) -> String {
+        let pct = |a: &Option<f64>| a.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        let mut s = format!("{} on {} ({}, {} images, {:.1}s)\n", self.model, self.data, self.backend, self.images, self.seconds);
+        s += &format!("{:<8} {:<12} {:>10} {:>10}\n", "task", "classes", "task-aware", "class-IL");
+        for (j, t) in self.tasks.iter().enumerate() {
+            s += &format!(
+                "{:<8} {:<12} {:>10} {:>10}\n",
+                j + 1,
+                data::format_classes(t),
+                pct(&self.task_aware[j]),
+                pct(&self.class_il_per_task[j])
+            );
+        }
+        s += &format!("class-incremental accuracy over all seen classes: {:.2}%", 100.0 * self.class_il);
+        s
+    }
+}
+
+pub fn eval(choice: BackendChoice, model: &Path, data_spec: &str) -> Result<EvalReport> {
+    let data = load_data(data_spec)?;
+    on_backend!(choice, b => eval_on(&b, model, &data))
+}
+
+fn eval_on<B: Backend>(b: &B, model: &Path, data: &Dataset) -> Result<EvalReport> {
+    let ck = checkpoint::load(model, b)?;
+    check_input(model, &ck.meta.arch, &data.test, &data.root)?;
+    let mut tr = Trainer::new(b.clone());
+    let norm = Normalization { mean: ck.meta.norm_mean, std: ck.meta.norm_std };
+    let start = Instant::now();
+    let acc = eval_present(&mut tr, &ck.net, &ck.meta, &data.test, norm, 128);
+    let known = ck.meta.classes();
+    let images = data.test.labels.iter().filter(|l| known.contains(l)).count();
+    let opt = |v: &[f64]| v.iter().map(|a| if a.is_nan() { None } else { Some(*a) }).collect();
+    Ok(EvalReport {
+        model: model.display().to_string(),
+        data: data.root.display().to_string(),
+        backend: b.name(),
+        tasks: ck.meta.tasks.clone(),
+        task_aware: opt(&acc.task_aware),
+        class_il: acc.class_il,
+        class_il_per_task: opt(&acc.class_il_per_task),
+        images,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// `predict`: the top-k classes of each image, over every class the model knows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    pub image: usize,
+    /// (class, name, probability), most likely first.
+    pub top: Vec<(u32, String, f32)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Predictions {
+    pub model: String,
+    pub input: String,
+    pub predictions: Vec<Prediction>,
+}
+
+impl Predictions {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+    pub fn to_table(&self) -> String {
+        let mut lines = Vec::new();
+        for p in &self.predictions {
+            let tops: Vec<String> = p.top.iter().map(|(c, n, pr)| format!("{n} ({c}) {:.1}%", 100.0 * pr)).collect();
+            lines.push(format!("{:>6}  {}", p.image, tops.join("   ")));
+        }
+        lines.join("\n")
+    }
+}
+
+pub fn predict(choice: BackendChoice, model: &Path, input: &Path, top_k: usize, limit: Option<usize>) -> Result<Predictions> {
+    let mut images = data::load_images(input)?;
+    if let Some(n) = limit {
+        let keep: Vec<usize> = (0..images.len().min(n)).collect();
+        images = images.subset(&keep);
+    }
+    on_backend!(choice, b => predict_on(&b, model, input, &images, top_k))
+}
+
+fn predict_on<B: Backend>(b: &B, model: &Path, input: &Path, images: &Split, top_k: usize) -> Result<Predictions> {
+    let ck = checkpoint::load(model, b)?;
+    check_input(model, &ck.meta.arch, images, input)?;
+    let norm = Normalization { mean: ck.meta.norm_mean, std: ck.meta.norm_std };
+    let mut tr = Trainer::new(b.clone());
+    // Logits of every head, concatenated per image: the class-IL view.
+    let heads: Vec<usize> = (0..ck.net.heads.len()).collect();
+    let all: Vec<usize> = (0..images.len()).collect();
+    let probe: Vec<_> = all.iter().map(|&idx| crate::incremental::train::Example { idx, head: 0, label: 0 }).collect();
+    let logits = tr.record_logits(&ck.net, images, norm, &probe, &heads, 128);
+    let classes: Vec<u32> = ck.net.heads.iter().flat_map(|h| h.classes.clone()).collect();
+    let mut predictions = Vec::with_capacity(images.len());
+    for i in 0..images.len() {
+        let z: Vec<f32> = logits.iter().flat_map(|t| t.logits[i * t.cols..(i + 1) * t.cols].to_vec()).collect();
+        let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+        let s: f32 = e.iter().sum();
+        let mut order: Vec<usize> = (0..z.len()).collect();
+        order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
+        let top = order.iter().take(top_k.max(1)).map(|&k| (classes[k], ck.meta.class_name(classes[k]), e[k] / s)).collect();
+        predictions.push(Prediction { image: i, top });
+    }
+    Ok(Predictions { model: model.display().to_string(), input: input.display().to_string(), predictions })
+}
+
+/// `experiment`: methods × seeds on a protocol; writes JSON, CSV and SVG.
+pub struct ExperimentRequest {
+    pub data: String,
+    pub protocol: String,
+    pub tasks: Option<String>,
+    pub methods: String,
+    pub seeds: String,
+    pub out: PathBuf,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+    pub hyper: Hyper,
+}
+
+/// Parse the request into a config against the loaded data.
+pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<ExperimentConfig> {
+    let (protocol, tasks) = match &req.tasks {
+        Some(t) => ("custom".to_string(), data::parse_tasks(t)?),
+        None => (req.protocol.clone(), data::protocol_tasks(&req.protocol, data.num_classes)?),
+    };
+    let methods = Method::parse_list(&req.methods)?;
+    if methods.is_empty() {
+        return Err(Error::Config("--methods is empty".into()));
+    }
+    let seeds = req
+        .seeds
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<u64>().map_err(|_| Error::Config(format!("--seeds: '{s}' is not a number"))))
+        .collect::<Result<Vec<u64>>>()?;
+    if seeds.is_empty() {
+        return Err(Error::Config("--seeds is empty".into()));
+    }
+    Ok(ExperimentConfig {
+        protocol,
+        tasks,
+        methods,
+        seeds,
+        hyper: req.hyper.clone(),
+        train_limit: req.train_limit,
+        test_limit: req.test_limit,
+    })
+}
+
+pub fn experiment(choice: BackendChoice, req: &ExperimentRequest, obs: &dyn Observer) -> Result<String> {
+    let data = load_data(&req.data)?;
+    let cfg = experiment_config(req, &data)?;
+    let (runs, device) = on_backend!(choice, b => (run_experiment(&b, &data, &cfg, obs)?, b.name()));
+    crate::report::write_experiment(&req.out, &cfg, &data, &device, &runs)
+}
+
+/// `bench`: throughput of the three things an experiment spends its time on.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    /// Task 1 (classes 0-4) plain training, images/s over its epochs.
+    pub plain_epoch_images_per_second: f64,
+    /// Task 2's whole LwF phase: Y_o recording + warm-up + epochs.
+    pub lwf_phase_images_per_second: f64,
+    /// Inference over the whole test set.
+    pub eval_images_per_second: f64,
+    pub peak_rss_mb: f64,
+    pub plain_seconds: f64,
+    pub lwf_seconds: f64,
+    pub eval_seconds: f64,
+}
+
+impl BenchReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+    pub fn to_table(&self) -> String {
+        format!(
+            "backend {} ({} threads), batch {}\n\
+             plain epoch     {:>9.0} images/s  ({:.2}s)\n\
+             LwF phase       {:>9.0} images/s  ({:.2}s)\n\
+             evaluation      {:>9.0} images/s  ({:.2}s)\n\
+             peak RSS        {:>9.1} MB",
+            self.backend,
+            self.threads,
+            self.batch_size,
+            self.plain_epoch_images_per_second,
+            self.plain_seconds,
+            self.lwf_phase_images_per_second,
+            self.lwf_seconds,
+            self.eval_images_per_second,
+            self.eval_seconds,
+            self.peak_rss_mb
+        )
+    }
+}
+
+/// Peak resident set size of this process in MB (Linux `VmHWM`), 0 elsewhere.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn bench(choice: BackendChoice, data_spec: &str, epochs: usize, train_limit: Option<usize>, hyper: &Hyper, obs: &dyn Observer) -> Result<BenchReport> {
+    let data = load_data(data_spec)?;
+    on_backend!(choice, b => bench_on(&b, &data, epochs, train_limit, hyper, obs))
+}
+
+fn bench_on<B: Backend>(b: &B, data: &Dataset, epochs: usize, train_limit: Option<usize>, hyper: &Hyper, obs: &dyn Observer) -> Result<BenchReport> {
+    let tasks = data::protocol_tasks("two-task", data.num_classes)?;
+    let hyper = Hyper { epochs, ..hyper.clone() };
+    let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
+    let views: Vec<TaskView> = tasks
+        .iter()
+        .map(|t| {
+            let v = data::task_view(&data.train, t);
+            match train_limit {
+                Some(n) => v.limit(n),
+                None => v,
+            }
+        })
+        .collect();
+    let mut tr = Trainer::new(b.clone());
+    let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &hyper, seed: 0, obs };
+    let mut net = Net::new(b, arch, &mut Rng::derive(0, streams::TRUNK));
+    let plain = train_first_task(&mut tr, &mut net, &views[0], &cx)?;
+    let lwf = learn_task(&mut tr, &mut net, Method::Lwf, 1, &views[1], &[], &mut MethodState::default(), &cx)?;
+    let start = Instant::now();
+    let _ = evaluate(&mut tr, &net, &data.test, data.norm, &tasks, hyper.head_mode, hyper.batch_size);
+    let eval_seconds = start.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        backend: b.name(),
+        threads: rayon::current_num_threads(),
+        batch_size: hyper.batch_size,
+        plain_epoch_images_per_second: plain.images_per_second(),
+        lwf_phase_images_per_second: lwf.images_per_second(),
+        eval_images_per_second: data.test.len() as f64 / eval_seconds,
+        peak_rss_mb: peak_rss_mb(),
+        plain_seconds: plain.train_seconds,
+        lwf_seconds: lwf.train_seconds,
+        eval_seconds,
+    })
+}
+
+/// For tests and tools: the runs of an experiment without writing anything.
+pub fn experiment_runs(choice: BackendChoice, data: &Dataset, cfg: &ExperimentConfig, obs: &dyn Observer) -> Result<Vec<MethodRun>> {
+    on_backend!(choice, b => run_experiment(&b, data, cfg, obs))
+}

@@ -1,0 +1,302 @@
+//! Classes into tasks, and seeded batching.
+//!
+//! A task is a sorted set of global class indices. Heads predict *local*
+//! labels: the position of a class within its task ([`local_label`]), so task
+//! 5–9's head has outputs 0..5.
+
+use super::Split;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// Class indices above this are refused: they would only come from a typo
+/// such as `0-40000`, and would allocate a huge list.
+pub const MAX_CLASS: u32 = 65_535;
+
+/// Parse a class list such as `0-4`, `5,7,9` or `0-2,7` into sorted,
+/// deduplicated class indices.
+pub fn parse_classes(s: &str) -> Result<Vec<u32>> {
+    let bad = |why: &str| Error::Config(format!("bad class list '{s}': {why} (expected e.g. 0-4 or 5,7,9)"));
+    if s.trim().is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let mut classes = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (parse_class(a, &bad)?, parse_class(b, &bad)?),
+            None => (parse_class(part, &bad)?, parse_class(part, &bad)?),
+        };
+        if lo > hi {
+            return Err(bad(&format!("range {lo}-{hi} is backwards")));
+        }
+        classes.extend(lo..=hi);
+    }
+    classes.sort_unstable();
+    classes.dedup();
+    Ok(classes)
+}
+
+fn parse_class(s: &str, bad: &impl Fn(&str) -> Error) -> Result<u32> {
+    let s = s.trim();
+    let v: u32 = s.parse().map_err(|_| bad(&format!("'{s}' is not a class index")))?;
+    if v > MAX_CLASS {
+        return Err(bad(&format!("class {v} is above the limit {MAX_CLASS}")));
+    }
+    Ok(v)
+}
+
+/// Format classes compactly, the inverse of [`parse_classes`]: `[0,1,2,7]` → `0-2,7`.
+pub fn format_classes(classes: &[u32]) -> String {
+    let mut sorted = classes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j == i { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// Parse tasks separated by `;`, e.g. `0-4;5-9`. Tasks may not share a class:
+/// each class belongs to exactly one head.
+pub fn parse_tasks(s: &str) -> Result<Vec<Vec<u32>>> {
+    let tasks = s.split(';').map(parse_classes).collect::<Result<Vec<_>>>()?;
+    check_disjoint(&tasks)?;
+    Ok(tasks)
+}
+
+fn check_disjoint(tasks: &[Vec<u32>]) -> Result<()> {
+    for (a, ta) in tasks.iter().enumerate() {
+        for (b, tb) in tasks.iter().enumerate().skip(a + 1) {
+            if let Some(c) = ta.iter().find(|c| tb.contains(c)) {
+                let msg =
+                    format!("class {c} is in both task {} and task {}: tasks must not overlap", a + 1, b + 1);
+                return Err(Error::Config(msg));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tasks of a named protocol over classes `0..num_classes`:
+/// `two-task` = first half, second half; `splitN` = N equal contiguous groups.
+pub fn protocol_tasks(protocol: &str, num_classes: usize) -> Result<Vec<Vec<u32>>> {
+    let groups = match protocol {
+        "two-task" => {
+            if num_classes < 2 {
+                return Err(Error::Config(format!(
+                    "two-task needs at least 2 classes, the data has {num_classes}"
+                )));
+            }
+            return Ok(vec![range(0, num_classes / 2), range(num_classes / 2, num_classes)]);
+        }
+        p => p.strip_prefix("split").and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0),
+    };
+    let Some(n) = groups else {
+        let msg = format!(
+            "unknown protocol '{protocol}': valid protocols are two-task and splitN (N equal groups of classes, e.g. split5)"
+        );
+        return Err(Error::Config(msg));
+    };
+    if num_classes % n != 0 || n > num_classes {
+        let msg = format!("{protocol}: {num_classes} classes cannot be split into {n} equal tasks");
+        return Err(Error::Config(msg));
+    }
+    let k = num_classes / n;
+    Ok((0..n).map(|t| range(t * k, (t + 1) * k)).collect())
+}
+
+fn range(lo: usize, hi: usize) -> Vec<u32> {
+    (lo as u32..hi as u32).collect()
+}
+
+/// The examples of a split that belong to one task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskView {
+    /// The task's global classes, sorted.
+    pub classes: Vec<u32>,
+    /// Indices into the split of its examples, in dataset order.
+    pub indices: Vec<usize>,
+}
+
+impl TaskView {
+    /// Keep only the first `n` examples (small, fast slices for tests and smoke runs).
+    pub fn limit(mut self, n: usize) -> TaskView {
+        self.indices.truncate(n);
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// The examples of `split` whose label is in `classes`, in dataset order.
+pub fn task_view(split: &Split, classes: &[u32]) -> TaskView {
+    let size = classes.iter().max().map_or(0, |&m| m as usize + 1);
+    let mut member = vec![false; size];
+    for &c in classes {
+        member[c as usize] = true;
+    }
+    let indices = split
+        .labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| member.get(l as usize) == Some(&true))
+        .map(|(i, _)| i)
+        .collect();
+    let mut classes = classes.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    TaskView { classes, indices }
+}
+
+/// Fail with a clear message when a requested class has no example in
+/// `split` (a typo in `--classes`, or the wrong data directory).
+pub fn check_classes_present(split: &Split, classes: &[u32], path_hint: &str) -> Result<()> {
+    let present = split.class_counts(classes.iter().max().map_or(0, |&m| m as usize + 1));
+    let Some(&missing) = classes.iter().find(|&&c| present[c as usize] == 0) else { return Ok(()) };
+    let mut have: Vec<u32> = split.labels.clone();
+    have.sort_unstable();
+    have.dedup();
+    Err(Error::Config(format!(
+        "class {missing} is not in {path_hint}: it has classes {}",
+        format_classes(&have)
+    )))
+}
+
+/// The position of global class `global` within the task `classes` — the
+/// output index of that class in the task's head.
+///
+/// Panics if `global` is not one of `classes` (task views only hold their own classes).
+pub fn local_label(classes: &[u32], global: u32) -> u32 {
+    let pos = classes.iter().position(|&c| c == global);
+    pos.unwrap_or_else(|| panic!("local_label: class {global} is not in task {classes:?}")) as u32
+}
+
+/// Map global labels to local ones in place (see [`local_label`]).
+pub fn to_local(classes: &[u32], labels: &mut [u32]) {
+    for l in labels {
+        *l = local_label(classes, *l);
+    }
+}
+
+/// A random order of `0..n` for one epoch.
+pub fn epoch_order(n: usize, rng: &mut Rng) -> Vec<usize> {
+    rng.permutation(n)
+}
+
+/// One epoch's example indices cut into batches of `batch_size`; the last
+/// batch keeps the remainder (PyTorch's `DataLoader(drop_last=False)`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batches {
+    order: Vec<usize>,
+    batch_size: usize,
+}
+
+impl Batches {
+    /// Batches over `order` as given. Panics if `batch_size` is 0.
+    pub fn new(order: Vec<usize>, batch_size: usize) -> Batches {
+        assert!(batch_size > 0, "Batches: batch size must be positive");
+        Batches { order, batch_size }
+    }
+
+    /// `indices` (e.g. a [`TaskView`]'s) in a seeded random order.
+    pub fn shuffled(indices: &[usize], batch_size: usize, rng: &mut Rng) -> Batches {
+        let order = epoch_order(indices.len(), rng).into_iter().map(|i| indices[i]).collect();
+        Batches::new(order, batch_size)
+    }
+
+    /// `indices` in their given order (evaluation, recording teacher outputs).
+    pub fn sequential(indices: &[usize], batch_size: usize) -> Batches {
+        Batches::new(indices.to_vec(), batch_size)
+    }
+
+    /// The number of batches, counting a final partial one.
+    pub fn len(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The whole epoch order.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// The batches, each a slice of example indices.
+    pub fn iter(&self) -> std::slice::Chunks<'_, usize> {
+        self.order.chunks(self.batch_size)
+    }
+}
+
+impl<'a> IntoIterator for &'a Batches {
+    type Item = &'a [usize];
+    type IntoIter = std::slice::Chunks<'a, usize>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Pixels;
+
+    fn split(labels: Vec<u32>) -> Split {
+        let n = labels.len();
+        Split::new(Pixels::U8(vec![0; n]), labels, 1, 1, 1)
+    }
+
+    #[test]
+    fn format_classes_inverts_parse() {
+        for s in ["0-4", "5,7,9", "0-2,7", "3"] {
+            assert_eq!(format_classes(&parse_classes(s).unwrap()), s);
+        }
+        assert_eq!(format_classes(&[]), "");
+    }
+
+    #[test]
+    fn task_view_keeps_dataset_order_and_limit_truncates() {
+        let s = split(vec![3, 0, 5, 3, 9, 0]);
+        let v = task_view(&s, &[3, 0]);
+        assert_eq!(v, TaskView { classes: vec![0, 3], indices: vec![0, 1, 3, 5] });
+        assert_eq!(v.limit(2).indices, [0, 1]);
+        assert!(task_view(&s, &[]).is_empty());
+    }
+
+    #[test]
+    fn classes_present_and_local_labels() {
+        let s = split(vec![0, 1, 2, 3]);
+        assert!(check_classes_present(&s, &[1, 3], "d").is_ok());
+        let e = check_classes_present(&s, &[1, 11], "data/x").unwrap_err().to_string();
+        assert_eq!(e, "class 11 is not in data/x: it has classes 0-3");
+        assert_eq!(local_label(&[5, 6, 7], 7), 2);
+        let mut l = [7, 5];
+        to_local(&[5, 6, 7], &mut l);
+        assert_eq!(l, [2, 0]);
+    }
+
+    #[test]
+    fn batches_keep_the_last_partial_batch() {
+        let b = Batches::sequential(&[4, 5, 6, 7, 8], 2);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.iter().collect::<Vec<_>>(), [&[4, 5][..], &[6, 7], &[8]]);
+        let mut rng = Rng::new(3);
+        let s = Batches::shuffled(&[10, 20, 30], 2, &mut rng);
+        let mut o = s.order().to_vec();
+        o.sort();
+        assert_eq!(o, [10, 20, 30]);
+    }
+}

@@ -1,0 +1,112 @@
+//! Evaluation: task-aware accuracy (argmax within each task's own outputs)
+//! and class-incremental accuracy (argmax over all outputs of all tasks seen).
+//! Per batch the device returns only each head's row maxima and their
+//! positions; the comparison across heads happens on the host.
+
+use super::train::Trainer;
+use super::HeadMode;
+use crate::autodiff::Tape;
+use crate::backend::Backend;
+use crate::data::{Normalization, Split};
+use crate::nn::{Linear, Net};
+
+/// Accuracies after a task, as fractions in [0, 1].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accuracies {
+    /// Per seen task j: accuracy of task j's outputs on task j's test images.
+    pub task_aware: Vec<f64>,
+    /// Over all test images of the seen classes.
+    pub class_il: f64,
+    /// Class-IL accuracy restricted to each task's test images.
+    pub class_il_per_task: Vec<f64>,
+}
+
+/// One evaluation output block per task, with the global class of each output.
+fn task_heads<B: Backend>(b: &B, net: &Net<B>, tasks: &[Vec<u32>], mode: HeadMode) -> Vec<(Linear<B>, Vec<u32>)> {
+    match mode {
+        HeadMode::PerTask => tasks
+            .iter()
+            .enumerate()
+            .map(|(j, t)| {
+                let h = &net.heads[j];
+                assert_eq!(&h.classes, t, "head {j} holds classes {:?}, task {j} is {t:?}", h.classes);
+                (h.linear.rows(b, 0, h.classes.len()), t.clone())
+            })
+            .collect(),
+        HeadMode::Shared => {
+            let h = &net.heads[0];
+            tasks
+                .iter()
+                .map(|t| {
+                    let start = h.classes.iter().position(|c| *c == t[0]).expect("task classes in the shared head");
+                    assert_eq!(&h.classes[start..start + t.len()], &t[..], "task classes must be contiguous in the shared head");
+                    (h.linear.rows(b, start, t.len()), t.clone())
+                })
+                .collect()
+        }
+    }
+}
+
+/// Evaluate `net` on the test images of the seen `tasks`.
+pub fn evaluate<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    test: &Split,
+    norm: Normalization,
+    tasks: &[Vec<u32>],
+    mode: HeadMode,
+    batch_size: usize,
+) -> Accuracies {
+    let b = tr.b.clone();
+    let heads = task_heads(&b, net, tasks, mode);
+    let task_of = |label: u32| tasks.iter().position(|t| t.contains(&label));
+    let examples: Vec<(usize, usize)> =
+        (0..test.len()).filter_map(|i| task_of(test.labels[i]).map(|t| (i, t))).collect();
+    let nt = tasks.len();
+    let (mut seen, mut ta_ok, mut cil_ok) = (vec![0usize; nt], vec![0usize; nt], vec![0usize; nt]);
+    let mut xs = Vec::new();
+    let mut vals = b.zeros(batch_size);
+    let mut idx = b.zeros_idx(batch_size);
+    for batch in examples.chunks(batch_size) {
+        let n = batch.len();
+        let ids: Vec<usize> = batch.iter().map(|e| e.0).collect();
+        xs.resize(n * test.image_len(), 0.0);
+        test.fill_batch(&ids, norm, &mut xs);
+        // Per head: (row maxima, their positions).
+        let mut best: Vec<(Vec<f32>, Vec<u32>)> = Vec::with_capacity(heads.len());
+        {
+            let mut tape = Tape::new(&b, &mut tr.ws);
+            let x = tape.input(&[n, test.c, test.h, test.w], &xs);
+            let f = net.features(&mut tape, x);
+            for (lin, classes) in &heads {
+                let z = tape.linear(f, lin);
+                b.max_rows(&mut vals, &mut idx, tape.value(z), n, classes.len());
+                best.push((b.download(&vals), b.download_idx(&idx)));
+            }
+        }
+        for (r, &(i, t)) in batch.iter().enumerate() {
+            let label = test.labels[i];
+            seen[t] += 1;
+            if heads[t].1[best[t].1[r] as usize] == label {
+                ta_ok[t] += 1;
+            }
+            // argmax over the concatenation: the first head holding the maximum.
+            let mut top = 0;
+            for j in 1..heads.len() {
+                if best[j].0[r] > best[top].0[r] {
+                    top = j;
+                }
+            }
+            if heads[top].1[best[top].1[r] as usize] == label {
+                cil_ok[t] += 1;
+            }
+        }
+    }
+    // NaN marks a task with no test image here (e.g. `eval` on data lacking it).
+    let frac = |ok: usize, n: usize| if n == 0 { f64::NAN } else { ok as f64 / n as f64 };
+    Accuracies {
+        task_aware: (0..nt).map(|t| frac(ta_ok[t], seen[t])).collect(),
+        class_il: frac(cil_ok.iter().sum(), seen.iter().sum()),
+        class_il_per_task: (0..nt).map(|t| frac(cil_ok[t], seen[t])).collect(),
+    }
+}

@@ -1,0 +1,245 @@
+//! What each method does to learn a task (DESIGN.md "LwF" and "Baselines").
+//!
+//! LwF's four steps: (1) record Y_o = old model(X_new) once; (2) add the new
+//! head; (3) warm up only the new head; (4) train θs, θo, θn together on
+//! `λ_o·Σ KD + CE + R`. The baselines differ only in which parameters train
+//! and which loss terms exist, so each is a few lines here.
+
+use super::train::{Anchors, Example, LossPlan, PhaseStats, Teacher, Trainer};
+use super::{HeadMode, Hyper, Method, Observer};
+use crate::backend::Backend;
+use crate::data::split::TaskView;
+use crate::data::{Normalization, Split};
+use crate::error::Result;
+use crate::nn::Net;
+use crate::rng::Rng;
+use std::time::Instant;
+
+/// Random streams of a run, `Rng::derive(seed, STREAM + task)`: each use has
+/// its own, so e.g. every method sees the same shuffles at task t.
+pub mod streams {
+    pub const TRUNK: u64 = 0;
+    pub const HEAD: u64 = 100;
+    pub const SHUFFLE: u64 = 500;
+    pub const FISHER: u64 = 700;
+}
+
+/// Timings of one task's training, with the reference's definitions:
+/// `train_seconds` covers Y_o recording, warm-up and the main epochs (and
+/// EWC's Fisher estimate), evaluation excluded; `images` counts images through
+/// training steps, warm-up included.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskReport {
+    pub train_seconds: f64,
+    /// Per epoch, warm-up epochs first.
+    pub epoch_seconds: Vec<f64>,
+    pub images: usize,
+    pub yo_record_seconds: f64,
+    pub last_loss: f32,
+}
+
+impl TaskReport {
+    pub fn images_per_second(&self) -> f64 {
+        if self.train_seconds > 0.0 {
+            self.images as f64 / self.train_seconds
+        } else {
+            0.0
+        }
+    }
+    fn add(&mut self, s: PhaseStats) {
+        self.epoch_seconds.extend(s.epoch_seconds);
+        self.images += s.images;
+        self.last_loss = s.last_loss;
+    }
+}
+
+/// What a method carries from task to task.
+pub struct MethodState<B: Backend> {
+    /// EWC: the summed diagonal Fisher of θs over finished tasks.
+    pub fisher: Option<Vec<B::Buf>>,
+}
+
+impl<B: Backend> Default for MethodState<B> {
+    fn default() -> Self {
+        MethodState { fisher: None }
+    }
+}
+
+/// Everything a task's training reads: the split, its normalisation, the
+/// hyper-parameters, the seed and where progress goes.
+pub struct TaskContext<'c> {
+    pub split: &'c Split,
+    pub norm: Normalization,
+    pub hyper: &'c Hyper,
+    pub seed: u64,
+    pub obs: &'c dyn Observer,
+}
+
+/// Examples of a task view for head `head`, labelled by their position in
+/// `head_classes`.
+pub fn examples_for(view: &TaskView, split: &Split, head: usize, head_classes: &[u32]) -> Vec<Example> {
+    view.indices
+        .iter()
+        .map(|&idx| {
+            let label = head_classes.iter().position(|&c| c == split.labels[idx]).expect("label of a task class") as u32;
+            Example { idx, head, label }
+        })
+        .collect()
+}
+
+/// Task 1: a fresh head on a fresh (or given) trunk, all trained with CE.
+pub fn train_first_task<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &mut Net<B>,
+    view: &TaskView,
+    cx: &TaskContext<'_>,
+) -> Result<TaskReport> {
+    let start = Instant::now();
+    net.add_head(&tr.b, &mut Rng::derive(cx.seed, streams::HEAD), &view.classes);
+    let h = net.heads.len() - 1;
+    net.set_trainable(true, 0, &[h]);
+    let examples = examples_for(view, cx.split, h, &view.classes);
+    let plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
+    let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
+    let stats =
+        tr.run_epochs(net, cx.split, cx.norm, &examples, &plan, cx.hyper, cx.hyper.epochs, &mut rng, cx.obs, "task 1")?;
+    let mut report = TaskReport::default();
+    report.add(stats);
+    report.train_seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Learn task `t` (t ≥ 1) with `method`. `old` holds the finished tasks' data
+/// in task order; only `joint` (and `ewc`, for its Fisher, when no Fisher was
+/// carried in) read it.
+#[allow(clippy::too_many_arguments)]
+pub fn learn_task<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &mut Net<B>,
+    method: Method,
+    t: usize,
+    new: &TaskView,
+    old: &[TaskView],
+    state: &mut MethodState<B>,
+    cx: &TaskContext<'_>,
+) -> Result<TaskReport> {
+    let start = Instant::now();
+    let hyper = cx.hyper;
+    let b = tr.b.clone();
+    let mode = hyper.head_mode;
+    let old_heads: Vec<usize> = (0..net.heads.len()).collect();
+    let mut report = TaskReport::default();
+
+    // (1) LwF: the old model's outputs on the new images, before any change.
+    let mut teachers: Vec<Teacher> = Vec::new();
+    if method == Method::Lwf {
+        let t0 = Instant::now();
+        let probe = examples_for(new, cx.split, 0, &new.classes); // labels unused
+        teachers = tr.record_logits(net, cx.split, cx.norm, &probe, &old_heads, hyper.batch_size);
+        report.yo_record_seconds = t0.elapsed().as_secs_f64();
+    }
+
+    // EWC: Fisher of the task just finished, at the parameters it ended with.
+    if method == Method::Ewc && old.len() < t && state.fisher.is_none() {
+        return Err(crate::Error::Config(
+            "ewc needs the old task's Fisher information: the model carries none and no old data was given".into(),
+        ));
+    }
+    if method == Method::Ewc && old.len() >= t {
+        let prev = &old[t - 1];
+        let (head, classes) = head_of(net, mode, prev);
+        let mut ex = examples_for(prev, cx.split, head, &classes);
+        Rng::derive(cx.seed, streams::FISHER + t as u64).shuffle(&mut ex);
+        ex.truncate(hyper.ewc_samples);
+        let fisher = state
+            .fisher
+            .get_or_insert_with(|| net.trunk_params().iter().map(|p| b.zeros(p.value.numel())).collect());
+        tr.accumulate_fisher(net, cx.split, cx.norm, &ex, fisher);
+    }
+    let anchors = match method {
+        Method::L2 | Method::Ewc => Some(Anchors {
+            values: net.trunk_params().iter().map(|p| p.value.duplicate(&b).buf).collect(),
+            fisher: if method == Method::Ewc {
+                state.fisher.as_ref().map(|f| f.iter().map(|x| dup_buf(&b, x)).collect())
+            } else {
+                None
+            },
+            scale: if method == Method::Ewc { hyper.lambda_ewc / 2.0 } else { hyper.lambda_l2 },
+        }),
+        _ => None,
+    };
+
+    // (2) The new outputs: a new head, or new rows of the shared head.
+    let mut head_rng = Rng::derive(cx.seed, streams::HEAD + t as u64);
+    let new_head = match mode {
+        HeadMode::PerTask => {
+            net.add_head(&b, &mut head_rng, &new.classes);
+            net.heads.len() - 1
+        }
+        HeadMode::Shared => {
+            net.grow_head(&b, &mut head_rng, 0, &new.classes);
+            0
+        }
+    };
+    let head_classes = net.heads[new_head].classes.clone();
+    let mut examples = examples_for(new, cx.split, new_head, &head_classes);
+    let all_heads: Vec<usize> = (0..net.heads.len()).collect();
+    let mut rng = Rng::derive(cx.seed, streams::SHUFFLE + t as u64);
+    let label = format!("task {} {method}", t + 1);
+
+    // (3) LwF's warm-up: only the new outputs train. In per-task mode the old
+    // heads and θs are frozen, so their outputs equal Y_o and KD is constant
+    // (omitted, as the reference). In shared mode the whole head trains, so
+    // KD keeps the old outputs in place.
+    if method == Method::Lwf && hyper.warmup_epochs > 0 {
+        net.set_trainable(false, 0, &[new_head]);
+        let kd: &[Teacher] = if mode == HeadMode::Shared { &teachers } else { &[] };
+        let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None };
+        let warm = format!("{label} warm-up");
+        let s = tr.run_epochs(net, cx.split, cx.norm, &examples, &plan, hyper, hyper.warmup_epochs, &mut rng, cx.obs, &warm)?;
+        report.add(s);
+    }
+
+    // (4) The main phase.
+    let mut ce_heads = vec![new_head];
+    match method {
+        Method::Lwf | Method::Joint => net.set_trainable(true, 0, &all_heads),
+        Method::Finetune | Method::L2 | Method::Ewc => net.set_trainable(true, 0, &[new_head]),
+        Method::Freeze => net.set_trainable(true, hyper.freeze_layers, &[new_head]),
+        Method::FeatureExtraction => net.set_trainable(false, 0, &[new_head]),
+    }
+    if method == Method::Joint {
+        for view in old {
+            let (head, classes) = head_of(net, mode, view);
+            examples.extend(examples_for(view, cx.split, head, &classes));
+            ce_heads.push(head);
+        }
+        ce_heads.sort_unstable();
+        ce_heads.dedup();
+    }
+    let kd: &[Teacher] = if method == Method::Lwf { &teachers } else { &[] };
+    let plan = LossPlan { ce_heads, teachers: kd, anchors: anchors.as_ref() };
+    let s = tr.run_epochs(net, cx.split, cx.norm, &examples, &plan, hyper, hyper.epochs, &mut rng, cx.obs, &label)?;
+    report.add(s);
+    net.set_trainable(true, 0, &all_heads);
+    report.train_seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The head (and its classes) that holds a task's classes.
+fn head_of<B: Backend>(net: &Net<B>, mode: HeadMode, view: &TaskView) -> (usize, Vec<u32>) {
+    let h = match mode {
+        HeadMode::Shared => 0,
+        HeadMode::PerTask => {
+            net.heads.iter().position(|h| h.classes.contains(&view.classes[0])).expect("a head for every finished task")
+        }
+    };
+    (h, net.heads[h].classes.clone())
+}
+
+fn dup_buf<B: Backend>(b: &B, x: &B::Buf) -> B::Buf {
+    let n = b.len(x);
+    let mut y = b.zeros(n);
+    b.copy(&mut y, 0, x, 0, n);
+    y
+}

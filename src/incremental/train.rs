@@ -1,0 +1,268 @@
+//! The training step and the epoch loop, generic over the backend.
+//!
+//! A step uploads one batch (images, labels, recorded teacher logits), records
+//! the forward pass and the loss terms on a fresh tape, walks it backward,
+//! reads the loss scalar back (the one sync) and applies the fused SGD update.
+//! Buffers are recycled through the `Trainer`'s workspace, so the steady state
+//! allocates nothing on the device.
+
+use super::{Hyper, Observer};
+use crate::autodiff::{Grads, Tape, Workspace};
+use crate::backend::{Backend, IGNORE_LABEL};
+use crate::data::{Normalization, Split};
+use crate::error::{Error, Result};
+use crate::nn::Net;
+use crate::optim::Sgd;
+use crate::rng::Rng;
+use std::time::Instant;
+
+/// One training example: its index in the split, the head whose
+/// cross-entropy it feeds, and its label within that head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Example {
+    pub idx: usize,
+    pub head: usize,
+    pub label: u32,
+}
+
+/// Recorded outputs of an old head on the training examples (LwF's Y_o):
+/// row `i` belongs to `examples[i]`.
+pub struct Teacher {
+    pub head: usize,
+    pub cols: usize,
+    pub logits: Vec<f32>,
+}
+
+/// A quadratic pull of θs towards an anchor (l2; ewc with a Fisher weight).
+pub struct Anchors<B: Backend> {
+    /// One per trunk parameter, in `Net::trunk_params` order.
+    pub values: Vec<B::Buf>,
+    pub fisher: Option<Vec<B::Buf>>,
+    pub scale: f32,
+}
+
+/// What the loss of a phase is made of.
+pub struct LossPlan<'p, B: Backend> {
+    /// Heads with a cross-entropy term (examples of other heads are ignored
+    /// in each; the sum is divided by the batch size, as the reference).
+    pub ce_heads: Vec<usize>,
+    pub teachers: &'p [Teacher],
+    pub anchors: Option<&'p Anchors<B>>,
+}
+
+/// How a phase went: wall time per epoch and images through training steps.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseStats {
+    pub epoch_seconds: Vec<f64>,
+    pub images: usize,
+    pub last_loss: f32,
+}
+
+/// Long-lived state of a training session: the device, recycled buffers,
+/// parameter gradients and host staging vectors.
+pub struct Trainer<B: Backend> {
+    pub b: B,
+    pub ws: Workspace<B>,
+    grads: Grads<B>,
+    xs: Vec<f32>,
+    teacher_rows: Vec<f32>,
+    labels: Vec<u32>,
+    idx: Vec<usize>,
+}
+
+impl<B: Backend> Trainer<B> {
+    pub fn new(b: B) -> Self {
+        Trainer {
+            b,
+            ws: Workspace::new(),
+            grads: Grads::new(),
+            xs: Vec::new(),
+            teacher_rows: Vec::new(),
+            labels: Vec::new(),
+            idx: Vec::new(),
+        }
+    }
+
+    /// Train `net` (with its `trainable` flags already set) for `epochs` over
+    /// `examples`, shuffled by `rng` each epoch, last partial batch kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_epochs(
+        &mut self,
+        net: &mut Net<B>,
+        split: &Split,
+        norm: Normalization,
+        examples: &[Example],
+        plan: &LossPlan<'_, B>,
+        hyper: &Hyper,
+        epochs: usize,
+        rng: &mut Rng,
+        obs: &dyn Observer,
+        label: &str,
+    ) -> Result<PhaseStats> {
+        let mut stats = PhaseStats::default();
+        let mut sgd = Sgd::new(hyper.sgd());
+        let bs = hyper.batch_size;
+        let steps = examples.len().div_ceil(bs);
+        for epoch in 0..epochs {
+            let start = Instant::now();
+            obs.phase(&format!("{label} epoch {}/{epochs}", epoch + 1), steps as u64);
+            let order = rng.permutation(examples.len());
+            for (step, batch) in order.chunks(bs).enumerate() {
+                let loss = self.step(net, split, norm, examples, batch, plan, hyper, &mut sgd);
+                if !loss.is_finite() {
+                    obs.phase_done();
+                    return Err(Error::NonFiniteLoss {
+                        value: loss,
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        context: label.to_string(),
+                    });
+                }
+                stats.images += batch.len();
+                stats.last_loss = loss;
+                obs.step(loss, batch.len());
+            }
+            obs.phase_done();
+            stats.epoch_seconds.push(start.elapsed().as_secs_f64());
+        }
+        Ok(stats)
+    }
+
+    /// One SGD step on the examples at positions `batch`; returns the loss.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        net: &mut Net<B>,
+        split: &Split,
+        norm: Normalization,
+        examples: &[Example],
+        batch: &[usize],
+        plan: &LossPlan<'_, B>,
+        hyper: &Hyper,
+        sgd: &mut Sgd<B>,
+    ) -> f32 {
+        let n = batch.len();
+        self.stage_images(split, norm, examples, batch);
+        let mut heads: Vec<usize> = plan.ce_heads.iter().copied().chain(plan.teachers.iter().map(|t| t.head)).collect();
+        heads.sort_unstable();
+        heads.dedup();
+
+        let loss = {
+            let mut tape = Tape::new(&self.b, &mut self.ws);
+            let x = tape.input(&[n, split.c, split.h, split.w], &self.xs);
+            let logits = net.forward(&mut tape, x, &heads);
+            for (&h, &z) in heads.iter().zip(&logits) {
+                if plan.ce_heads.contains(&h) {
+                    self.labels.clear();
+                    self.labels.extend(batch.iter().map(|&i| {
+                        let e = examples[i];
+                        if e.head == h {
+                            e.label
+                        } else {
+                            IGNORE_LABEL
+                        }
+                    }));
+                    tape.cross_entropy(z, &self.labels, 1.0 / n as f32);
+                }
+                for t in plan.teachers.iter().filter(|t| t.head == h) {
+                    self.teacher_rows.clear();
+                    for &i in batch {
+                        self.teacher_rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
+                    }
+                    let zt = tape.input(&[n, t.cols], &self.teacher_rows);
+                    let t2 = if hyper.kd_t2 { hyper.temperature * hyper.temperature } else { 1.0 };
+                    tape.distill(z, zt, hyper.temperature, hyper.lambda_o * t2 / n as f32);
+                }
+            }
+            if let Some(a) = plan.anchors {
+                for (k, p) in net.trunk_params().into_iter().enumerate() {
+                    let fisher = a.fisher.as_ref().map(|f| &f[k]);
+                    tape.anchor_penalty(p, &a.values[k], fisher, a.scale);
+                }
+            }
+            self.grads.prepare(&self.b, net.params());
+            tape.backward(&mut self.grads);
+            tape.loss_value()
+        };
+        if loss.is_finite() {
+            sgd.step(&self.b, net, &self.grads);
+        }
+        loss
+    }
+
+    /// Normalised images of the batch into the host staging vector.
+    fn stage_images(&mut self, split: &Split, norm: Normalization, examples: &[Example], batch: &[usize]) {
+        self.idx.clear();
+        self.idx.extend(batch.iter().map(|&i| examples[i].idx));
+        self.xs.resize(batch.len() * split.image_len(), 0.0);
+        split.fill_batch(&self.idx, norm, &mut self.xs);
+    }
+
+    /// Logits of `heads` for every example, in order, batch by batch (LwF's
+    /// Y_o recording: the old model's outputs, no augmentation, so exact).
+    pub fn record_logits(
+        &mut self,
+        net: &Net<B>,
+        split: &Split,
+        norm: Normalization,
+        examples: &[Example],
+        heads: &[usize],
+        batch_size: usize,
+    ) -> Vec<Teacher> {
+        let mut out: Vec<Teacher> = heads
+            .iter()
+            .map(|&h| {
+                let cols = net.heads[h].linear.out_f;
+                Teacher { head: h, cols, logits: Vec::with_capacity(examples.len() * cols) }
+            })
+            .collect();
+        let positions: Vec<usize> = (0..examples.len()).collect();
+        for batch in positions.chunks(batch_size) {
+            self.stage_images(split, norm, examples, batch);
+            let mut tape = Tape::new(&self.b, &mut self.ws);
+            let x = tape.input(&[batch.len(), split.c, split.h, split.w], &self.xs);
+            let logits = net.forward(&mut tape, x, heads);
+            for (t, z) in out.iter_mut().zip(logits) {
+                let v = self.b.download(tape.value(z));
+                t.logits.extend_from_slice(&v[..batch.len() * t.cols]);
+            }
+        }
+        out
+    }
+
+    /// EWC's diagonal Fisher of θs, `E[(∂ log p(y|x) / ∂θ)²]`, estimated from
+    /// single examples (the empirical Fisher with the true labels) and added
+    /// into `fisher` (one buffer per trunk parameter). Leaves `net`'s
+    /// trainable flags with the trunk trainable.
+    pub fn accumulate_fisher(
+        &mut self,
+        net: &mut Net<B>,
+        split: &Split,
+        norm: Normalization,
+        examples: &[Example],
+        fisher: &mut [B::Buf],
+    ) {
+        if examples.is_empty() {
+            return;
+        }
+        net.set_trainable(true, 0, &[]);
+        let weight = 1.0 / examples.len() as f32;
+        for i in 0..examples.len() {
+            self.stage_images(split, norm, examples, &[i]);
+            let e = examples[i];
+            {
+                let mut tape = Tape::new(&self.b, &mut self.ws);
+                let x = tape.input(&[1, split.c, split.h, split.w], &self.xs);
+                let z = net.forward(&mut tape, x, &[e.head]);
+                tape.cross_entropy(z[0], &[e.label], 1.0);
+                self.grads.prepare(&self.b, net.params());
+                tape.backward(&mut self.grads);
+            }
+            for (k, p) in net.trunk_params().into_iter().enumerate() {
+                if let Some(g) = self.grads.get(p.id) {
+                    self.b.add_squared(&mut fisher[k], weight, g);
+                }
+            }
+        }
+    }
+}
