@@ -10,6 +10,9 @@
 //   gemm_64:  64×64 C tile, K-step 16, 256 invocations × 4×4 outputs
 //   gemm_128: 128×128 C tile, K-step 8, 256 invocations × 8×8 outputs
 // The host picks gemm_128 only when there are enough big tiles to fill the GPU.
+// A third shape, gemm_reg (no workgroup memory, no barriers: 8×8 invocations
+// × 4×4 outputs straight from global memory), is used on software adapters
+// (lavapipe), where workgroup memory and barriers cost more than they save.
 //
 // Bindings (STYLE.md §8.3): 0 params, 1 A, 2 B (read), 3 C (read_write).
 
@@ -373,4 +376,58 @@ fn gemm_128(
     store_c4(cbase, r1 + 2u, c1, acc61);
     store_c4(cbase, r1 + 3u, c0, acc70);
     store_c4(cbase, r1 + 3u, c1, acc71);
+}
+
+// ---- gemm_reg (software adapters) -------------------------------------------
+
+@compute @workgroup_size(8, 8)
+fn gemm_reg(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let z = wid.z;
+    let ke = k_extent(z);
+    let abase = p.a_off + z * p.a_zs;
+    let bbase = p.b_off + z * p.b_zs;
+    let cbase = p.c_off + z * p.c_zs;
+    let r = (wid.y * 8u + lid.y) * 4u;
+    let cc = (wid.x * 8u + lid.x) * 4u;
+    if (r >= p.m || cc >= p.n) {
+        return;
+    }
+    // Element strides of op(A) along (row, k) and of op(B) along (k, col).
+    var sa = vec2<u32>(p.lda, 1u);
+    if ((p.trans & 1u) != 0u) {
+        sa = vec2<u32>(1u, p.lda);
+    }
+    var sb = vec2<u32>(p.ldb, 1u);
+    if ((p.trans & 2u) != 0u) {
+        sb = vec2<u32>(1u, p.ldb);
+    }
+    // Rows/columns past the edge read the last valid one (discarded at the store).
+    let a0 = abase + min(r, p.m - 1u) * sa.x;
+    let a1 = abase + min(r + 1u, p.m - 1u) * sa.x;
+    let a2 = abase + min(r + 2u, p.m - 1u) * sa.x;
+    let a3 = abase + min(r + 3u, p.m - 1u) * sa.x;
+    let b0 = bbase + min(cc, p.n - 1u) * sb.y;
+    let b1 = bbase + min(cc + 1u, p.n - 1u) * sb.y;
+    let b2 = bbase + min(cc + 2u, p.n - 1u) * sb.y;
+    let b3 = bbase + min(cc + 3u, p.n - 1u) * sb.y;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < ke; kk = kk + 1u) {
+        let ka = kk * sa.y;
+        let kb = kk * sb.x;
+        let bv = vec4<f32>(b[b0 + kb], b[b1 + kb], b[b2 + kb], b[b3 + kb]);
+        acc0 = fma(vec4<f32>(a[a0 + ka]), bv, acc0);
+        acc1 = fma(vec4<f32>(a[a1 + ka]), bv, acc1);
+        acc2 = fma(vec4<f32>(a[a2 + ka]), bv, acc2);
+        acc3 = fma(vec4<f32>(a[a3 + ka]), bv, acc3);
+    }
+    store_c4(cbase, r, cc, acc0);
+    store_c4(cbase, r + 1u, cc, acc1);
+    store_c4(cbase, r + 2u, cc, acc2);
+    store_c4(cbase, r + 3u, cc, acc3);
 }

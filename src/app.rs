@@ -9,7 +9,9 @@ use crate::checkpoint::{self, HistoryEntry, Meta};
 use crate::data::{self, Dataset, Normalization, Split, TaskView};
 use crate::error::{Error, Result};
 use crate::incremental::eval::{evaluate, Accuracies};
-use crate::incremental::methods::{examples_for, learn_task, streams, train_first_task, MethodState, TaskContext};
+use crate::incremental::methods::{
+    examples_for, learn_task, streams, train_first_task, MethodState, TaskContext,
+};
 use crate::incremental::protocol::{run_experiment, ExperimentConfig, MethodRun};
 use crate::incremental::train::Trainer;
 use crate::incremental::{HeadMode, Hyper, Method, Observer};
@@ -80,7 +82,10 @@ fn check_input(model: &Path, arch: &Arch, split: &Split, data: &Path) -> Result<
 }
 
 fn class_names(data: &Dataset, classes: &[u32]) -> Vec<String> {
-    classes.iter().map(|&c| data.class_names.get(c as usize).cloned().unwrap_or_else(|| format!("class {c}"))).collect()
+    classes
+        .iter()
+        .map(|&c| data.class_names.get(c as usize).cloned().unwrap_or_else(|| format!("class {c}")))
+        .collect()
 }
 
 /// `train`: a new model on some classes of a data set.
@@ -99,7 +104,13 @@ pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> R
     on_backend!(choice, b => train_on(&b, &data, &classes, req, obs))
 }
 
-fn train_on<B: Backend>(b: &B, data: &Dataset, classes: &[u32], req: &TrainRequest, obs: &dyn Observer) -> Result<String> {
+fn train_on<B: Backend>(
+    b: &B,
+    data: &Dataset,
+    classes: &[u32],
+    req: &TrainRequest,
+    obs: &dyn Observer,
+) -> Result<String> {
     let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
     arch.validate().map_err(Error::Config)?;
     let mut tr = Trainer::new(b.clone());
@@ -108,7 +119,8 @@ fn train_on<B: Backend>(b: &B, data: &Dataset, classes: &[u32], req: &TrainReque
     let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &req.hyper, seed: req.seed, obs };
     let report = train_first_task(&mut tr, &mut net, &view, &cx)?;
     let mut meta = Meta::new(arch, data.norm.mean, data.norm.std, req.hyper.head_mode);
-    meta.heads = vec![checkpoint::HeadMeta { classes: classes.to_vec(), class_names: class_names(data, classes) }];
+    meta.heads =
+        vec![checkpoint::HeadMeta { classes: classes.to_vec(), class_names: class_names(data, classes) }];
     meta.tasks = vec![classes.to_vec()];
     meta.history.push(HistoryEntry {
         verb: "train".into(),
@@ -119,8 +131,10 @@ fn train_on<B: Backend>(b: &B, data: &Dataset, classes: &[u32], req: &TrainReque
         seed: req.seed,
         train_seconds: report.train_seconds,
     });
-    let fisher = fisher_after(&mut tr, &mut net, &data.train, data.norm, &view, None, &req.hyper, req.seed, 1);
-    let acc = evaluate(&mut tr, &net, &data.test, data.norm, &meta.tasks, meta.head_mode, req.hyper.batch_size);
+    let fisher =
+        fisher_after(&mut tr, &mut net, &data.train, data.norm, &view, None, &req.hyper, req.seed, 1);
+    let acc =
+        evaluate(&mut tr, &net, &data.test, data.norm, &meta.tasks, meta.head_mode, req.hyper.batch_size);
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher))?;
     Ok(format!(
         "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}% → {}",
@@ -155,7 +169,8 @@ fn fisher_after<B: Backend>(
     let mut ex = examples_for(view, split, head, &classes);
     Rng::derive(seed, streams::FISHER + task).shuffle(&mut ex);
     ex.truncate(hyper.ewc_samples);
-    let mut fisher = carried.unwrap_or_else(|| net.trunk_params().iter().map(|p| b.zeros(p.value.numel())).collect());
+    let mut fisher =
+        carried.unwrap_or_else(|| net.trunk_params().iter().map(|p| b.zeros(p.value.numel())).collect());
     tr.accumulate_fisher(net, split, norm, &ex, &mut fisher);
     let n = net.heads.len();
     net.set_trainable(true, 0, &(0..n).collect::<Vec<_>>());
@@ -180,7 +195,13 @@ pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) ->
     on_backend!(choice, b => extend_on(&b, method, &data, req, obs))
 }
 
-fn extend_on<B: Backend>(b: &B, method: Method, data: &Dataset, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
+fn extend_on<B: Backend>(
+    b: &B,
+    method: Method,
+    data: &Dataset,
+    req: &ExtendRequest,
+    obs: &dyn Observer,
+) -> Result<String> {
     let ck = checkpoint::load(&req.model, b)?;
     let (mut net, mut meta) = (ck.net, ck.meta);
     check_input(&req.model, &meta.arch, &data.train, &data.root)?;
@@ -188,8 +209,9 @@ fn extend_on<B: Backend>(b: &B, method: Method, data: &Dataset, req: &ExtendRequ
     let classes = match &req.classes {
         Some(s) => data::parse_classes(s)?,
         None => {
-            let present: Vec<u32> =
-                (0..data.num_classes as u32).filter(|c| data.train.labels.contains(c) && !known.contains(c)).collect();
+            let present: Vec<u32> = (0..data.num_classes as u32)
+                .filter(|c| data.train.labels.contains(c) && !known.contains(c))
+                .collect();
             if present.is_empty() {
                 return Err(Error::Config(format!(
                     "{} has no class the model does not already know ({})",
@@ -243,12 +265,21 @@ fn extend_on<B: Backend>(b: &B, method: Method, data: &Dataset, req: &ExtendRequ
     let t = meta.tasks.len();
     let mut tr = Trainer::new(b.clone());
     let mut state = MethodState { fisher: ck.fisher };
-    let cx = TaskContext { split: &split, norm: Normalization { mean: meta.norm_mean, std: meta.norm_std }, hyper: &req.hyper, seed: req.seed, obs };
+    let cx = TaskContext {
+        split: &split,
+        norm: Normalization { mean: meta.norm_mean, std: meta.norm_std },
+        hyper: &req.hyper,
+        seed: req.seed,
+        obs,
+    };
     let report = learn_task(&mut tr, &mut net, method, t, &new_view, &old_views, &mut state, &cx)?;
     meta.tasks.push(classes.clone());
     let mut heads = meta.heads.clone();
     match meta.head_mode {
-        HeadMode::PerTask => heads.push(checkpoint::HeadMeta { classes: classes.clone(), class_names: class_names(data, &classes) }),
+        HeadMode::PerTask => heads.push(checkpoint::HeadMeta {
+            classes: classes.clone(),
+            class_names: class_names(data, &classes),
+        }),
         HeadMode::Shared => {
             heads[0].classes.extend(&classes);
             heads[0].class_names.extend(class_names(data, &classes));
@@ -264,14 +295,30 @@ fn extend_on<B: Backend>(b: &B, method: Method, data: &Dataset, req: &ExtendRequ
         seed: req.seed,
         train_seconds: report.train_seconds,
     });
-    let fisher = fisher_after(&mut tr, &mut net, &split, cx.norm, &new_view, state.fisher.take(), &req.hyper, req.seed, t as u64 + 1);
+    let fisher = fisher_after(
+        &mut tr,
+        &mut net,
+        &split,
+        cx.norm,
+        &new_view,
+        state.fisher.take(),
+        &req.hyper,
+        req.seed,
+        t as u64 + 1,
+    );
     let acc = eval_present(&mut tr, &net, &meta, &data.test, cx.norm, req.hyper.batch_size);
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher))?;
     let per: Vec<String> = meta
         .tasks
         .iter()
         .zip(&acc.task_aware)
-        .map(|(t, a)| if a.is_nan() { format!("{}: -", data::format_classes(t)) } else { format!("{}: {:.2}%", data::format_classes(t), 100.0 * a) })
+        .map(|(t, a)| {
+            if a.is_nan() {
+                format!("{}: -", data::format_classes(t))
+            } else {
+                format!("{}: {:.2}%", data::format_classes(t), 100.0 * a)
+            }
+        })
         .collect();
     Ok(format!(
         "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}] → {}",
@@ -286,7 +333,12 @@ fn extend_on<B: Backend>(b: &B, method: Method, data: &Dataset, req: &ExtendRequ
 
 /// One split holding the old tasks' images followed by the new ones, with
 /// task views into it (joint only).
-fn merged(old: &Split, old_views: &[TaskView], new: &Split, classes: &[u32]) -> (Split, TaskView, Vec<TaskView>) {
+fn merged(
+    old: &Split,
+    old_views: &[TaskView],
+    new: &Split,
+    classes: &[u32],
+) -> (Split, TaskView, Vec<TaskView>) {
     let mut idx: Vec<usize> = Vec::new();
     let mut views = Vec::new();
     for v in old_views {
@@ -326,7 +378,14 @@ fn concat(a: Split, b: Split) -> Split {
 }
 
 /// Evaluate on the tasks whose classes the test split holds; the others are NaN.
-fn eval_present<B: Backend>(tr: &mut Trainer<B>, net: &Net<B>, meta: &Meta, test: &Split, norm: Normalization, bs: usize) -> Accuracies {
+fn eval_present<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    meta: &Meta,
+    test: &Split,
+    norm: Normalization,
+    bs: usize,
+) -> Accuracies {
     evaluate(tr, net, test, norm, &meta.tasks, meta.head_mode, bs)
 }
 
@@ -351,7 +410,10 @@ impl EvalReport {
     }
     pub fn to_table(&self) -> String {
         let pct = |a: &Option<f64>| a.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
-        let mut s = format!("{} on {} ({}, {} images, {:.1}s)\n", self.model, self.data, self.backend, self.images, self.seconds);
+        let mut s = format!(
+            "{} on {} ({}, {} images, {:.1}s)\n",
+            self.model, self.data, self.backend, self.images, self.seconds
+        );
         s += &format!("{:<8} {:<12} {:>10} {:>10}\n", "task", "classes", "task-aware", "class-IL");
         for (j, t) in self.tasks.iter().enumerate() {
             s += &format!(
@@ -417,14 +479,21 @@ impl Predictions {
     pub fn to_table(&self) -> String {
         let mut lines = Vec::new();
         for p in &self.predictions {
-            let tops: Vec<String> = p.top.iter().map(|(c, n, pr)| format!("{n} ({c}) {:.1}%", 100.0 * pr)).collect();
+            let tops: Vec<String> =
+                p.top.iter().map(|(c, n, pr)| format!("{n} ({c}) {:.1}%", 100.0 * pr)).collect();
             lines.push(format!("{:>6}  {}", p.image, tops.join("   ")));
         }
         lines.join("\n")
     }
 }
 
-pub fn predict(choice: BackendChoice, model: &Path, input: &Path, top_k: usize, limit: Option<usize>) -> Result<Predictions> {
+pub fn predict(
+    choice: BackendChoice,
+    model: &Path,
+    input: &Path,
+    top_k: usize,
+    limit: Option<usize>,
+) -> Result<Predictions> {
     let mut images = data::load_images(input)?;
     if let Some(n) = limit {
         let keep: Vec<usize> = (0..images.len().min(n)).collect();
@@ -433,7 +502,13 @@ pub fn predict(choice: BackendChoice, model: &Path, input: &Path, top_k: usize, 
     on_backend!(choice, b => predict_on(&b, model, input, &images, top_k))
 }
 
-fn predict_on<B: Backend>(b: &B, model: &Path, input: &Path, images: &Split, top_k: usize) -> Result<Predictions> {
+fn predict_on<B: Backend>(
+    b: &B,
+    model: &Path,
+    input: &Path,
+    images: &Split,
+    top_k: usize,
+) -> Result<Predictions> {
     let ck = checkpoint::load(model, b)?;
     check_input(model, &ck.meta.arch, images, input)?;
     let norm = Normalization { mean: ck.meta.norm_mean, std: ck.meta.norm_std };
@@ -441,18 +516,24 @@ fn predict_on<B: Backend>(b: &B, model: &Path, input: &Path, images: &Split, top
     // Logits of every head, concatenated per image: the class-IL view.
     let heads: Vec<usize> = (0..ck.net.heads.len()).collect();
     let all: Vec<usize> = (0..images.len()).collect();
-    let probe: Vec<_> = all.iter().map(|&idx| crate::incremental::train::Example { idx, head: 0, label: 0 }).collect();
+    let probe: Vec<_> =
+        all.iter().map(|&idx| crate::incremental::train::Example { idx, head: 0, label: 0 }).collect();
     let logits = tr.record_logits(&ck.net, images, norm, &probe, &heads, 128);
     let classes: Vec<u32> = ck.net.heads.iter().flat_map(|h| h.classes.clone()).collect();
     let mut predictions = Vec::with_capacity(images.len());
     for i in 0..images.len() {
-        let z: Vec<f32> = logits.iter().flat_map(|t| t.logits[i * t.cols..(i + 1) * t.cols].to_vec()).collect();
+        let z: Vec<f32> =
+            logits.iter().flat_map(|t| t.logits[i * t.cols..(i + 1) * t.cols].to_vec()).collect();
         let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
         let s: f32 = e.iter().sum();
         let mut order: Vec<usize> = (0..z.len()).collect();
         order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
-        let top = order.iter().take(top_k.max(1)).map(|&k| (classes[k], ck.meta.class_name(classes[k]), e[k] / s)).collect();
+        let top = order
+            .iter()
+            .take(top_k.max(1))
+            .map(|&k| (classes[k], ck.meta.class_name(classes[k]), e[k] / s))
+            .collect();
         predictions.push(Prediction { image: i, top });
     }
     Ok(Predictions { model: model.display().to_string(), input: input.display().to_string(), predictions })
@@ -485,7 +566,9 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
         .seeds
         .split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<u64>().map_err(|_| Error::Config(format!("--seeds: '{s}' is not a number"))))
+        .map(|s| {
+            s.trim().parse::<u64>().map_err(|_| Error::Config(format!("--seeds: '{s}' is not a number")))
+        })
         .collect::<Result<Vec<u64>>>()?;
     if seeds.is_empty() {
         return Err(Error::Config("--seeds is empty".into()));
@@ -505,7 +588,7 @@ pub fn experiment(choice: BackendChoice, req: &ExperimentRequest, obs: &dyn Obse
     let data = load_data(&req.data)?;
     let cfg = experiment_config(req, &data)?;
     let (runs, device) = on_backend!(choice, b => (run_experiment(&b, &data, &cfg, obs)?, b.name()));
-    crate::report::write_experiment(&req.out, &cfg, &data, &device, &runs)
+    crate::results::write_experiment(&req.out, &cfg, &data, &device, &runs)
 }
 
 /// `bench`: throughput of the three things an experiment spends its time on.
@@ -556,17 +639,33 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn bench(choice: BackendChoice, data_spec: &str, epochs: usize, train_limit: Option<usize>, hyper: &Hyper, obs: &dyn Observer) -> Result<BenchReport> {
+pub fn bench(
+    choice: BackendChoice,
+    data_spec: &str,
+    epochs: usize,
+    train_limit: Option<usize>,
+    hyper: &Hyper,
+    obs: &dyn Observer,
+) -> Result<BenchReport> {
     let data = load_data(data_spec)?;
     on_backend!(choice, b => bench_on(&b, &data, epochs, train_limit, hyper, obs))
 }
 
-fn bench_on<B: Backend>(b: &B, data: &Dataset, epochs: usize, train_limit: Option<usize>, hyper: &Hyper, obs: &dyn Observer) -> Result<BenchReport> {
+fn bench_on<B: Backend>(
+    b: &B,
+    data: &Dataset,
+    epochs: usize,
+    train_limit: Option<usize>,
+    hyper: &Hyper,
+    obs: &dyn Observer,
+) -> Result<BenchReport> {
     let tasks = data::protocol_tasks("two-task", data.num_classes)?;
     let hyper = Hyper { epochs, ..hyper.clone() };
     let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
@@ -584,7 +683,8 @@ fn bench_on<B: Backend>(b: &B, data: &Dataset, epochs: usize, train_limit: Optio
     let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &hyper, seed: 0, obs };
     let mut net = Net::new(b, arch, &mut Rng::derive(0, streams::TRUNK));
     let plain = train_first_task(&mut tr, &mut net, &views[0], &cx)?;
-    let lwf = learn_task(&mut tr, &mut net, Method::Lwf, 1, &views[1], &[], &mut MethodState::default(), &cx)?;
+    let lwf =
+        learn_task(&mut tr, &mut net, Method::Lwf, 1, &views[1], &[], &mut MethodState::default(), &cx)?;
     let start = Instant::now();
     let _ = evaluate(&mut tr, &net, &data.test, data.norm, &tasks, hyper.head_mode, hyper.batch_size);
     let eval_seconds = start.elapsed().as_secs_f64();
@@ -603,6 +703,11 @@ fn bench_on<B: Backend>(b: &B, data: &Dataset, epochs: usize, train_limit: Optio
 }
 
 /// For tests and tools: the runs of an experiment without writing anything.
-pub fn experiment_runs(choice: BackendChoice, data: &Dataset, cfg: &ExperimentConfig, obs: &dyn Observer) -> Result<Vec<MethodRun>> {
+pub fn experiment_runs(
+    choice: BackendChoice,
+    data: &Dataset,
+    cfg: &ExperimentConfig,
+    obs: &dyn Observer,
+) -> Result<Vec<MethodRun>> {
     on_backend!(choice, b => run_experiment(&b, data, cfg, obs))
 }

@@ -22,7 +22,7 @@ pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
-pub mod report;
+pub mod results;
 pub mod rng;
 pub mod tensor;
 

@@ -131,7 +131,7 @@ impl<B: Backend> Layer<B> {
 }
 
 /// The architecture, as stored in checkpoints: a stack of 3×3 pad-1 conv +
-/// ReLU + 2×2 maxpool blocks, then a hidden linear layer + ReLU (= θs).
+/// ReLU + 2×2 maxpool blocks (run as conv, pool, ReLU: the same function), then a hidden linear layer + ReLU (= θs).
 /// `cnn-s` is conv widths [32, 64] and hidden 256 (DESIGN.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arch {
@@ -207,8 +207,11 @@ impl<B: Backend> Net<B> {
                 1,
                 1,
             )));
-            trunk.push(Layer::Relu);
+            // NOTE: pool before ReLU. relu(maxpool(x)) = maxpool(relu(x)) exactly
+            // (ReLU is monotone; the gradient reaches the same argmax or is 0),
+            // but the ReLU then touches a 4× smaller tensor, forward and backward.
             trunk.push(Layer::MaxPool2d { k: 2, s: 2 });
+            trunk.push(Layer::Relu);
             c = oc;
         }
         trunk.push(Layer::Flatten);

@@ -111,7 +111,13 @@ fn json_has_the_reference_field_names_and_nulls() {
     }
     assert_eq!(obj.len(), reference_keys.len() + ours.len(), "unexpected keys: {:?}", obj.keys());
     let timings = v["timings"].as_object().unwrap();
-    for k in ["task_train_seconds", "epoch_seconds", "train_images_per_second", "eval_seconds", "yo_record_seconds"] {
+    for k in [
+        "task_train_seconds",
+        "epoch_seconds",
+        "train_images_per_second",
+        "eval_seconds",
+        "yo_record_seconds",
+    ] {
         assert!(timings.contains_key(k), "missing timings.{k}");
     }
     assert_eq!(v["acc_matrix_task_aware"][0], serde_json::json!([0.9, null, null]));
@@ -130,7 +136,9 @@ fn single_task_json_uses_null_not_nan() {
     let path = dir.join("one.json");
     write_json(&path, &run("lwf", 0, 1)).unwrap();
     let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    for k in ["old_tasks_acc_final", "avg_forgetting_task_aware", "avg_forgetting_class_il", "backward_transfer"] {
+    for k in
+        ["old_tasks_acc_final", "avg_forgetting_task_aware", "avg_forgetting_class_il", "backward_transfer"]
+    {
         assert_eq!(v[k], Value::Null, "{k}");
     }
     assert_eq!(v["forgetting_per_task"], serde_json::json!([]));
@@ -200,11 +208,22 @@ fn svg_plot_has_one_line_per_method_and_task() {
     assert!(svg.trim_start().starts_with("<svg"), "{}", &svg[..100]);
     assert!(svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("split3"), "title names the protocol");
-    // 2 methods × 3 tasks; data lines are drawn 2 px wide, the mesh is not.
-    let lines = svg.matches("<polyline").filter(|_| true).count();
-    assert!(lines >= 6, "{lines} polylines");
-    for label in ["lwf: task 1", "lwf: task 3", "finetune: task 2"] {
-        assert!(svg.contains(label), "legend lacks {label}");
+    // 2 methods × 3 tasks = 6 data lines, drawn 2 px wide in a method colour
+    // (the axes are 1 px black), plus one 2 px legend segment per method.
+    let data_lines = svg.matches("<polyline").count();
+    let wide = svg.split("<polyline").skip(1).filter(|p| p.contains(r#"stroke-width="2""#)).count();
+    assert!(data_lines >= 6, "{data_lines} polylines");
+    assert_eq!(wide, 6 + 2, "data lines + legend segments");
+    // Legend: one entry per method (colour) and per task (marker).
+    let texts: Vec<String> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>'))
+        .map(|(_, rest)| rest)
+        .map(|r| r.split("</text>").next().unwrap_or("").trim().to_string())
+        .collect();
+    for label in ["lwf", "finetune", "task 1", "task 2", "task 3"] {
+        assert!(texts.iter().any(|t| t == label), "legend lacks {label}: {texts:?}");
     }
     // n = 1: a single point per line, drawn as a marker; no panic.
     let one = dir.join("one.svg");
@@ -235,12 +254,15 @@ fn tables_are_aligned() {
     assert_eq!(m.lines().nth(2).unwrap().matches('-').count(), 2, "{m}");
 }
 
+/// One of the report writers, bound to its data.
+type Writer<'a> = dyn Fn(&Path) -> lwf_engine::Result<()> + 'a;
+
 #[test]
 fn writes_into_a_missing_directory_fail_naming_the_path() {
     let dir = scratch("missing");
     let r = run("lwf", 0, 2);
     let bad = dir.join("no-such-dir");
-    let checks: [(&str, Box<dyn Fn(&Path) -> lwf_engine::Result<()>>); 4] = [
+    let checks: [(&str, Box<Writer>); 4] = [
         ("r.json", Box::new(|p| write_json(p, &r))),
         ("r.csv", Box::new(|p| write_csv(p, std::slice::from_ref(&r)))),
         ("s.csv", Box::new(|p| write_summary_csv(p, std::slice::from_ref(&r)))),

@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use super::file::{one_line, read_decoded};
-use super::idx::shape_text;
 use super::Pixels;
 use crate::{Error, Result};
 
@@ -92,13 +91,11 @@ pub fn read(path: &Path, expected_sha256: Option<&str>) -> Result<NpyArray> {
 pub fn parse(path: &Path, mut bytes: Vec<u8>) -> Result<NpyArray> {
     let (header, data_start) = split_header(path, &bytes)?;
     let header = Header::parse(path, header)?;
-    let count =
-        header.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-            Error::format(path, format!("impossible shape ({})", shape_text(&header.shape)))
-        })?;
-    let want = count
-        .checked_mul(header.dtype.size())
-        .ok_or_else(|| Error::format(path, format!("impossible shape ({})", shape_text(&header.shape))))?;
+    let want = header
+        .shape
+        .iter()
+        .try_fold(header.dtype.size(), |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::format(path, format!("impossible shape {}", py_shape(&header.shape))))?;
     check_payload_len(path, &header.shape, want, bytes.len() - data_start)?;
     bytes.drain(..data_start);
     Ok(NpyArray { shape: header.shape, data: decode(header.dtype, bytes) })
@@ -110,18 +107,26 @@ pub fn read_images(path: &Path, expected_sha256: Option<&str>) -> Result<(Pixels
     to_images(path, read(path, expected_sha256)?)
 }
 
+/// A shape as Python prints it: `(3,)`, `(60000, 28, 28)`.
+fn py_shape(shape: &[usize]) -> String {
+    match shape {
+        [d] => format!("({d},)"),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
 /// Check that a parsed array is an image set (see [`read_images`]).
 pub fn to_images(path: &Path, a: NpyArray) -> Result<(Pixels, [usize; 4])> {
     let dims = match a.shape[..] {
         [n, h, w] => [n, 1, h, w],
         [n, c, h, w] => [n, c, h, w],
         _ => {
-            let msg = format!("images must have shape (N,H,W) or (N,C,H,W), got ({})", shape_text(&a.shape));
+            let msg = format!("images must have shape (N,H,W) or (N,C,H,W), got {}", py_shape(&a.shape));
             return Err(Error::format(path, msg));
         }
     };
     if dims[1..].contains(&0) {
-        let msg = format!("images of shape ({}): C, H and W must be non-zero", shape_text(&a.shape));
+        let msg = format!("images of shape {}: C, H and W must be non-zero", py_shape(&a.shape));
         return Err(Error::format(path, msg));
     }
     let pixels = match a.data {
@@ -141,7 +146,7 @@ pub fn read_labels(path: &Path, expected_sha256: Option<&str>) -> Result<Vec<u32
 /// Check that a parsed array is a label vector (see [`read_labels`]).
 pub fn to_labels(path: &Path, a: NpyArray) -> Result<Vec<u32>> {
     if a.shape.len() != 1 {
-        let msg = format!("labels must have shape (N,), got ({})", shape_text(&a.shape));
+        let msg = format!("labels must have shape (N,), got {}", py_shape(&a.shape));
         return Err(Error::format(path, msg));
     }
     match a.data {
@@ -174,8 +179,8 @@ fn check_finite(path: &Path, v: Vec<f32>) -> Result<Vec<f32>> {
 fn check_payload_len(path: &Path, shape: &[usize], want: usize, got: usize) -> Result<()> {
     if got < want {
         let msg = format!(
-            "truncated: shape ({}) needs {want} bytes of data, but the file has {got} bytes after the header",
-            shape_text(shape)
+            "truncated: shape {} needs {want} bytes of data, but the file has {got} bytes after the header",
+            py_shape(shape)
         );
         return Err(Error::format(path, msg));
     }
@@ -383,7 +388,7 @@ mod tests {
 
     fn npy(header: &str, payload: &[u8]) -> Vec<u8> {
         let mut h = header.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

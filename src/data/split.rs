@@ -44,7 +44,8 @@ fn parse_class(s: &str, bad: &impl Fn(&str) -> Error) -> Result<u32> {
     Ok(v)
 }
 
-/// Format classes compactly, the inverse of [`parse_classes`]: `[0,1,2,7]` → `0-2,7`.
+/// Format classes compactly, the inverse of [`parse_classes`]: `[0,1,2,7,8]`
+/// → `0-2,7,8` (runs of three or more become ranges).
 pub fn format_classes(classes: &[u32]) -> String {
     let mut sorted = classes.to_vec();
     sorted.sort_unstable();
@@ -56,7 +57,11 @@ pub fn format_classes(classes: &[u32]) -> String {
         while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
             j += 1;
         }
-        parts.push(if j == i { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        match j - i {
+            0 => parts.push(sorted[i].to_string()),
+            1 => parts.extend([sorted[i].to_string(), sorted[j].to_string()]),
+            _ => parts.push(format!("{}-{}", sorted[i], sorted[j])),
+        }
         i = j + 1;
     }
     parts.join(",")
@@ -103,7 +108,7 @@ pub fn protocol_tasks(protocol: &str, num_classes: usize) -> Result<Vec<Vec<u32>
         );
         return Err(Error::Config(msg));
     };
-    if num_classes % n != 0 || n > num_classes {
+    if !num_classes.is_multiple_of(n) || n > num_classes {
         let msg = format!("{protocol}: {num_classes} classes cannot be split into {n} equal tasks");
         return Err(Error::Config(msg));
     }
@@ -261,7 +266,7 @@ mod tests {
 
     #[test]
     fn format_classes_inverts_parse() {
-        for s in ["0-4", "5,7,9", "0-2,7", "3"] {
+        for s in ["0-4", "5,7,9", "0-2,7", "3", "0,1,5-9"] {
             assert_eq!(format_classes(&parse_classes(s).unwrap()), s);
         }
         assert_eq!(format_classes(&[]), "");

@@ -22,7 +22,12 @@ pub struct Accuracies {
 }
 
 /// One evaluation output block per task, with the global class of each output.
-fn task_heads<B: Backend>(b: &B, net: &Net<B>, tasks: &[Vec<u32>], mode: HeadMode) -> Vec<(Linear<B>, Vec<u32>)> {
+fn task_heads<B: Backend>(
+    b: &B,
+    net: &Net<B>,
+    tasks: &[Vec<u32>],
+    mode: HeadMode,
+) -> Vec<(Linear<B>, Vec<u32>)> {
     match mode {
         HeadMode::PerTask => tasks
             .iter()
@@ -38,8 +43,13 @@ fn task_heads<B: Backend>(b: &B, net: &Net<B>, tasks: &[Vec<u32>], mode: HeadMod
             tasks
                 .iter()
                 .map(|t| {
-                    let start = h.classes.iter().position(|c| *c == t[0]).expect("task classes in the shared head");
-                    assert_eq!(&h.classes[start..start + t.len()], &t[..], "task classes must be contiguous in the shared head");
+                    let start =
+                        h.classes.iter().position(|c| *c == t[0]).expect("task classes in the shared head");
+                    assert_eq!(
+                        &h.classes[start..start + t.len()],
+                        &t[..],
+                        "task classes must be contiguous in the shared head"
+                    );
                     (h.linear.rows(b, start, t.len()), t.clone())
                 })
                 .collect()

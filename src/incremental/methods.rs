@@ -81,7 +81,9 @@ pub fn examples_for(view: &TaskView, split: &Split, head: usize, head_classes: &
     view.indices
         .iter()
         .map(|&idx| {
-            let label = head_classes.iter().position(|&c| c == split.labels[idx]).expect("label of a task class") as u32;
+            let label =
+                head_classes.iter().position(|&c| c == split.labels[idx]).expect("label of a task class")
+                    as u32;
             Example { idx, head, label }
         })
         .collect()
@@ -101,8 +103,18 @@ pub fn train_first_task<B: Backend>(
     let examples = examples_for(view, cx.split, h, &view.classes);
     let plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
-    let stats =
-        tr.run_epochs(net, cx.split, cx.norm, &examples, &plan, cx.hyper, cx.hyper.epochs, &mut rng, cx.obs, "task 1")?;
+    let stats = tr.run_epochs(
+        net,
+        cx.split,
+        cx.norm,
+        &examples,
+        &plan,
+        cx.hyper,
+        cx.hyper.epochs,
+        &mut rng,
+        cx.obs,
+        "task 1",
+    )?;
     let mut report = TaskReport::default();
     report.add(stats);
     report.train_seconds = start.elapsed().as_secs_f64();
@@ -142,7 +154,8 @@ pub fn learn_task<B: Backend>(
     // EWC: Fisher of the task just finished, at the parameters it ended with.
     if method == Method::Ewc && old.len() < t && state.fisher.is_none() {
         return Err(crate::Error::Config(
-            "ewc needs the old task's Fisher information: the model carries none and no old data was given".into(),
+            "ewc needs the old task's Fisher information: the model carries none and no old data was given"
+                .into(),
         ));
     }
     if method == Method::Ewc && old.len() >= t {
@@ -196,7 +209,18 @@ pub fn learn_task<B: Backend>(
         let kd: &[Teacher] = if mode == HeadMode::Shared { &teachers } else { &[] };
         let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None };
         let warm = format!("{label} warm-up");
-        let s = tr.run_epochs(net, cx.split, cx.norm, &examples, &plan, hyper, hyper.warmup_epochs, &mut rng, cx.obs, &warm)?;
+        let s = tr.run_epochs(
+            net,
+            cx.split,
+            cx.norm,
+            &examples,
+            &plan,
+            hyper,
+            hyper.warmup_epochs,
+            &mut rng,
+            cx.obs,
+            &warm,
+        )?;
         report.add(s);
     }
 
@@ -219,7 +243,18 @@ pub fn learn_task<B: Backend>(
     }
     let kd: &[Teacher] = if method == Method::Lwf { &teachers } else { &[] };
     let plan = LossPlan { ce_heads, teachers: kd, anchors: anchors.as_ref() };
-    let s = tr.run_epochs(net, cx.split, cx.norm, &examples, &plan, hyper, hyper.epochs, &mut rng, cx.obs, &label)?;
+    let s = tr.run_epochs(
+        net,
+        cx.split,
+        cx.norm,
+        &examples,
+        &plan,
+        hyper,
+        hyper.epochs,
+        &mut rng,
+        cx.obs,
+        &label,
+    )?;
     report.add(s);
     net.set_trainable(true, 0, &all_heads);
     report.train_seconds = start.elapsed().as_secs_f64();
@@ -230,9 +265,11 @@ pub fn learn_task<B: Backend>(
 fn head_of<B: Backend>(net: &Net<B>, mode: HeadMode, view: &TaskView) -> (usize, Vec<u32>) {
     let h = match mode {
         HeadMode::Shared => 0,
-        HeadMode::PerTask => {
-            net.heads.iter().position(|h| h.classes.contains(&view.classes[0])).expect("a head for every finished task")
-        }
+        HeadMode::PerTask => net
+            .heads
+            .iter()
+            .position(|h| h.classes.contains(&view.classes[0]))
+            .expect("a head for every finished task"),
     };
     (h, net.heads[h].classes.clone())
 }

@@ -57,7 +57,12 @@ pub fn check_tasks(data: &Dataset, tasks: &[Vec<u32>]) -> Result<()> {
 }
 
 /// Run every method and seed of `cfg` on `data`.
-pub fn run_experiment<B: Backend>(b: &B, data: &Dataset, cfg: &ExperimentConfig, obs: &dyn Observer) -> Result<Vec<MethodRun>> {
+pub fn run_experiment<B: Backend>(
+    b: &B,
+    data: &Dataset,
+    cfg: &ExperimentConfig,
+    obs: &dyn Observer,
+) -> Result<Vec<MethodRun>> {
     cfg.hyper.validate()?;
     check_tasks(data, &cfg.tasks)?;
     let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
@@ -83,7 +88,8 @@ pub fn run_experiment<B: Backend>(b: &B, data: &Dataset, cfg: &ExperimentConfig,
             let mut state = MethodState::default();
             let mut records = vec![first.clone()];
             for t in 1..cfg.tasks.len() {
-                let report = learn_task(&mut tr, &mut net, method, t, &views[t], &views[..t], &mut state, &cx)?;
+                let report =
+                    learn_task(&mut tr, &mut net, method, t, &views[t], &views[..t], &mut state, &cx)?;
                 let rec = record(&mut tr, &net, &test, data, &cfg.tasks[..=t], &cfg.hyper, report);
                 obs.note(&format!(
                     "[seed {seed} {method}] after task {}: task-aware {:?} class-IL {:.4} ({:.1}s, {:.0} img/s)",

@@ -143,7 +143,8 @@ impl<B: Backend> Trainer<B> {
     ) -> f32 {
         let n = batch.len();
         self.stage_images(split, norm, examples, batch);
-        let mut heads: Vec<usize> = plan.ce_heads.iter().copied().chain(plan.teachers.iter().map(|t| t.head)).collect();
+        let mut heads: Vec<usize> =
+            plan.ce_heads.iter().copied().chain(plan.teachers.iter().map(|t| t.head)).collect();
         heads.sort_unstable();
         heads.dedup();
 

@@ -17,9 +17,7 @@ pub mod plot;
 pub mod report;
 
 pub use plot::{render_plot_svg, write_plot_svg};
-pub use report::{
-    comparison_table, matrix_table, read_json, write_csv, write_json, write_summary_csv,
-};
+pub use report::{comparison_table, matrix_table, read_json, write_csv, write_json, write_summary_csv};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -149,9 +147,8 @@ impl AccMatrix {
     /// with the accuracy right after learning task j, so a later gain counts.
     pub fn backward_transfer(&self) -> Option<f64> {
         let n = self.n();
-        let diffs: Vec<f64> = (0..n.saturating_sub(1))
-            .filter_map(|j| Some(self.get(n - 1, j)? - self.get(j, j)?))
-            .collect();
+        let diffs: Vec<f64> =
+            (0..n.saturating_sub(1)).filter_map(|j| Some(self.get(n - 1, j)? - self.get(j, j)?)).collect();
         mean(&diffs)
     }
 }
@@ -415,7 +412,8 @@ fn check_shapes(p: &RunParts, n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::Config("a run needs at least one task".to_string()));
     }
-    for (what, m) in [("acc_matrix_task_aware", &p.task_aware), ("acc_matrix_class_il_per_task", &p.class_il_per_task)]
+    for (what, m) in
+        [("acc_matrix_task_aware", &p.task_aware), ("acc_matrix_class_il_per_task", &p.class_il_per_task)]
     {
         if m.n() != n {
             return Err(Error::Config(format!("{what} is {}×{0}, but there are {n} tasks", m.n())));
@@ -457,14 +455,19 @@ pub(crate) mod tests {
     /// - forgetting j=0: max(A[0][0], A[1][0]) − A[2][0] = max(0.90, 0.95) − 0.70 = 0.25
     /// - forgetting j=1: max(A[1][1]) − A[2][1] = 0.85 − 0.80 = 0.05; average 0.15
     /// - BWT = ((A[2][0] − A[0][0]) + (A[2][1] − A[1][1])) / 2
-    ///       = ((0.70 − 0.90) + (0.80 − 0.85)) / 2 = (−0.20 − 0.05) / 2 = −0.125
+    ///   = ((0.70 − 0.90) + (0.80 − 0.85)) / 2 = (−0.20 − 0.05) / 2 = −0.125
     ///   (not −0.15: BWT credits task 0's gain after task 1, forgetting does not)
     pub(crate) fn example_3x3() -> AccMatrix {
         AccMatrix::from_lower(&[vec![0.90], vec![0.95, 0.85], vec![0.70, 0.80, 0.95]]).unwrap()
     }
 
     /// A complete, valid run over `n` tasks with accuracies drawn from `acc`.
-    pub(crate) fn sample_run(method: &str, seed: u64, n: usize, acc: impl Fn(usize, usize) -> f64) -> RunResult {
+    pub(crate) fn sample_run(
+        method: &str,
+        seed: u64,
+        n: usize,
+        acc: impl Fn(usize, usize) -> f64,
+    ) -> RunResult {
         let rows: Vec<Vec<f64>> = (0..n).map(|t| (0..=t).map(|j| acc(t, j)).collect()).collect();
         let a = AccMatrix::from_lower(&rows).unwrap();
         let c_rows: Vec<Vec<f64>> = rows.iter().map(|r| r.iter().map(|x| x * 0.5).collect()).collect();

@@ -11,6 +11,7 @@ use super::report::group_by_method;
 use super::{mean, RunResult};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -30,15 +31,18 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// Colour of the task entries in the legend (the marker alone, no method).
+const NEUTRAL: RGBColor = RGBColor(70, 70, 70);
+
 /// One plotted line: a method's accuracy on one task over the steps.
 #[derive(Clone, Debug, PartialEq)]
 struct Line {
-    label: String,
+    method: String,
+    /// The task (0-based); picks the marker shape.
+    task: usize,
     colour: RGBColor,
-    /// Which marker shape (the task index).
-    shape: usize,
     /// (after task, 1-based; accuracy in %), seeds averaged.
-    points: Vec<(i32, f64)>,
+    points: Vec<(f64, f64)>,
 }
 
 /// Render the plot and write it atomically to `path`.
@@ -71,15 +75,16 @@ fn seed_mean_lines(results: &[RunResult]) -> Vec<Line> {
     for (m, (method, runs)) in group_by_method(results).into_iter().enumerate() {
         let n = runs.iter().map(|r| r.n_tasks()).max().unwrap_or(0);
         for j in 0..n {
-            let points: Vec<(i32, f64)> = (j..n)
+            let points: Vec<(f64, f64)> = (j..n)
                 .filter_map(|t| {
-                    let accs: Vec<f64> = runs.iter().filter_map(|r| r.acc_matrix_task_aware.get(t, j)).collect();
-                    mean(&accs).map(|a| (t as i32 + 1, a * 100.0))
+                    let accs: Vec<f64> =
+                        runs.iter().filter_map(|r| r.acc_matrix_task_aware.get(t, j)).collect();
+                    mean(&accs).map(|a| ((t + 1) as f64, a * 100.0))
                 })
                 .collect();
             if !points.is_empty() {
-                let label = format!("{method}: task {}", j + 1);
-                lines.push(Line { label, colour: PALETTE[m % PALETTE.len()], shape: j, points });
+                let colour = PALETTE[m % PALETTE.len()];
+                lines.push(Line { method: method.to_string(), task: j, colour, points });
             }
         }
     }
@@ -97,24 +102,25 @@ fn plot_error(e: impl std::fmt::Display) -> Error {
     Error::Config(format!("drawing the plot: {e}"))
 }
 
-/// A task's marker at `$at`, as one element of one concrete type whatever the
-/// shape: every shape is composed in and all but the task's own are drawn
-/// transparent (the SVG backend skips those). With `$segment` it is the legend
-/// glyph, a short line through the marker. A macro, not a function, because
+/// A task's marker at `$at` (`$shape`: `Some(task)`, or `None` for no
+/// marker), as one element of one concrete type whatever the shape: every
+/// shape is composed in and all but the task's own are drawn transparent (the
+/// SVG backend skips those). With `$segment`, a short line through it (the
+/// legend glyph of a method). A macro, not a function, because
 /// the composed type cannot be named, and plotters' type erasure
 /// (`DynElement`) would demand a `'static` backend, which the in-memory SVG
 /// backend is not.
 macro_rules! glyph {
     ($at:expr, $shape:expr, $colour:expr, $segment:expr) => {{
-        let (shape, colour): (usize, RGBColor) = ($shape % 5, $colour);
+        let (shape, colour): (Option<usize>, RGBColor) = ($shape.map(|t: usize| t % 5), $colour);
         let (filled, stroke) = (colour.filled(), colour.stroke_width(2));
         EmptyElement::at($at)
             + PathElement::new(vec![(-10, 0), (10, 0)], visible($segment, stroke))
-            + Circle::new((0, 0), 4, visible(shape == 0, filled))
-            + TriangleMarker::new((0, 0), 6, visible(shape == 1, filled))
-            + Cross::new((0, 0), 4, visible(shape == 2, stroke))
-            + Rectangle::new([(-4, -4), (4, 4)], visible(shape == 3, stroke))
-            + Circle::new((0, 0), 4, visible(shape == 4, stroke))
+            + Circle::new((0, 0), 4, visible(shape == Some(0), filled))
+            + TriangleMarker::new((0, 0), 6, visible(shape == Some(1), filled))
+            + Cross::new((0, 0), 4, visible(shape == Some(2), stroke))
+            + Rectangle::new([(-4, -4), (4, 4)], visible(shape == Some(3), stroke))
+            + Circle::new((0, 0), 4, visible(shape == Some(4), stroke))
     }};
 }
 
@@ -127,41 +133,87 @@ fn visible(on: bool, style: ShapeStyle) -> ShapeStyle {
     }
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, protocol: &str, n: usize, lines: &[Line]) -> Result<()> {
+/// The x range: the steps 1..=n with half a step of air on each side.
+fn x_range(n: usize) -> std::ops::Range<f64> {
+    0.5..n as f64 + 0.5
+}
+
+/// Tick labels only at whole steps.
+fn step_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        format!("{}", x.round())
+    } else {
+        String::new()
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    protocol: &str,
+    n: usize,
+    lines: &[Line],
+) -> Result<()> {
     root.fill(&WHITE).map_err(plot_error)?;
-    let last = n as i32;
     let mut chart = ChartBuilder::on(root)
         .caption(format!("Task-aware accuracy per task after each step ({protocol})"), ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0..last + 1, y_floor(lines)..100.0)
+        .build_cartesian_2d(x_range(n), y_floor(lines)..100.0)
         .map_err(plot_error)?;
-    let x_label = |x: &i32| if (1..=last).contains(x) { x.to_string() } else { String::new() };
     chart
         .configure_mesh()
-        .x_labels(n + 2)
-        .x_label_formatter(&x_label)
+        .x_labels(n)
+        .x_label_formatter(&step_label)
+        .x_max_light_lines(0)
+        .y_max_light_lines(1)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_desc("after training task")
-        .y_desc("accuracy (%)")
+        .y_desc("task-aware accuracy (%)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(plot_error)?;
-    for line in lines {
-        let (colour, shape) = (line.colour, line.shape);
-        chart
-            .draw_series(LineSeries::new(line.points.iter().copied(), colour.stroke_width(2)))
-            .map_err(plot_error)?
-            .label(line.label.as_str())
-            .legend(move |(x, y)| glyph!((x + 10, y), shape, colour, true));
-        chart.draw_series(line.points.iter().map(|&p| glyph!(p, shape, colour, false))).map_err(plot_error)?;
-    }
+    draw_lines(&mut chart, lines)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
+        .label_font(("sans-serif", 14))
         .draw()
         .map_err(plot_error)?;
+    Ok(())
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The lines and their markers, plus the legend entries: one per method
+/// (its colour) and one per task (its marker), rather than one per line,
+/// so split5 with six methods needs 11 entries, not 30.
+fn draw_lines<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, lines: &[Line]) -> Result<()> {
+    let mut methods_seen: Vec<&str> = Vec::new();
+    for line in lines {
+        let (colour, shape) = (line.colour, Some(line.task));
+        let series = chart
+            .draw_series(LineSeries::new(line.points.iter().copied(), colour.stroke_width(2)))
+            .map_err(plot_error)?;
+        if !methods_seen.contains(&line.method.as_str()) {
+            methods_seen.push(&line.method);
+            series.label(line.method.as_str()).legend(move |(x, y)| glyph!((x + 10, y), None, colour, true));
+        }
+        chart
+            .draw_series(line.points.iter().map(|&p| glyph!(p, shape, colour, false)))
+            .map_err(plot_error)?;
+    }
+    let tasks = lines.iter().map(|l| l.task + 1).max().unwrap_or(0);
+    for j in 0..tasks {
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+            .map_err(plot_error)?
+            .label(format!("task {}", j + 1))
+            .legend(move |(x, y)| glyph!((x + 10, y), Some(j), NEUTRAL, false));
+    }
     Ok(())
 }
 
@@ -178,8 +230,8 @@ mod tests {
             sample_run("finetune", 0, 2, |_, _| 0.5),
         ];
         let lines = seed_mean_lines(&runs);
-        let labels: Vec<&str> = lines.iter().map(|l| l.label.as_str()).collect();
-        assert_eq!(labels, ["lwf: task 1", "lwf: task 2", "finetune: task 1", "finetune: task 2"]);
+        let labels: Vec<(&str, usize)> = lines.iter().map(|l| (l.method.as_str(), l.task)).collect();
+        assert_eq!(labels, [("lwf", 0), ("lwf", 1), ("finetune", 0), ("finetune", 1)]);
         assert_eq!(lines[0].points.len(), 2);
         assert_eq!(lines[1].points.len(), 1);
         assert!((lines[0].points[0].1 - 85.0).abs() < 1e-9);

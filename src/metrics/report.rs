@@ -131,7 +131,8 @@ pub fn comparison_table(results: &[RunResult]) -> String {
     let rows: Vec<Vec<String>> = group_by_method(results)
         .into_iter()
         .map(|(method, runs)| {
-            let col = |f: &dyn Fn(&RunResult) -> Option<f64>| runs.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
+            let col =
+                |f: &dyn Fn(&RunResult) -> Option<f64>| runs.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
             vec![
                 method.to_string(),
                 mean_pm_std(&col(&|r| r.old_tasks_acc_final), 100.0, 1),
@@ -237,7 +238,7 @@ mod tests {
     #[test]
     fn tables_handle_one_task_and_no_runs() {
         let one = sample_run("lwf", 0, 1, |_, _| 0.9);
-        let table = comparison_table(&[one.clone()]);
+        let table = comparison_table(std::slice::from_ref(&one));
         assert!(table.lines().nth(2).unwrap().contains(" - "), "{table}");
         let empty = comparison_table(&[]);
         assert_eq!(empty.lines().count(), 2);

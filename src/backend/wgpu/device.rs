@@ -23,7 +23,7 @@ use bytemuck::Pod;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 /// Dispatches per submission (each owns one uniform slot).
@@ -116,6 +116,11 @@ struct GroupKey {
 /// Everything recorded but not yet submitted.
 #[derive(Default)]
 struct Pending {
+    /// The open compute pass: consecutive dispatches share it (wgpu still
+    /// places a barrier between dispatches that depend on each other). Ended
+    /// before any copy or clear, and before a submit. Declared before the
+    /// encoder so that it is dropped first.
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     /// Uniform slots used (= dispatches recorded).
     slots: usize,
@@ -140,6 +145,9 @@ pub(super) struct Ctx {
     reg: Arc<Registry>,
     pending: Mutex<Pending>,
     pub(super) scratch: Mutex<Scratch>,
+    /// Extra cap on scratch buffers, in elements (0: none); tests lower it to
+    /// exercise the batch chunking of convolutions.
+    pub(super) scratch_limit: AtomicUsize,
 }
 
 impl Ctx {
@@ -194,13 +202,18 @@ impl Ctx {
             reg: Arc::new(Registry { next: AtomicU64::new(1), dead: Mutex::new(Vec::new()) }),
             pending: Mutex::new(Pending::default()),
             scratch: Mutex::new(Scratch::default()),
+            scratch_limit: AtomicUsize::new(0),
         })
     }
 
     /// Largest scratch buffer, in elements.
     pub(super) fn scratch_cap(&self) -> usize {
         let bind = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
-        ((bind / 4) as usize).min(MAX_SCRATCH)
+        let cap = ((bind / 4) as usize).min(MAX_SCRATCH);
+        match self.scratch_limit.load(Ordering::Relaxed) {
+            0 => cap,
+            limit => cap.min(limit),
+        }
     }
 
     fn new_raw(&self, buffer: wgpu::Buffer, len: usize) -> RawBuf {
@@ -307,7 +320,9 @@ impl Ctx {
         st.commands += 1;
     }
 
+    /// The encoder, for a copy or a clear: ends the open compute pass.
     fn encoder<'a>(&self, st: &'a mut Pending) -> &'a mut wgpu::CommandEncoder {
+        st.pass = None;
         st.encoder.get_or_insert_with(|| {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("lwf step") })
         })
@@ -315,6 +330,7 @@ impl Ctx {
 
     /// Submit everything recorded so far (uniform arena first).
     fn flush(&self, st: &mut Pending) {
+        st.pass = None;
         if let Some(enc) = st.encoder.take() {
             if !st.params.is_empty() {
                 self.queue.write_buffer(&self.uniform, 0, &st.params);
@@ -390,7 +406,10 @@ impl Ctx {
                 }),
             }];
             for (i, b) in bufs.iter().enumerate() {
-                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.buffer.as_entire_binding() });
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: b.buffer.as_entire_binding(),
+                });
             }
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(kernel.entry()),
@@ -398,11 +417,15 @@ impl Ctx {
                 entries: &entries,
             })
         });
-        let encoder = st.encoder.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("lwf step") })
-        });
-        let mut pass =
-            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        if st.pass.is_none() {
+            let encoder = st.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("lwf step") })
+            });
+            let desc = wgpu::ComputePassDescriptor { label: None, timestamp_writes: None };
+            st.pass = Some(encoder.begin_compute_pass(&desc).forget_lifetime());
+        }
+        let pass = st.pass.as_mut().expect("a compute pass was just opened");
         pass.set_pipeline(&pipe.pipeline);
         pass.set_bind_group(0, &*group, &[offset as u32]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -520,12 +543,8 @@ fn build_pipelines(device: &wgpu::Device) -> Result<Vec<Pipe>> {
                 compilation_options: Default::default(),
                 cache: None,
             });
-            pipes[k as usize] = Some(Pipe {
-                pipeline,
-                layout,
-                params_size: k.params_size(),
-                bindings: (ro + rw) as usize,
-            });
+            pipes[k as usize] =
+                Some(Pipe { pipeline, layout, params_size: k.params_size(), bindings: (ro + rw) as usize });
         }
         let v = pollster::block_on(validation.pop());
         let i = pollster::block_on(internal.pop());

@@ -30,6 +30,7 @@ pub(super) const WG: u32 = 256;
 pub(super) enum Kernel {
     Gemm64,
     Gemm128,
+    GemmReg,
     Im2col,
     Col2im,
     MaxpoolFwd,
@@ -52,9 +53,10 @@ pub(super) enum Kernel {
 }
 
 impl Kernel {
-    pub(super) const ALL: [Kernel; 21] = [
+    pub(super) const ALL: [Kernel; 22] = [
         Kernel::Gemm64,
         Kernel::Gemm128,
+        Kernel::GemmReg,
         Kernel::Im2col,
         Kernel::Col2im,
         Kernel::MaxpoolFwd,
@@ -80,7 +82,7 @@ impl Kernel {
     pub(super) fn file(self) -> usize {
         use Kernel::*;
         match self {
-            Gemm64 | Gemm128 => 0,
+            Gemm64 | Gemm128 | GemmReg => 0,
             Im2col | Col2im => 1,
             MaxpoolFwd | MaxpoolBwd => 2,
             Fill | ReluFwd | ReluBwd | BiasAdd | Axpy | Scale | AddSquared => 3,
@@ -97,6 +99,7 @@ impl Kernel {
         match self {
             Gemm64 => "gemm_64",
             Gemm128 => "gemm_128",
+            GemmReg => "gemm_reg",
             Im2col => "im2col",
             Col2im => "col2im",
             MaxpoolFwd => "maxpool_fwd",
@@ -123,7 +126,7 @@ impl Kernel {
     pub(super) fn bindings(self) -> (u32, u32) {
         use Kernel::*;
         match self {
-            Gemm64 | Gemm128 => (2, 1),
+            Gemm64 | Gemm128 | GemmReg => (2, 1),
             Im2col | Col2im => (1, 1),
             MaxpoolFwd => (1, 2),
             MaxpoolBwd => (2, 1),
@@ -142,7 +145,7 @@ impl Kernel {
     pub(super) fn params_size(self) -> u64 {
         use Kernel::*;
         let s = match self {
-            Gemm64 | Gemm128 => size_of::<GemmParams>(),
+            Gemm64 | Gemm128 | GemmReg => size_of::<GemmParams>(),
             Im2col | Col2im => size_of::<ConvUniform>(),
             MaxpoolFwd | MaxpoolBwd => size_of::<PoolUniform>(),
             Fill | ReluFwd | ReluBwd | BiasAdd | Axpy | Scale | AddSquared => size_of::<EwParams>(),
@@ -300,6 +303,13 @@ mod tests {
         }
         assert_eq!(size_of::<GemmParams>(), 80);
         assert_eq!(size_of::<ConvUniform>(), 64);
+    }
+
+    #[test]
+    fn all_is_in_declaration_order() {
+        for (i, k) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ mod kernels;
 use super::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper};
 use device::{lock, u, Ctx, RawBuf, Slot};
 use kernels::{
-    AnchorParams, ConvUniform, EwParams, GemmParams, Kernel, KdUniform, LossUniform, PoolUniform, ReduceParams,
-    SgdParams, WG,
+    AnchorParams, ConvUniform, EwParams, GemmParams, KdUniform, Kernel, LossUniform, PoolUniform,
+    ReduceParams, SgdParams, WG,
 };
 use std::sync::Arc;
 
@@ -31,6 +31,9 @@ pub struct WgpuIdxBuf(RawBuf);
 #[derive(Clone)]
 pub struct WgpuBackend {
     ctx: Arc<Ctx>,
+    /// gemm through `gemm_reg` (no workgroup memory): the default on a CPU
+    /// adapter (lavapipe), where the tiled kernels are slower.
+    reg_gemm: bool,
 }
 
 /// gemm output tiles (of 64×64) below which K is split across workgroups.
@@ -46,20 +49,47 @@ impl WgpuBackend {
     /// and compile every shader. Errors name the missing adapter or the
     /// shader file that failed.
     pub fn new() -> crate::Result<Self> {
-        Ok(WgpuBackend { ctx: Arc::new(Ctx::new()?) })
+        let ctx = Ctx::new()?;
+        let reg_gemm = ctx.info.device_type == ::wgpu::DeviceType::Cpu;
+        Ok(WgpuBackend { ctx: Arc::new(ctx), reg_gemm })
     }
 
     /// Adapter name, driver, backend and device type, for reports.
     pub fn gpu_info(&self) -> String {
         let i = &self.ctx.info;
-        let driver = if i.driver_info.is_empty() { i.driver.clone() } else { format!("{} {}", i.driver, i.driver_info) };
+        let driver = if i.driver_info.is_empty() {
+            i.driver.clone()
+        } else {
+            format!("{} {}", i.driver, i.driver_info)
+        };
         format!("{} | driver: {} | backend: {:?} | type: {:?}", i.name, driver, i.backend, i.device_type)
+    }
+
+    /// True on a software rasteriser (Mesa's lavapipe/llvmpipe): correct but
+    /// 100× slower than the CPU backend, so benches shrink their sizes.
+    pub fn is_software(&self) -> bool {
+        self.ctx.info.device_type == ::wgpu::DeviceType::Cpu
+    }
+
+    /// This handle (same device) with the workgroup-tiled gemm kernels a real
+    /// GPU uses, even on a software adapter. For tests.
+    #[doc(hidden)]
+    pub fn force_tiled_gemm(mut self) -> Self {
+        self.reg_gemm = false;
+        self
     }
 
     /// Submit recorded work without waiting for it (e.g. before host work
     /// that overlaps the GPU). `download` submits by itself.
     pub fn submit(&self) {
         self.ctx.submit();
+    }
+
+    /// Cap every scratch buffer at `elems` elements (0: the device's limit),
+    /// so that convolutions run in several batch chunks. For tests.
+    #[doc(hidden)]
+    pub fn set_scratch_limit(&self, elems: usize) {
+        self.ctx.scratch_limit.store(elems, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn ew(&self, k: Kernel, n: usize, alpha: f32, bufs: &[&RawBuf]) {
@@ -74,7 +104,9 @@ impl WgpuBackend {
             return;
         }
         let big_tiles = m.div_ceil(128) * n.div_ceil(128) * nz;
-        let (kernel, t) = if m >= 128 && n >= 128 && big_tiles >= 256 {
+        let (kernel, t) = if self.reg_gemm {
+            (Kernel::GemmReg, 32)
+        } else if m >= 128 && n >= 128 && big_tiles >= 256 {
             (Kernel::Gemm128, 128)
         } else {
             (Kernel::Gemm64, 64)
@@ -102,7 +134,7 @@ impl WgpuBackend {
             return 1;
         }
         let by_mem = self.ctx.scratch_cap() / (m * n).max(1);
-        SPLIT_TARGET.div_ceil(tiles).min(k / SPLIT_CHUNK).min(by_mem).min(64).max(1)
+        SPLIT_TARGET.div_ceil(tiles).min(k / SPLIT_CHUNK).min(by_mem).clamp(1, 64)
     }
 
     fn conv_uniform(p: &Conv2dParams, total: usize, x_off: usize) -> ConvUniform {
@@ -370,7 +402,10 @@ impl Backend for WgpuBackend {
     fn maxpool2d_fwd(&self, y: &mut WgpuBuf, argmax: &mut WgpuIdxBuf, x: &WgpuBuf, p: &PoolParams) {
         assert!(p.k > 0 && p.s > 0 && p.h >= p.k && p.w >= p.k, "maxpool2d_fwd: bad geometry {p:?}");
         assert!(x.0.len >= p.x_len(), "maxpool2d_fwd: x has {} elements, needs {:?}", x.0.len, p);
-        assert!(y.0.len >= p.y_len() && argmax.0.len >= p.y_len(), "maxpool2d_fwd: y/argmax too short for {p:?}");
+        assert!(
+            y.0.len >= p.y_len() && argmax.0.len >= p.y_len(),
+            "maxpool2d_fwd: y/argmax too short for {p:?}"
+        );
         let total = p.y_len();
         let pu = pool_uniform(p, total);
         self.ctx.dispatch(Kernel::MaxpoolFwd, &pu, &[&x.0, &y.0, &argmax.0], self.ctx.grid_elems(total));
@@ -379,7 +414,10 @@ impl Backend for WgpuBackend {
     fn maxpool2d_bwd(&self, dx: &mut WgpuBuf, dy: &WgpuBuf, argmax: &WgpuIdxBuf, p: &PoolParams) {
         assert!(p.k > 0 && p.s > 0 && p.h >= p.k && p.w >= p.k, "maxpool2d_bwd: bad geometry {p:?}");
         assert!(dx.0.len >= p.x_len(), "maxpool2d_bwd: dx too short for {p:?}");
-        assert!(dy.0.len >= p.y_len() && argmax.0.len >= p.y_len(), "maxpool2d_bwd: dy/argmax too short for {p:?}");
+        assert!(
+            dy.0.len >= p.y_len() && argmax.0.len >= p.y_len(),
+            "maxpool2d_bwd: dy/argmax too short for {p:?}"
+        );
         let total = p.x_len();
         let pu = pool_uniform(p, total);
         self.ctx.dispatch(Kernel::MaxpoolBwd, &pu, &[&dy.0, &argmax.0, &dx.0], self.ctx.grid_elems(total));
@@ -469,7 +507,14 @@ impl Backend for WgpuBackend {
         let mut scr = lock(&self.ctx.scratch);
         scr.ensure(&self.ctx, Slot::Rows, rows);
         let rowloss = scr.get(Slot::Rows);
-        let p = KdUniform { rows: u(rows), cols: u(cols), ld: u(ld), inv_t: 1.0 / t, gscale: scale / t, ..Default::default() };
+        let p = KdUniform {
+            rows: u(rows),
+            cols: u(cols),
+            ld: u(ld),
+            inv_t: 1.0 / t,
+            gscale: scale / t,
+            ..Default::default()
+        };
         self.ctx.dispatch(Kernel::KdLoss, &p, &[&zs.0, &zt.0, &dzs.0, rowloss], self.ctx.grid(rows));
         self.sum_into(&loss.0, rowloss, rows, scale);
     }
@@ -521,7 +566,13 @@ impl Backend for WgpuBackend {
     fn sgd_step(&self, w: &mut WgpuBuf, v: &mut WgpuBuf, g: &WgpuBuf, h: SgdHyper) {
         let n = w.0.len;
         assert!(v.0.len == n && g.0.len == n, "sgd_step: lengths differ");
-        let p = SgdParams { n: u(n), lr: h.lr, momentum: h.momentum, weight_decay: h.weight_decay, ..Default::default() };
+        let p = SgdParams {
+            n: u(n),
+            lr: h.lr,
+            momentum: h.momentum,
+            weight_decay: h.weight_decay,
+            ..Default::default()
+        };
         self.ctx.dispatch(Kernel::SgdStep, &p, &[&g.0, &w.0, &v.0], self.ctx.grid_elems(n));
     }
 

@@ -1,0 +1,123 @@
+//! Helpers for the GPU tests: one shared `WgpuBackend`, the skip rule, a
+//! proptest runner and `assert_close` with a max-diff report.
+
+#![allow(dead_code)]
+
+use lwf_engine::backend::wgpu::WgpuBackend;
+use lwf_engine::rng::Rng;
+use proptest::strategy::Strategy;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use std::sync::OnceLock;
+
+/// The shared device, or `None` (after a loud SKIPPED line) when there is no
+/// adapter and `LWF_SKIP_GPU_TESTS=1`. Without that variable a missing
+/// adapter fails the test: CI runs these on Mesa's software Vulkan.
+pub fn gpu() -> Option<&'static WgpuBackend> {
+    static GPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
+    match GPU.get_or_init(|| WgpuBackend::new().map_err(|e| e.to_string())) {
+        Ok(b) => Some(b),
+        Err(e) if skip_requested() => {
+            eprintln!("SKIPPED: no GPU adapter (LWF_SKIP_GPU_TESTS=1): {e}");
+            None
+        }
+        Err(e) => panic!("GPU tests need a Vulkan adapter: {e}\n(set LWF_SKIP_GPU_TESTS=1 to skip them)"),
+    }
+}
+
+/// The same device with the workgroup-tiled gemm kernels forced (a real
+/// GPU's default; lavapipe otherwise uses `gemm_reg`), so both are tested.
+pub fn gpu_tiled() -> Option<&'static WgpuBackend> {
+    static TILED: OnceLock<WgpuBackend> = OnceLock::new();
+    let g = gpu()?;
+    Some(TILED.get_or_init(|| g.clone().force_tiled_gemm()))
+}
+
+fn skip_requested() -> bool {
+    std::env::var("LWF_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// Run `f` on `cases` random values of `strat` with the shared device.
+pub fn check<S: Strategy>(
+    cases: u32,
+    strat: S,
+    f: impl Fn(&WgpuBackend, S::Value) -> Result<(), TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let Some(g) = gpu() else { return };
+    run(g, cases, strat, f);
+}
+
+/// `check` on both gemm paths: the adapter's default and the tiled kernels.
+pub fn check_both<S: Strategy>(
+    cases: u32,
+    strat: S,
+    f: impl Fn(&WgpuBackend, S::Value) -> Result<(), TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let (Some(g), Some(t)) = (gpu(), gpu_tiled()) else { return };
+    run(g, cases, &strat, &f);
+    run(t, cases, &strat, &f);
+}
+
+fn run<S: Strategy>(
+    g: &WgpuBackend,
+    cases: u32,
+    strat: S,
+    f: impl Fn(&WgpuBackend, S::Value) -> Result<(), TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let config = Config { cases, max_shrink_iters: 64, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new(config);
+    if let Err(e) = runner.run(&strat, |v| f(g, v)) {
+        panic!("{e}");
+    }
+}
+
+/// `n` values uniform in `[lo, hi)` from `seed`.
+pub fn rand_vec(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.uniform(lo, hi)).collect()
+}
+
+/// Elementwise `|got − want| ≤ atol + rtol·|want|` (NaN only matches NaN).
+/// On failure: the max difference, the number of mismatches and the first ones.
+pub fn close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), TestCaseError> {
+    if got.len() != want.len() {
+        return Err(TestCaseError::fail(format!("{what}: length {} vs {}", got.len(), want.len())));
+    }
+    let mut bad = Vec::new();
+    let mut max_diff = 0.0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else {
+            let d = (g - w).abs();
+            max_diff = max_diff.max(d);
+            d <= atol + rtol * w.abs() || g == w
+        };
+        if !ok {
+            bad.push(i);
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let first: Vec<String> =
+        bad.iter().take(6).map(|&i| format!("[{i}] got {} want {}", got[i], want[i])).collect();
+    Err(TestCaseError::fail(format!(
+        "{what}: {} of {} elements differ (atol {atol}, rtol {rtol}); max |diff| {max_diff}; first: {}",
+        bad.len(),
+        got.len(),
+        first.join(", ")
+    )))
+}
+
+/// `close` for whole-test (non-proptest) checks: panics with the report.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    if let Err(e) = close(what, got, want, atol, rtol) {
+        panic!("{e}");
+    }
+}

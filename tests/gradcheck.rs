@@ -1,0 +1,615 @@
+//! Gradient checks: every op recorded on the tape, differentiated by
+//! `Tape::backward` on the CPU backend, against central finite differences
+//! of the forward pass (STYLE.md §8.4), over random shapes and values.
+//!
+//! The tape cannot be seeded with an arbitrary output gradient from outside,
+//! so each op is reduced to a scalar through a fixed random *probe* (a frozen
+//! `Linear` to 3 logits) and a cross-entropy with random labels: the probe's
+//! random weights play the role of STYLE's `L = Σ rᵢ·yᵢ`. The numeric side
+//! recomputes the loss on the host in f64 from the downloaded logits, after
+//! perturbing one parameter coordinate through `Backend::write`. Inputs that
+//! need dX come from a [`Leaf`], so dX is checked coordinate by coordinate.
+//! Points near ReLU / maxpool kinks are detected exactly (the activation
+//! pattern changes between x − h and x + h) and skipped.
+
+mod common;
+
+use common::*;
+use lwf_engine::autodiff::{Grads, Tape, Workspace};
+use lwf_engine::backend::{Backend, Conv2dParams, IGNORE_LABEL};
+use lwf_engine::nn::{Arch, Conv2d, Layer, Linear, Net, Param, ParamId};
+use lwf_engine::rng::Rng;
+use proptest::prelude::*;
+
+/// The op under test, between a leaf and the probe.
+enum Body {
+    Linear(Linear<B>),
+    Conv(Conv2d<B>),
+    Relu,
+    MaxPool {
+        k: usize,
+        s: usize,
+    },
+    /// flatten ∘ flatten: a view of a view still shares the root's gradient.
+    Flatten,
+}
+
+/// leaf → body → flatten → probe → cross-entropy.
+struct Chain {
+    leaf: Leaf,
+    body: Body,
+    probe: Linear<B>,
+    labels: Vec<u32>,
+}
+
+impl Chain {
+    /// `width` is the flattened row length of the body's output.
+    fn new(b: &B, rng: &mut Rng, leaf: Leaf, body: Body, rows: usize, width: usize) -> Self {
+        let probe = linear(b, rng, 100, width, 3, false);
+        let labels = (0..rows).map(|_| rng.below(3) as u32).collect();
+        Chain { leaf, body, probe, labels }
+    }
+
+    fn ids(&self) -> Vec<ParamId> {
+        let mut ids = vec![self.leaf.id()];
+        match &self.body {
+            Body::Linear(l) => ids.extend([l.w.id, l.b.id]),
+            Body::Conv(c) => ids.extend([c.w.id, c.b.id]),
+            _ => {}
+        }
+        ids
+    }
+}
+
+impl Model for Chain {
+    fn params(&self) -> Vec<&Param<B>> {
+        let mut v = self.leaf.params();
+        match &self.body {
+            Body::Linear(l) => v.extend([&l.w, &l.b]),
+            Body::Conv(c) => v.extend([&c.w, &c.b]),
+            _ => {}
+        }
+        v.extend([&self.probe.w, &self.probe.b]);
+        v
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut v = self.leaf.params_mut();
+        match &mut self.body {
+            Body::Linear(l) => v.extend([&mut l.w, &mut l.b]),
+            Body::Conv(c) => v.extend([&mut c.w, &mut c.b]),
+            _ => {}
+        }
+        v.extend([&mut self.probe.w, &mut self.probe.b]);
+        v
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let b = B::new();
+        let x = self.leaf.record(tape);
+        let mut pattern = Vec::new();
+        let y = match &self.body {
+            Body::Linear(l) => tape.linear(x, l),
+            Body::Conv(c) => tape.conv2d(x, c),
+            Body::Relu => {
+                let y = tape.relu(x);
+                pattern = relu_pattern(&b, tape, y);
+                y
+            }
+            Body::MaxPool { k, s } => {
+                pattern = pool_pattern(&b, tape, x, *k, *s);
+                tape.maxpool2d(x, *k, *s)
+            }
+            Body::Flatten => {
+                let f = tape.flatten(x);
+                tape.flatten(f)
+            }
+        };
+        let f = tape.flatten(y);
+        let z = tape.linear(f, &self.probe);
+        tape.cross_entropy(z, &self.labels, 1.0);
+        Eval { loss: ce_f64(&b.download(tape.value(z)), &self.labels, 3, 1.0), pattern }
+    }
+}
+
+/// Run the checker and turn its report into a proptest verdict.
+fn verdict<M: Model>(m: &mut M, ids: &[ParamId], seed: u64, tol: Tol) -> Result<Report, TestCaseError> {
+    let b = B::new();
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let rep = check_grads(&b, m, ids, 16, &mut rng, tol);
+    if std::env::var("GRADCHECK_STATS").is_ok() {
+        eprintln!(
+            "STATS checked {} kinks {} max_abs {:.2e} max_ratio {:.3} loss {:.4e}/{:.4e}",
+            rep.checked, rep.kinks, rep.max_abs, rep.max_ratio, rep.loss_engine, rep.loss_host
+        );
+    }
+    prop_assert!(rep.failures.is_empty(), "{} failures:\n{}", rep.failures.len(), rep.failures.join("\n"));
+    let (le, lh) = (rep.loss_engine, rep.loss_host);
+    prop_assert!((le - lh).abs() <= 1e-5 * lh.abs().max(1.0), "engine loss {le} vs host loss {lh}");
+    Ok(rep)
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(48))]
+
+    /// Linear: dX (through the leaf), dW and db.
+    #[test]
+    fn linear_grads(n in 1usize..4, in_f in 1usize..9, out_f in 1usize..7, seed: u64) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::mat(&b, &mut rng, 0, n, in_f, -1.0, 1.0);
+        let body = Body::Linear(linear(&b, &mut rng, 2, in_f, out_f, true));
+        let mut m = Chain::new(&b, &mut rng, leaf, body, n, out_f);
+        let ids = m.ids();
+        let rep = verdict(&mut m, &ids, seed, Tol::default())?;
+        prop_assert_eq!(rep.kinks, 0);
+    }
+
+    /// Conv2d: dX, dW, db over kernel 1–4, stride 1–3, padding 0–2.
+    #[test]
+    fn conv2d_grads(
+        n in 1usize..4, c in 1usize..5, oc in 1usize..5, h in 3usize..10, w in 3usize..10,
+        k in 1usize..5, s in 1usize..4, p in 0usize..3, seed: u64,
+    ) {
+        prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let layer = conv(&b, &mut rng, 2, c, oc, k, s, p, true);
+        let cp = Conv2dParams { n, c, h, w, oc, kh: k, kw: k, sh: s, sw: s, ph: p, pw: p };
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::Conv(layer), n, oc * cp.oh() * cp.ow());
+        let ids = m.ids();
+        verdict(&mut m, &ids, seed, Tol::default())?;
+    }
+
+    /// ReLU: dX (kinks at 0 skipped).
+    #[test]
+    fn relu_grads(n in 1usize..4, c in 1usize..5, h in 3usize..10, w in 3usize..10, seed: u64) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::Relu, n, c * h * w);
+        let ids = m.ids();
+        let rep = verdict(&mut m, &ids, seed, Tol::default())?;
+        prop_assume!(rep.checked >= 8);
+    }
+
+    /// Max pooling: dX for windows 2–3, strides 1–3 (near-ties skipped).
+    #[test]
+    fn maxpool2d_grads(
+        n in 1usize..4, c in 1usize..5, h in 3usize..10, w in 3usize..10,
+        k in 2usize..4, s in 1usize..4, seed: u64,
+    ) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::MaxPool { k, s }, n, c * oh * ow);
+        let ids = m.ids();
+        let rep = verdict(&mut m, &ids, seed, Tol::default())?;
+        prop_assume!(rep.checked >= 8);
+    }
+
+    /// Flatten (a view, twice): the gradient reaches the root's buffer.
+    #[test]
+    fn flatten_grads(n in 1usize..4, c in 1usize..5, h in 3usize..7, w in 3usize..7, seed: u64) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::Flatten, n, c * h * w);
+        let ids = m.ids();
+        verdict(&mut m, &ids, seed, Tol::default())?;
+    }
+}
+
+// ---- losses ---------------------------------------------------------------------
+
+/// Cross-entropy straight on leaf logits, some rows IGNORE_LABEL.
+struct Ce {
+    leaf: Leaf,
+    labels: Vec<u32>,
+    cols: usize,
+    scale: f32,
+}
+
+impl Model for Ce {
+    fn params(&self) -> Vec<&Param<B>> {
+        self.leaf.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        self.leaf.params_mut()
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let z = self.leaf.record(tape);
+        tape.cross_entropy(z, &self.labels, self.scale);
+        let zs = B::new().download(tape.value(z));
+        Eval { loss: ce_f64(&zs, &self.labels, self.cols, self.scale as f64), pattern: vec![] }
+    }
+}
+
+/// Distillation of leaf student logits (N, ld) against constant teacher
+/// logits (N, cols), cols ≤ ld (the grown shared head).
+struct Kd {
+    student: Leaf,
+    teacher: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    t: f32,
+    scale: f32,
+}
+
+impl Model for Kd {
+    fn params(&self) -> Vec<&Param<B>> {
+        self.student.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        self.student.params_mut()
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let zs = self.student.record(tape);
+        let zt = tape.input(&[self.rows, self.cols], &self.teacher);
+        tape.distill(zs, zt, self.t, self.scale);
+        let s = B::new().download(tape.value(zs));
+        let loss = kd_f64(&s, &self.teacher, self.rows, self.cols, self.ld, self.t as f64, self.scale as f64);
+        Eval { loss, pattern: vec![] }
+    }
+}
+
+/// A linear layer trained by cross-entropy plus an anchor penalty on its
+/// weight (l2 without Fisher, ewc with it): both gradients accumulate.
+struct Anchored {
+    lin: Linear<B>,
+    x: Vec<f32>,
+    labels: Vec<u32>,
+    anchor: <B as Backend>::Buf,
+    fisher: Option<<B as Backend>::Buf>,
+    scale: f32,
+}
+
+impl Model for Anchored {
+    fn params(&self) -> Vec<&Param<B>> {
+        vec![&self.lin.w, &self.lin.b]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        vec![&mut self.lin.w, &mut self.lin.b]
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let b = B::new();
+        let n = self.labels.len();
+        let x = tape.input(&[n, self.lin.in_f], &self.x);
+        let z = tape.linear(x, &self.lin);
+        tape.cross_entropy(z, &self.labels, 1.0 / n as f32);
+        tape.anchor_penalty(&self.lin.w, &self.anchor, self.fisher.as_ref(), self.scale);
+        let ce = ce_f64(&b.download(tape.value(z)), &self.labels, self.lin.out_f, 1.0 / n as f64);
+        let (w, a) = (self.lin.w.value.to_vec(&b), b.download(&self.anchor));
+        let f = self.fisher.as_ref().map(|f| b.download(f));
+        let pen: f64 = (0..w.len())
+            .map(|i| {
+                let d = w[i] as f64 - a[i] as f64;
+                f.as_ref().map_or(1.0, |f| f[i] as f64) * d * d
+            })
+            .sum();
+        Eval { loss: ce + self.scale as f64 * pen, pattern: vec![] }
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(48))]
+
+    /// Cross-entropy, including rows labelled IGNORE_LABEL (no gradient).
+    #[test]
+    fn cross_entropy_grads(rows in 1usize..6, cols in 1usize..8, scale in 0.1f32..2.0, seed: u64) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::mat(&b, &mut rng, 0, rows, cols, -3.0, 3.0);
+        let labels: Vec<u32> =
+            (0..rows).map(|_| if rng.below(4) == 0 { IGNORE_LABEL } else { rng.below(cols) as u32 }).collect();
+        let mut m = Ce { leaf, labels, cols, scale };
+        let rep = verdict(&mut m, &[0], seed, Tol::default())?;
+        // Ignored rows: exactly zero gradient (leaf weight is (cols, rows)).
+        let (grads, _, _) = analytic(&b, &m);
+        let g = b.download(grads.get(0).unwrap());
+        for (r, &y) in m.labels.iter().enumerate() {
+            if y == IGNORE_LABEL {
+                prop_assert!((0..cols).all(|c| g[c * rows + r] == 0.0), "ignored row {} has a gradient", r);
+            }
+        }
+        prop_assert_eq!(rep.kinks, 0);
+    }
+
+    /// Distillation, T ∈ [1, 5], student wider than the teacher (ld > cols):
+    /// the extra columns get exactly zero gradient.
+    #[test]
+    fn distill_grads(
+        rows in 1usize..6, cols in 1usize..7, extra in 0usize..4, t in 1.0f32..5.0,
+        scale in 0.1f32..2.0, seed: u64,
+    ) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let ld = cols + extra;
+        let student = Leaf::mat(&b, &mut rng, 0, rows, ld, -4.0, 4.0);
+        let teacher = uniform_vec(&mut rng, rows * cols, -4.0, 4.0);
+        let mut m = Kd { student, teacher, rows, cols, ld, t, scale };
+        verdict(&mut m, &[0], seed, Tol::default())?;
+        let (grads, _, _) = analytic(&b, &m);
+        let g = b.download(grads.get(0).unwrap());
+        prop_assert!(g[cols * rows..].iter().all(|&v| v == 0.0), "columns past the teacher's have a gradient");
+    }
+
+    /// Anchor penalty with and without a Fisher weight, on top of CE.
+    #[test]
+    fn anchor_penalty_grads(
+        n in 1usize..4, in_f in 1usize..6, out_f in 1usize..5, with_fisher: bool,
+        scale in 0.01f32..2.0, seed: u64,
+    ) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let lin = linear(&b, &mut rng, 0, in_f, out_f, true);
+        let anchor = b.upload(&uniform_vec(&mut rng, in_f * out_f, -1.0, 1.0));
+        let fisher = with_fisher.then(|| b.upload(&uniform_vec(&mut rng, in_f * out_f, 0.0, 3.0)));
+        let x = uniform_vec(&mut rng, n * in_f, -1.0, 1.0);
+        let labels = (0..n).map(|_| rng.below(out_f) as u32).collect();
+        let mut m = Anchored { lin, x, labels, anchor, fisher, scale };
+        verdict(&mut m, &[0, 1], seed, Tol::default())?;
+    }
+}
+
+// ---- the whole net ----------------------------------------------------------------
+
+/// A small cnn-s-shaped net with two heads: CE on head 1, distillation of
+/// head 0 against 3-column teacher logits and of head 1 (4 outputs) against
+/// 2-column ones (the shared-head case).
+struct NetModel {
+    net: Net<B>,
+    x: Vec<f32>,
+    n: usize,
+    labels: Vec<u32>,
+    zt0: Vec<f32>,
+    zt1: Vec<f32>,
+    t: f32,
+}
+
+impl Model for NetModel {
+    fn params(&self) -> Vec<&Param<B>> {
+        self.net.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        self.net.params_mut()
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let b = B::new();
+        let n = self.n;
+        let x = tape.input(&[n, 1, 8, 8], &self.x);
+        let z = self.net.forward(tape, x, &[0, 1]);
+        let zt0 = tape.input(&[n, 3], &self.zt0);
+        let zt1 = tape.input(&[n, 2], &self.zt1);
+        tape.cross_entropy(z[1], &self.labels, 1.0 / n as f32);
+        tape.distill(z[0], zt0, self.t, 0.7 / n as f32);
+        tape.distill(z[1], zt1, self.t, 1.3 / n as f32);
+        let (z0, z1) = (b.download(tape.value(z[0])), b.download(tape.value(z[1])));
+        let nf = n as f64;
+        let t = self.t as f64;
+        let loss = ce_f64(&z1, &self.labels, 4, 1.0 / nf)
+            + kd_f64(&z0, &self.zt0, n, 3, 3, t, 0.7 / nf)
+            + kd_f64(&z1, &self.zt1, n, 2, 4, t, 1.3 / nf);
+        Eval { loss, pattern: trunk_pattern(&b, tape, &self.net, x) }
+    }
+}
+
+/// Kink pattern of the trunk: a second, gradient-free walk of the same
+/// layers on the same tape (no loss reaches it, so backward skips it).
+fn trunk_pattern<'a>(
+    b: &B,
+    tape: &mut Tape<'a, B>,
+    net: &'a Net<B>,
+    x: lwf_engine::autodiff::Var,
+) -> Vec<u32> {
+    let mut pattern = Vec::new();
+    let mut h = x;
+    for layer in &net.trunk {
+        h = match layer {
+            Layer::Conv2d(c) => tape.conv2d(h, c),
+            Layer::Relu => {
+                let y = tape.relu(h);
+                pattern.extend(relu_pattern(b, tape, y));
+                y
+            }
+            Layer::MaxPool2d { k, s } => {
+                pattern.extend(pool_pattern(b, tape, h, *k, *s));
+                tape.maxpool2d(h, *k, *s)
+            }
+            Layer::Flatten => tape.flatten(h),
+            Layer::Linear(l) => tape.linear(h, l),
+        };
+    }
+    pattern
+}
+
+fn small_arch() -> Arch {
+    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![3, 4], hidden: 8 }
+}
+
+fn net_model(n: usize, t: f32, seed: u64) -> NetModel {
+    let b = B::new();
+    let mut rng = Rng::new(seed);
+    let mut net = Net::new(&b, small_arch(), &mut rng);
+    net.add_head(&b, &mut rng, &[0, 1, 2]);
+    net.add_head(&b, &mut rng, &[3, 4, 5, 6]);
+    let x = normal_vec(&mut rng, n * 64, 1.0);
+    let labels = (0..n).map(|i| if i == 1 { IGNORE_LABEL } else { rng.below(4) as u32 }).collect();
+    let zt0 = normal_vec(&mut rng, n * 3, 2.0);
+    let zt1 = normal_vec(&mut rng, n * 2, 2.0);
+    NetModel { net, x, n, labels, zt0, zt1, t }
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(12))]
+
+    /// Every parameter of the two-head net under CE + KD, with the first
+    /// `frozen` trunk layers frozen (those must get no gradient).
+    #[test]
+    fn cnn_s_net_grads(n in 1usize..4, t in 1.0f32..5.0, frozen in 0usize..4, seed: u64) {
+        let mut m = net_model(n, t, seed);
+        m.net.set_trainable(true, frozen, &[0, 1]);
+        let ids: Vec<ParamId> = m.net.params().iter().map(|p| p.id).collect();
+        prop_assert_eq!(ids.len(), 10);
+        // Smaller steps: one weight moves hundreds of activations, so the
+        // default step crosses a ReLU kink too often.
+        let tol = Tol { h_rel: 2e-3, ..Tol::default() };
+        let rep = verdict(&mut m, &ids, seed, tol)?;
+        prop_assume!(rep.checked >= 5 * (10 - 2 * frozen));
+    }
+}
+
+// ---- frozen parameters, needs_grad --------------------------------------------------
+
+/// `x → linear → CE`, with x a constant input or a trainable leaf.
+struct OneLinear {
+    leaf: Option<Leaf>,
+    lin: Linear<B>,
+    x: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+impl Model for OneLinear {
+    fn params(&self) -> Vec<&Param<B>> {
+        let mut v = vec![&self.lin.w, &self.lin.b];
+        v.extend(self.leaf.iter().flat_map(|l| l.params()));
+        v
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut v = vec![&mut self.lin.w, &mut self.lin.b];
+        v.extend(self.leaf.iter_mut().flat_map(|l| l.params_mut()));
+        v
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let n = self.labels.len();
+        let x = match &self.leaf {
+            Some(l) => l.record(tape),
+            None => tape.input(&[n, self.lin.in_f], &self.x),
+        };
+        let z = tape.linear(x, &self.lin);
+        tape.cross_entropy(z, &self.labels, 1.0);
+        let zs = B::new().download(tape.value(z));
+        Eval { loss: ce_f64(&zs, &self.labels, self.lin.out_f, 1.0), pattern: vec![] }
+    }
+}
+
+/// Device buffers a fresh workspace hands out for the forward pass alone
+/// and for forward + backward, and the gradients. Every gradient of an
+/// activation (a dX) takes a workspace buffer, so `with − without` counts
+/// the dX computations of backward.
+fn allocations<M: Model>(b: &B, m: &M) -> (usize, usize, Grads<B>) {
+    let mut count = |backward: bool| {
+        let mut ws = Workspace::new();
+        let mut grads = Grads::new();
+        {
+            let mut tape = Tape::new(b, &mut ws);
+            m.record(&mut tape);
+            if backward {
+                grads.prepare(b, m.params());
+                tape.backward(&mut grads);
+            }
+        }
+        (ws.allocations, grads)
+    };
+    let (without, _) = count(false);
+    let (with, grads) = count(true);
+    (without, with, grads)
+}
+
+fn one_linear(leaf: bool) -> OneLinear {
+    let b = B::new();
+    let mut rng = Rng::new(3);
+    let (n, in_f, out_f) = (2, 3, 5);
+    let leaf = leaf.then(|| Leaf::mat(&b, &mut rng, 10, n, in_f, -1.0, 1.0));
+    let lin = linear(&b, &mut rng, 0, in_f, out_f, true);
+    OneLinear { leaf, lin, x: uniform_vec(&mut rng, n * in_f, -1.0, 1.0), labels: vec![1, 4] }
+}
+
+#[test]
+fn frozen_param_gets_no_gradient_buffer_and_the_rest_are_right() {
+    let b = B::new();
+    let mut m = one_linear(true);
+    m.lin.w.trainable = false;
+    let (_, _, grads) = allocations(&b, &m);
+    assert!(grads.get(m.lin.w.id).is_none(), "a frozen weight got a gradient buffer");
+    assert!(grads.get(m.lin.b.id).is_some() && grads.get(10).is_some());
+    // dX and db are still right with W frozen (the checker also fails on a
+    // gradient buffer for a frozen parameter).
+    let rep = check_grads(&b, &mut m, &[0, 1, 10], 16, &mut Rng::new(4), Tol::default());
+    assert!(rep.failures.is_empty(), "{:?}", rep.failures);
+    assert_eq!(rep.checked, 5 + 6);
+}
+
+#[test]
+fn no_dx_is_computed_for_an_input_that_needs_no_gradient() {
+    let b = B::new();
+    let (without, with, grads) = allocations(&b, &one_linear(false));
+    assert_eq!(with, without, "backward allocated a buffer: a dX for the constant input");
+    assert!(grads.get(0).is_some() && grads.get(1).is_some());
+    // Control: the same layer fed by a trainable leaf computes exactly one dX.
+    let (without, with, _) = allocations(&b, &one_linear(true));
+    assert_eq!(with, without + 1);
+}
+
+#[test]
+fn frozen_trunk_and_old_head_launch_no_backward_work_below_the_new_head() {
+    let b = B::new();
+    let mut m = net_model(3, 2.0, 9);
+    m.net.set_trainable(false, 0, &[1]);
+    let (without, with, grads) = allocations(&b, &m);
+    assert_eq!(with, without, "backward computed a dX below the trainable head");
+    for p in m.net.params() {
+        assert_eq!(grads.get(p.id).is_some(), p.name.starts_with("heads.1"), "{}", p.name);
+    }
+    let ids: Vec<ParamId> = m.net.params().iter().map(|p| p.id).collect();
+    let rep = check_grads(&b, &mut m, &ids, 16, &mut Rng::new(5), Tol::default());
+    assert!(rep.failures.is_empty(), "{:?}", rep.failures);
+    assert_eq!(rep.checked, 16 + 4);
+}
+
+// ---- shape mismatches panic naming both shapes -----------------------------------------
+
+#[test]
+#[should_panic(expected = "linear: input shape [2, 5] does not fit weight shape [3, 4]")]
+fn linear_with_wrong_input_width_panics() {
+    let b = B::new();
+    let lin = linear(&b, &mut Rng::new(0), 0, 4, 3, true);
+    let mut ws = Workspace::new();
+    let mut tape = Tape::new(&b, &mut ws);
+    let x = tape.input(&[2, 5], &[0.0; 10]);
+    tape.linear(x, &lin);
+}
+
+#[test]
+#[should_panic(expected = "conv2d: input shape [1, 2, 5, 5] does not fit weight shape [4, 3, 3, 3]")]
+fn conv_with_wrong_channels_panics() {
+    let b = B::new();
+    let layer = conv(&b, &mut Rng::new(0), 0, 3, 4, 3, 1, 1, true);
+    let mut ws = Workspace::new();
+    let mut tape = Tape::new(&b, &mut ws);
+    let x = tape.input(&[1, 2, 5, 5], &[0.0; 50]);
+    tape.conv2d(x, &layer);
+}
+
+#[test]
+#[should_panic(expected = "distill: student logits [3, 5] do not fit teacher logits [2, 5]")]
+fn distill_with_mismatched_rows_panics() {
+    let b = B::new();
+    let mut ws = Workspace::new();
+    let mut tape = Tape::new(&b, &mut ws);
+    let zs = tape.input(&[3, 5], &[0.0; 15]);
+    let zt = tape.input(&[2, 5], &[0.0; 10]);
+    tape.distill(zs, zt, 2.0, 1.0);
+}
+
+#[test]
+#[should_panic(expected = "distill: student logits [2, 3] do not fit teacher logits [2, 5]")]
+fn distill_with_teacher_wider_than_student_panics() {
+    let b = B::new();
+    let mut ws = Workspace::new();
+    let mut tape = Tape::new(&b, &mut ws);
+    let zs = tape.input(&[2, 3], &[0.0; 6]);
+    let zt = tape.input(&[2, 5], &[0.0; 10]);
+    tape.distill(zs, zt, 2.0, 1.0);
+}

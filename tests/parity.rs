@@ -1,0 +1,550 @@
+//! Every `Backend` op on the wgpu backend against the CPU backend, on random
+//! shapes (awkward sizes: not multiples of the tiles, several workgroups, a
+//! 1-D dispatch of more than 65535 workgroups) and random values; extreme KD
+//! logits; IGNORE_LABEL rows; accumulate semantics (every accumulating op is
+//! called twice on pre-filled outputs); and a whole cnn-s training step.
+//!
+//! These run for real on Mesa's software Vulkan (lavapipe). Without an
+//! adapter they fail, unless `LWF_SKIP_GPU_TESTS=1` (then they say SKIPPED).
+//! Tolerances are `atol + rtol·|cpu|`, per test below.
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use gpu::{assert_close, check, check_both, close, gpu, gpu_tiled, rand_vec};
+use lwf_engine::autodiff::{Grads, Tape, Workspace};
+use lwf_engine::backend::wgpu::WgpuBackend;
+use lwf_engine::backend::{Backend, Conv2dParams, CpuBackend, Gemm, PoolParams, SgdHyper, IGNORE_LABEL};
+use lwf_engine::nn::{Arch, Net};
+use lwf_engine::optim::Sgd;
+use lwf_engine::rng::Rng;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+type R = Result<(), TestCaseError>;
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new()
+}
+
+// ---- memory ---------------------------------------------------------------
+
+#[test]
+fn upload_download_write_copy_fill() {
+    check(8, (0usize..3000, any::<u64>()), |g, (n, seed)| {
+        let xs = rand_vec(seed, n, -3.0, 3.0);
+        let b = g.upload(&xs);
+        prop_assert_eq!(g.len(&b), n);
+        prop_assert_eq!(g.download(&b), xs.clone());
+        let idx: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+        let bi = g.upload_idx(&idx);
+        prop_assert_eq!(g.download_idx(&bi), idx.clone());
+        prop_assert_eq!(g.download(&g.zeros(n)), vec![0.0; n]);
+        prop_assert_eq!(g.download_idx(&g.zeros_idx(n)), vec![0; n]);
+
+        // write a prefix, copy a window, fill
+        let mut z = g.zeros(n + 5);
+        g.write(&mut z, &xs);
+        let mut want = xs.clone();
+        want.extend([0.0; 5]);
+        prop_assert_eq!(g.download(&z), want.clone());
+        let mut wi = g.zeros_idx(n + 1);
+        g.write_idx(&mut wi, &idx);
+        prop_assert_eq!(&g.download_idx(&wi)[..n], &idx[..]);
+        if n > 2 {
+            let (so, len) = (n / 3, n / 2);
+            let mut dst = g.upload(&vec![7.0; n]);
+            g.copy(&mut dst, 1, &b, so, len);
+            let mut w2 = vec![7.0; n];
+            w2[1..1 + len].copy_from_slice(&xs[so..so + len]);
+            prop_assert_eq!(g.download(&dst), w2);
+        }
+        g.fill(&mut z, 0.0);
+        prop_assert_eq!(g.download(&z), vec![0.0; n + 5]);
+        g.fill(&mut z, -1.25);
+        prop_assert_eq!(g.download(&z), vec![-1.25; n + 5]);
+        Ok(())
+    });
+}
+
+/// More dispatches than one submission holds, each with its own parameters
+/// (the "one uniform written twice before a submit" trap).
+#[test]
+fn many_dispatches_keep_their_own_params() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let xs = rand_vec(1, 1000, -1.0, 1.0);
+    let (mut gy, mut cy) = (g.upload(&xs), c.upload(&xs));
+    let (gx, cx) = (g.upload(&xs), c.upload(&xs));
+    for i in 0..150 {
+        let a = 0.5 + i as f32 * 0.01;
+        g.axpy(&mut gy, a, &gx);
+        c.axpy(&mut cy, a, &cx);
+        g.scale(&mut gy, 1.0 / (1.0 + a));
+        c.scale(&mut cy, 1.0 / (1.0 + a));
+    }
+    assert_close("150× axpy+scale", &g.download(&gy), &c.download(&cy), 1e-5, 1e-4);
+}
+
+/// A host write to a buffer that recorded work still reads must land after
+/// that work, and before the work recorded after it.
+#[test]
+fn write_is_ordered_with_recorded_work() {
+    let Some(g) = gpu() else { return };
+    let a = rand_vec(2, 300, -1.0, 1.0);
+    let x1 = rand_vec(3, 300, -1.0, 1.0);
+    let x2 = rand_vec(4, 300, -1.0, 1.0);
+    let mut y = g.upload(&a);
+    let mut x = g.upload(&x1);
+    g.axpy(&mut y, 1.0, &x);
+    g.write(&mut x, &x2);
+    g.axpy(&mut y, 2.0, &x);
+    let want: Vec<f32> = (0..300).map(|i| a[i] + x1[i] + 2.0 * x2[i]).collect();
+    assert_close("axpy, write, axpy", &g.download(&y), &want, 1e-6, 1e-6);
+}
+
+#[test]
+fn names() {
+    let Some(g) = gpu() else { return };
+    assert!(g.name().starts_with("wgpu: "), "{}", g.name());
+    let info = g.gpu_info();
+    assert!(info.contains("backend:") && info.contains("type:"), "{info}");
+    eprintln!("GPU: {info}");
+}
+
+// ---- gemm -----------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct GemmCase {
+    g: Gemm,
+    seed: u64,
+}
+
+fn gemm_case(dims: impl Strategy<Value = (usize, usize, usize)>) -> impl Strategy<Value = GemmCase> {
+    (
+        dims,
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(1.0f32), Just(-0.5)],
+        prop_oneof![Just(0.0f32), Just(1.0), Just(0.25)],
+        any::<u64>(),
+    )
+        .prop_map(|((m, n, k), ta, tb, alpha, beta, seed)| GemmCase {
+            g: Gemm { m, n, k, trans_a: ta, trans_b: tb, alpha, beta },
+            seed,
+        })
+}
+
+fn gemm_parity(g: &WgpuBackend, case: &GemmCase) -> R {
+    let c = cpu();
+    let Gemm { m, n, k, .. } = case.g;
+    let a = rand_vec(case.seed, m * k, -1.0, 1.0);
+    let b = rand_vec(case.seed ^ 1, k * n, -1.0, 1.0);
+    let c0 = rand_vec(case.seed ^ 2, m * n + 3, -1.0, 1.0);
+    let (mut gc, mut cc) = (g.upload(&c0), c.upload(&c0));
+    g.sgemm(&mut gc, &g.upload(&a), &g.upload(&b), case.g);
+    c.sgemm(&mut cc, &c.upload(&a), &c.upload(&b), case.g);
+    let atol = 1e-5 + 2e-6 * k as f32;
+    close(&format!("sgemm {:?}", case.g), &g.download(&gc), &c.download(&cc), atol, 1e-4)
+}
+
+#[test]
+fn sgemm_random_shapes() {
+    check_both(8, gemm_case((1usize..150, 1usize..150, 0usize..200)), |g, case| gemm_parity(g, &case));
+}
+
+#[test]
+fn sgemm_multi_tile_exact_edges() {
+    // Exactly one tile, one more than a tile, several tiles.
+    let dims = prop_oneof![Just((64, 64, 16)), Just((65, 129, 17)), Just((128, 64, 33)), Just((1, 200, 1))];
+    check_both(4, gemm_case(dims), |g, case| gemm_parity(g, &case));
+}
+
+/// Small output, long K: the split-K path (partials + reduction).
+#[test]
+fn sgemm_split_k() {
+    check_both(4, gemm_case((1usize..100, 1usize..100, 1024usize..3000)), |g, case| gemm_parity(g, &case));
+}
+
+/// Large enough for the 128×128-tile kernel (≥ 256 big tiles), non-multiple edges.
+#[test]
+fn sgemm_big_tiles() {
+    check_both(2, gemm_case((Just(2051usize), Just(2053usize), 3usize..12)), |g, case| gemm_parity(g, &case));
+}
+
+// ---- convolution ------------------------------------------------------------
+
+fn conv_params() -> impl Strategy<Value = Conv2dParams> {
+    (1usize..4, 1usize..4, 1usize..11, 1usize..11, 1usize..6, 1usize..4, 1usize..4, 1usize..3, 0usize..3)
+        .prop_filter_map("kernel larger than padded input", |(n, c, h, w, oc, kh, kw, s, pad)| {
+            let p = Conv2dParams { n, c, h, w, oc, kh, kw, sh: s, sw: s, ph: pad.min(kh), pw: pad.min(kw) };
+            (p.h + 2 * p.ph >= kh && p.w + 2 * p.pw >= kw).then_some(p)
+        })
+}
+
+fn conv_parity(g: &WgpuBackend, p: &Conv2dParams, seed: u64) -> R {
+    let c = cpu();
+    let x = rand_vec(seed, p.x_len(), -1.0, 1.0);
+    let w = rand_vec(seed ^ 1, p.w_len(), -1.0, 1.0);
+    let dy = rand_vec(seed ^ 2, p.y_len(), -1.0, 1.0);
+    let tol = 1e-5 + 2e-6 * (p.patch() * p.oh() * p.ow() * p.n) as f32;
+
+    let (mut gy, mut cy) = (g.upload(&vec![f32::NAN; p.y_len()]), c.zeros(p.y_len()));
+    g.conv2d_fwd(&mut gy, &g.upload(&x), &g.upload(&w), p);
+    c.conv2d_fwd(&mut cy, &c.upload(&x), &c.upload(&w), p);
+    close(&format!("conv2d_fwd {p:?}"), &g.download(&gy), &c.download(&cy), tol, 1e-4)?;
+
+    // Backward ops accumulate: pre-filled outputs, each op called twice.
+    let dx0 = rand_vec(seed ^ 3, p.x_len(), -1.0, 1.0);
+    let (mut gdx, mut cdx) = (g.upload(&dx0), c.upload(&dx0));
+    for _ in 0..2 {
+        g.conv2d_bwd_data(&mut gdx, &g.upload(&dy), &g.upload(&w), p);
+        c.conv2d_bwd_data(&mut cdx, &c.upload(&dy), &c.upload(&w), p);
+    }
+    close(&format!("conv2d_bwd_data ×2 {p:?}"), &g.download(&gdx), &c.download(&cdx), tol, 1e-4)?;
+
+    let dw0 = rand_vec(seed ^ 4, p.w_len(), -1.0, 1.0);
+    let (mut gdw, mut cdw) = (g.upload(&dw0), c.upload(&dw0));
+    for _ in 0..2 {
+        g.conv2d_bwd_weight(&mut gdw, &g.upload(&x), &g.upload(&dy), p);
+        c.conv2d_bwd_weight(&mut cdw, &c.upload(&x), &c.upload(&dy), p);
+    }
+    close(&format!("conv2d_bwd_weight ×2 {p:?}"), &g.download(&gdw), &c.download(&cdw), tol, 1e-4)
+}
+
+#[test]
+fn conv2d_random_geometry() {
+    check_both(8, (conv_params(), any::<u64>()), |g, (p, seed)| conv_parity(g, &p, seed));
+}
+
+/// The cnn-s layers' geometry (3×3, pad 1) at a small batch, several workgroups.
+#[test]
+fn conv2d_cnn_s_shapes() {
+    let (Some(g), Some(t)) = (gpu(), gpu_tiled()) else { return };
+    for p in [
+        Conv2dParams { n: 3, c: 1, h: 28, w: 28, oc: 8, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 },
+        Conv2dParams { n: 3, c: 8, h: 14, w: 14, oc: 16, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 },
+    ] {
+        for b in [g, t] {
+            if let Err(e) = conv_parity(b, &p, 7) {
+                panic!("{e}");
+            }
+        }
+    }
+}
+
+/// A scratch cap that forces several batch chunks (own device: the cap is
+/// per device and must not change the other tests' chunking).
+#[test]
+fn conv2d_in_batch_chunks() {
+    if gpu().is_none() {
+        return;
+    }
+    let g = WgpuBackend::new().expect("a second device on the same adapter").force_tiled_gemm();
+    let p = Conv2dParams { n: 7, c: 2, h: 9, w: 8, oc: 3, kh: 3, kw: 2, sh: 1, sw: 2, ph: 1, pw: 1 };
+    // Two images' columns per chunk → 4 chunks, the last one short.
+    g.set_scratch_limit(2 * p.patch() * p.oh() * p.ow());
+    if let Err(e) = conv_parity(&g, &p, 11) {
+        panic!("{e}");
+    }
+}
+
+// ---- pooling ----------------------------------------------------------------
+
+#[test]
+fn maxpool_fwd_bwd() {
+    let strat = (1usize..4, 1usize..4, 1usize..13, 1usize..13, 1usize..4, 1usize..4, any::<u64>())
+        .prop_filter("window fits", |&(_, _, h, w, k, _, _)| h >= k && w >= k);
+    check(8, strat, |g, (n, ch, h, w, k, s, seed)| {
+        let c = cpu();
+        let p = PoolParams { n, c: ch, h, w, k, s };
+        // Few distinct values: many ties, so "first maximum" is tested.
+        let x: Vec<f32> = rand_vec(seed, p.x_len(), 0.0, 4.0).iter().map(|v| v.floor()).collect();
+        let (mut gy, mut cy) = (g.zeros(p.y_len()), c.zeros(p.y_len()));
+        let (mut ga, mut ca) = (g.zeros_idx(p.y_len()), c.zeros_idx(p.y_len()));
+        g.maxpool2d_fwd(&mut gy, &mut ga, &g.upload(&x), &p);
+        c.maxpool2d_fwd(&mut cy, &mut ca, &c.upload(&x), &p);
+        prop_assert_eq!(g.download(&gy), c.download(&cy));
+        prop_assert_eq!(g.download_idx(&ga), c.download_idx(&ca));
+
+        let dy = rand_vec(seed ^ 1, p.y_len(), -1.0, 1.0);
+        let dx0 = rand_vec(seed ^ 2, p.x_len(), -1.0, 1.0);
+        let (mut gdx, mut cdx) = (g.upload(&dx0), c.upload(&dx0));
+        for _ in 0..2 {
+            g.maxpool2d_bwd(&mut gdx, &g.upload(&dy), &ga, &p);
+            c.maxpool2d_bwd(&mut cdx, &c.upload(&dy), &ca, &p);
+        }
+        close(&format!("maxpool2d_bwd ×2 {p:?}"), &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)
+    });
+}
+
+// ---- elementwise and reductions ---------------------------------------------
+
+#[test]
+fn elementwise_ops() {
+    check(8, (1usize..2000, any::<u64>()), |g, (n, seed)| {
+        let c = cpu();
+        let x = rand_vec(seed, n, -2.0, 2.0);
+        let y0 = rand_vec(seed ^ 1, n, -2.0, 2.0);
+        let dy = rand_vec(seed ^ 2, n, -2.0, 2.0);
+        let (gx, cx) = (g.upload(&x), c.upload(&x));
+
+        let (mut gy, mut cy) = (g.zeros(n), c.zeros(n));
+        g.relu_fwd(&mut gy, &gx);
+        c.relu_fwd(&mut cy, &cx);
+        prop_assert_eq!(g.download(&gy), c.download(&cy));
+
+        let (mut gdx, mut cdx) = (g.upload(&y0), c.upload(&y0));
+        for _ in 0..2 {
+            g.relu_bwd(&mut gdx, &gy, &g.upload(&dy));
+            c.relu_bwd(&mut cdx, &cy, &c.upload(&dy));
+        }
+        close("relu_bwd ×2", &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)?;
+
+        let (mut ga, mut ca) = (g.upload(&y0), c.upload(&y0));
+        for _ in 0..2 {
+            g.axpy(&mut ga, -0.75, &gx);
+            c.axpy(&mut ca, -0.75, &cx);
+            g.add_squared(&mut ga, 0.3, &gx);
+            c.add_squared(&mut ca, 0.3, &cx);
+        }
+        g.scale(&mut ga, 1.7);
+        c.scale(&mut ca, 1.7);
+        close("axpy, add_squared, scale", &g.download(&ga), &c.download(&ca), 1e-5, 1e-5)
+    });
+}
+
+#[test]
+fn bias_add_and_grad() {
+    check(8, (1usize..9, 1usize..300, 1usize..50, any::<u64>()), |g, (rows, cols, inner, seed)| {
+        let c = cpu();
+        let n = rows * cols * inner;
+        let y0 = rand_vec(seed, n, -1.0, 1.0);
+        let b = rand_vec(seed ^ 1, cols, -1.0, 1.0);
+        let (mut gy, mut cy) = (g.upload(&y0), c.upload(&y0));
+        g.bias_add(&mut gy, &g.upload(&b), rows, cols, inner);
+        c.bias_add(&mut cy, &c.upload(&b), rows, cols, inner);
+        close("bias_add", &g.download(&gy), &c.download(&cy), 1e-6, 1e-6)?;
+
+        let db0 = rand_vec(seed ^ 2, cols, -1.0, 1.0);
+        let (mut gdb, mut cdb) = (g.upload(&db0), c.upload(&db0));
+        for _ in 0..2 {
+            g.bias_grad(&mut gdb, &gy, rows, cols, inner);
+            c.bias_grad(&mut cdb, &cy, rows, cols, inner);
+        }
+        let tol = 1e-5 + 1e-6 * (rows * inner) as f32;
+        close("bias_grad ×2", &g.download(&gdb), &c.download(&cdb), tol, 1e-5)
+    });
+}
+
+#[test]
+fn max_rows_with_ties() {
+    check(8, (1usize..300, 1usize..40, any::<u64>()), |g, (rows, cols, seed)| {
+        let c = cpu();
+        let x: Vec<f32> = rand_vec(seed, rows * cols, -3.0, 3.0).iter().map(|v| v.round()).collect();
+        let (mut gv, mut cv) = (g.zeros(rows), c.zeros(rows));
+        let (mut gi, mut ci) = (g.zeros_idx(rows), c.zeros_idx(rows));
+        g.max_rows(&mut gv, &mut gi, &g.upload(&x), rows, cols);
+        c.max_rows(&mut cv, &mut ci, &c.upload(&x), rows, cols);
+        prop_assert_eq!(g.download(&gv), c.download(&cv));
+        prop_assert_eq!(g.download_idx(&gi), c.download_idx(&ci));
+        Ok(())
+    });
+}
+
+/// The one dispatch of more than 65535 workgroups in x (folded into y).
+#[test]
+fn huge_1d_dispatch() {
+    let Some(g) = gpu() else { return };
+    let n = 65536 * 256 + 17;
+    let x: Vec<f32> = (0..n).map(|i| (i % 1013) as f32).collect();
+    let y0: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut y = g.upload(&y0);
+    g.axpy(&mut y, 2.0, &g.upload(&x));
+    let got = g.download(&y);
+    let bad = (0..n).filter(|&i| got[i] != y0[i] + 2.0 * x[i]).count();
+    assert_eq!(
+        bad,
+        0,
+        "axpy over {n} elements: {bad} wrong (first at {:?})",
+        (0..n).find(|&i| got[i] != y0[i] + 2.0 * x[i])
+    );
+}
+
+// ---- losses -------------------------------------------------------------------
+
+#[test]
+fn softmax_xent_with_ignored_rows() {
+    let strat = (1usize..40, 1usize..300, any::<u64>(), -2.0f32..2.0);
+    check(8, strat, |g, (rows, cols, seed, scale)| {
+        let c = cpu();
+        let z = rand_vec(seed, rows * cols, -8.0, 8.0);
+        let mut r = Rng::new(seed ^ 1);
+        let labels: Vec<u32> =
+            (0..rows).map(|_| if r.below(4) == 0 { IGNORE_LABEL } else { r.below(cols) as u32 }).collect();
+        let dz0 = rand_vec(seed ^ 2, rows * cols, -1.0, 1.0);
+        let (mut gdz, mut cdz) = (g.upload(&dz0), c.upload(&dz0));
+        let (mut gl, mut cl) = (g.upload(&[0.5]), c.upload(&[0.5]));
+        for _ in 0..2 {
+            g.softmax_xent(&mut gdz, &mut gl, &g.upload(&z), &g.upload_idx(&labels), rows, cols, scale);
+            c.softmax_xent(&mut cdz, &mut cl, &c.upload(&z), &c.upload_idx(&labels), rows, cols, scale);
+        }
+        close("softmax_xent loss ×2", &g.download(&gl), &c.download(&cl), 1e-4, 1e-4)?;
+        close("softmax_xent dlogits ×2", &g.download(&gdz), &c.download(&cdz), 1e-5, 1e-4)
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn kd_parity(
+    g: &WgpuBackend,
+    zs: &[f32],
+    zt: &[f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    t: f32,
+    scale: f32,
+) -> R {
+    let c = cpu();
+    let dz0 = rand_vec(rows as u64 * 31 + cols as u64, rows * ld, -1.0, 1.0);
+    let (mut gdz, mut cdz) = (g.upload(&dz0), c.upload(&dz0));
+    let (mut gl, mut cl) = (g.upload(&[0.25]), c.upload(&[0.25]));
+    for _ in 0..2 {
+        g.kd_loss(&mut gdz, &mut gl, &g.upload(zs), &g.upload(zt), rows, cols, ld, t, scale);
+        c.kd_loss(&mut cdz, &mut cl, &c.upload(zs), &c.upload(zt), rows, cols, ld, t, scale);
+    }
+    let (gl, cl) = (g.download(&gl), c.download(&cl));
+    prop_assert!(gl[0].is_finite(), "kd loss not finite: {}", gl[0]);
+    close(&format!("kd_loss loss ×2 (T {t})"), &gl, &cl, 1e-4, 1e-4)?;
+    close(&format!("kd_loss dzs ×2 (T {t})"), &g.download(&gdz), &c.download(&cdz), 1e-5, 1e-4)
+}
+
+#[test]
+fn kd_loss_random() {
+    let strat = (
+        1usize..30,
+        1usize..700,
+        0usize..5,
+        prop_oneof![Just(1.0f32), Just(2.0), Just(4.0), Just(1.7)],
+        any::<u64>(),
+    );
+    check(8, strat, |g, (rows, cols, extra, t, seed)| {
+        let ld = cols + extra;
+        let zs = rand_vec(seed, rows * ld, -10.0, 10.0);
+        let zt = rand_vec(seed ^ 1, rows * cols, -10.0, 10.0);
+        kd_parity(g, &zs, &zt, rows, cols, ld, t, 1.0 / rows as f32)
+    });
+}
+
+/// Logits of ±1e4 at T = 1 and T = 4: finite, and equal to the CPU's.
+#[test]
+fn kd_loss_extreme_logits() {
+    let Some(g) = gpu() else { return };
+    let (rows, cols) = (5, 300);
+    let mut r = Rng::new(9);
+    let mut pick = || [1e4f32, -1e4, 0.0, 9999.5, -3.0][r.below(5)];
+    let zs: Vec<f32> = (0..rows * cols).map(|_| pick()).collect();
+    let zt: Vec<f32> = (0..rows * cols).map(|_| pick()).collect();
+    for t in [1.0f32, 4.0] {
+        if let Err(e) = kd_parity(g, &zs, &zt, rows, cols, cols, t, 0.2) {
+            panic!("{e}");
+        }
+    }
+    // Student equal to teacher: the gradient is zero and the loss is the entropy.
+    for t in [1.0f32, 4.0] {
+        if let Err(e) = kd_parity(g, &zt, &zt, rows, cols, cols, t, 0.2) {
+            panic!("{e}");
+        }
+    }
+}
+
+#[test]
+fn anchor_penalty_with_and_without_fisher() {
+    check(8, (1usize..3000, any::<bool>(), any::<u64>(), 0.0f32..2.0), |g, (n, with_f, seed, scale)| {
+        let c = cpu();
+        let w = rand_vec(seed, n, -1.0, 1.0);
+        let a = rand_vec(seed ^ 1, n, -1.0, 1.0);
+        let f = rand_vec(seed ^ 2, n, 0.0, 3.0);
+        let dw0 = rand_vec(seed ^ 3, n, -1.0, 1.0);
+        let (mut gdw, mut cdw) = (g.upload(&dw0), c.upload(&dw0));
+        let (mut gl, mut cl) = (g.upload(&[1.0]), c.upload(&[1.0]));
+        let (gw, cw, ga, ca, gf, cf) =
+            (g.upload(&w), c.upload(&w), g.upload(&a), c.upload(&a), g.upload(&f), c.upload(&f));
+        for _ in 0..2 {
+            g.anchor_penalty(&mut gdw, &mut gl, &gw, &ga, with_f.then_some(&gf), scale);
+            c.anchor_penalty(&mut cdw, &mut cl, &cw, &ca, with_f.then_some(&cf), scale);
+        }
+        close("anchor_penalty loss ×2", &g.download(&gl), &c.download(&cl), 1e-3, 1e-4)?;
+        close("anchor_penalty dw ×2", &g.download(&gdw), &c.download(&cdw), 1e-5, 1e-5)
+    });
+}
+
+#[test]
+fn sgd_step_momentum_decay() {
+    check(8, (1usize..5000, any::<u64>()), |g, (n, seed)| {
+        let c = cpu();
+        let h = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 };
+        let w = rand_vec(seed, n, -1.0, 1.0);
+        let v = rand_vec(seed ^ 1, n, -1.0, 1.0);
+        let gr = rand_vec(seed ^ 2, n, -1.0, 1.0);
+        let (mut gw, mut cw, mut gv, mut cv) = (g.upload(&w), c.upload(&w), g.upload(&v), c.upload(&v));
+        for _ in 0..3 {
+            g.sgd_step(&mut gw, &mut gv, &g.upload(&gr), h);
+            c.sgd_step(&mut cw, &mut cv, &c.upload(&gr), h);
+        }
+        close("sgd w", &g.download(&gw), &c.download(&cw), 1e-6, 1e-5)?;
+        close("sgd v", &g.download(&gv), &c.download(&cv), 1e-6, 1e-5)
+    });
+}
+
+// ---- a whole training step ------------------------------------------------------
+
+/// Two SGD steps of a small cnn-s with two heads (distillation on the old
+/// head, cross-entropy on the new one): the losses and every updated
+/// parameter agree with the CPU backend.
+fn train<B: Backend>(b: &B, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let arch = Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16 };
+    let mut rng = Rng::new(42);
+    let mut net = Net::new(b, arch, &mut rng);
+    net.add_head(b, &mut rng, &[0, 1, 2]);
+    net.add_head(b, &mut rng, &[3, 4]);
+    let batch = 6;
+    let xs = rand_vec(5, batch * 144, -1.0, 1.0);
+    let zt = rand_vec(6, batch * 3, -3.0, 3.0);
+    let labels: Vec<u32> = vec![0, 1, 1, IGNORE_LABEL, 0, 1];
+    let mut ws = Workspace::new();
+    let mut grads = Grads::new();
+    let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        grads.prepare(b, net.params());
+        let loss = {
+            let mut tape = Tape::new(b, &mut ws);
+            let x = tape.input(&[batch, 1, 12, 12], &xs);
+            let teacher = tape.input(&[batch, 3], &zt);
+            let out = net.forward(&mut tape, x, &[0, 1]);
+            tape.distill(out[0], teacher, 2.0, 1.0 / batch as f32);
+            tape.cross_entropy(out[1], &labels, 1.0 / batch as f32);
+            tape.backward(&mut grads);
+            tape.loss_value()
+        };
+        losses.push(loss);
+        sgd.step(b, &mut net, &grads);
+    }
+    let params = net.params().iter().map(|p| p.value.to_vec(b)).collect();
+    (losses, params)
+}
+
+#[test]
+fn cnn_s_training_step() {
+    let (Some(g), Some(t)) = (gpu(), gpu_tiled()) else { return };
+    let (cl, cp) = train(&cpu(), 2);
+    for b in [g, t] {
+        let (gl, gp) = train(b, 2);
+        assert_close("losses", &gl, &cl, 1e-5, 1e-4);
+        assert_eq!(gp.len(), cp.len());
+        for (i, (a, b)) in gp.iter().zip(&cp).enumerate() {
+            assert_close(&format!("parameter {i} after 2 steps"), a, b, 1e-5, 1e-4);
+        }
+    }
+}
