@@ -58,6 +58,7 @@ fn group<'a>(c: &'a mut Criterion, name: &str, quick: bool) -> BenchmarkGroup<'a
 
 /// Time `f` per iteration with `iter_custom`, keeping the best mean so it
 /// can be printed in the unit that matters (GFLOP/s, GB/s, images/s).
+/// Infinite when a criterion filter skipped the benchmark.
 fn timed(grp: &mut BenchmarkGroup<'_, WallTime>, id: &str, mut f: impl FnMut()) -> f64 {
     let best = Cell::new(f64::INFINITY);
     grp.bench_function(id, |bch| {
@@ -74,6 +75,13 @@ fn timed(grp: &mut BenchmarkGroup<'_, WallTime>, id: &str, mut f: impl FnMut()) 
     best.get()
 }
 
+/// Print a result line unless the benchmark was filtered out.
+fn report(t: f64, line: impl FnOnce() -> String) {
+    if t.is_finite() {
+        println!("{}", line());
+    }
+}
+
 fn sgemm(c: &mut Criterion) {
     let Some(Env { g, quick }) = env() else { return };
     let sizes: &[usize] = if quick { &[256, 512] } else { &[1024, 4096] };
@@ -88,7 +96,7 @@ fn sgemm(c: &mut Criterion) {
             g.sgemm(&mut out, &a, &b, gm);
             sync(&g, &mut one, &out);
         });
-        println!("wgpu sgemm {s}³: {:.1} GFLOP/s ({:.3} ms)", gm.flops() / t / 1e9, t * 1e3);
+        report(t, || format!("wgpu sgemm {s}³: {:.1} GFLOP/s ({:.3} ms)", gm.flops() / t / 1e9, t * 1e3));
     }
     grp.finish();
 }
@@ -112,21 +120,31 @@ fn conv(c: &mut Criterion) {
             g.conv2d_fwd(&mut y, &x, &w, &p);
             sync(&g, &mut one, &y);
         });
-        println!("wgpu {name} fwd (batch {n}): {:.1} GFLOP/s ({:.3} ms)", p.flops() / t / 1e9, t * 1e3);
+        report(t, || {
+            format!("wgpu {name} fwd (batch {n}): {:.1} GFLOP/s ({:.3} ms)", p.flops() / t / 1e9, t * 1e3)
+        });
         let t = timed(&mut grp, &format!("{name} bwd_data n{n}"), || {
             g.conv2d_bwd_data(&mut dx, &dy, &w, &p);
             sync(&g, &mut one, &dx);
         });
-        println!("wgpu {name} bwd_data (batch {n}): {:.1} GFLOP/s ({:.3} ms)", p.flops() / t / 1e9, t * 1e3);
+        report(t, || {
+            format!(
+                "wgpu {name} bwd_data (batch {n}): {:.1} GFLOP/s ({:.3} ms)",
+                p.flops() / t / 1e9,
+                t * 1e3
+            )
+        });
         let t = timed(&mut grp, &format!("{name} bwd_weight n{n}"), || {
             g.conv2d_bwd_weight(&mut dw, &x, &dy, &p);
             sync(&g, &mut one, &dw);
         });
-        println!(
-            "wgpu {name} bwd_weight (batch {n}): {:.1} GFLOP/s ({:.3} ms)",
-            p.flops() / t / 1e9,
-            t * 1e3
-        );
+        report(t, || {
+            format!(
+                "wgpu {name} bwd_weight (batch {n}): {:.1} GFLOP/s ({:.3} ms)",
+                p.flops() / t / 1e9,
+                t * 1e3
+            )
+        });
     }
     grp.finish();
 }
@@ -147,7 +165,9 @@ fn kd(c: &mut Criterion) {
             g.kd_loss(&mut dz, &mut loss, &zs, &zt, rows, cols, cols, 2.0, 1.0 / rows as f32);
             sync(&g, &mut one, &loss);
         });
-        println!("wgpu kd_loss {rows}×{cols}: {:.1} GB/s ({:.3} ms)", bytes as f64 / t / 1e9, t * 1e3);
+        report(t, || {
+            format!("wgpu kd_loss {rows}×{cols}: {:.1} GB/s ({:.3} ms)", bytes as f64 / t / 1e9, t * 1e3)
+        });
     }
     grp.finish();
 }
@@ -210,18 +230,22 @@ fn step(c: &mut Criterion) {
     let t = timed(&mut grp, &format!("wgpu batch {batch}"), || {
         std::hint::black_box(s.run(&g));
     });
-    println!("wgpu cnn-s step (batch {batch}): {:.0} images/s ({:.3} ms)", batch as f64 / t, t * 1e3);
+    report(t, || {
+        format!("wgpu cnn-s step (batch {batch}): {:.0} images/s ({:.3} ms)", batch as f64 / t, t * 1e3)
+    });
     let cpu = CpuBackend::new();
     let mut s = Step::new(&cpu, batch);
     let tc = timed(&mut grp, &format!("cpu batch {batch}"), || {
         std::hint::black_box(s.run(&cpu));
     });
-    println!(
-        "cpu  cnn-s step (batch {batch}): {:.0} images/s ({:.3} ms); wgpu/cpu = {:.2}×",
-        batch as f64 / tc,
-        tc * 1e3,
-        tc / t
-    );
+    report(tc, || {
+        format!(
+            "cpu  cnn-s step (batch {batch}): {:.0} images/s ({:.3} ms); wgpu/cpu = {:.2}×",
+            batch as f64 / tc,
+            tc * 1e3,
+            tc / t
+        )
+    });
     grp.finish();
 }
 

@@ -38,8 +38,8 @@ macro_rules! on_backend {
                 $body
             }
             BackendChoice::Wgpu => {
-                // WIP: replaced by WgpuBackend when it lands.
-                return Err(Error::Device("the wgpu backend is not available yet".into()));
+                let $b = crate::backend::wgpu::WgpuBackend::new()?;
+                $body
             }
         }
     };
@@ -646,28 +646,27 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Time task 1's plain training, task 2's whole LwF phase and an evaluation
+/// of the test set, with the same code and definitions as `experiment`.
 pub fn bench(
     choice: BackendChoice,
     data_spec: &str,
-    epochs: usize,
     train_limit: Option<usize>,
     hyper: &Hyper,
     obs: &dyn Observer,
 ) -> Result<BenchReport> {
     let data = load_data(data_spec)?;
-    on_backend!(choice, b => bench_on(&b, &data, epochs, train_limit, hyper, obs))
+    on_backend!(choice, b => bench_on(&b, &data, train_limit, hyper, obs))
 }
 
 fn bench_on<B: Backend>(
     b: &B,
     data: &Dataset,
-    epochs: usize,
     train_limit: Option<usize>,
     hyper: &Hyper,
     obs: &dyn Observer,
 ) -> Result<BenchReport> {
     let tasks = data::protocol_tasks("two-task", data.num_classes)?;
-    let hyper = Hyper { epochs, ..hyper.clone() };
     let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
     let views: Vec<TaskView> = tasks
         .iter()
@@ -680,7 +679,7 @@ fn bench_on<B: Backend>(
         })
         .collect();
     let mut tr = Trainer::new(b.clone());
-    let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &hyper, seed: 0, obs };
+    let cx = TaskContext { split: &data.train, norm: data.norm, hyper, seed: 0, obs };
     let mut net = Net::new(b, arch, &mut Rng::derive(0, streams::TRUNK));
     let plain = train_first_task(&mut tr, &mut net, &views[0], &cx)?;
     let lwf =

@@ -26,5 +26,6 @@ pub mod results;
 pub mod rng;
 pub mod tensor;
 
+pub use backend::wgpu::WgpuBackend;
 pub use backend::{Backend, CpuBackend};
 pub use error::{Error, Result};

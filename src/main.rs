@@ -235,9 +235,6 @@ struct ExperimentArgs {
 struct BenchArgs {
     #[arg(long, default_value = "fashion-mnist")]
     data: String,
-    /// Epochs of the plain and LwF phases timed.
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -350,7 +347,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
         }
         Cmd::Bench(a) => {
             let be = setup(&a.common)?;
-            let r = app::bench(be, &a.data, a.epochs, a.train_limit, &a.hyper.hyper()?, &obs)?;
+            let r = app::bench(be, &a.data, a.train_limit, &a.hyper.hyper()?, &obs)?;
             println!("{}", if a.json { r.to_json() } else { r.to_table() });
         }
     }

@@ -128,7 +128,7 @@ fn verdict<M: Model>(m: &mut M, ids: &[ParamId], seed: u64, tol: Tol) -> Result<
 }
 
 proptest! {
-    #![proptest_config(proptest_cfg(48))]
+    #![proptest_config(proptest_cfg(96))]
 
     /// Linear: dX (through the leaf), dW and db.
     #[test]
@@ -293,7 +293,7 @@ impl Model for Anchored {
 }
 
 proptest! {
-    #![proptest_config(proptest_cfg(48))]
+    #![proptest_config(proptest_cfg(96))]
 
     /// Cross-entropy, including rows labelled IGNORE_LABEL (no gradient).
     #[test]
@@ -442,7 +442,7 @@ fn net_model(n: usize, t: f32, seed: u64) -> NetModel {
 }
 
 proptest! {
-    #![proptest_config(proptest_cfg(12))]
+    #![proptest_config(proptest_cfg(24))]
 
     /// Every parameter of the two-head net under CE + KD, with the first
     /// `frozen` trunk layers frozen (those must get no gradient).
@@ -499,7 +499,7 @@ impl Model for OneLinear {
 /// activation (a dX) takes a workspace buffer, so `with − without` counts
 /// the dX computations of backward.
 fn allocations<M: Model>(b: &B, m: &M) -> (usize, usize, Grads<B>) {
-    let mut count = |backward: bool| {
+    let count = |backward: bool| {
         let mut ws = Workspace::new();
         let mut grads = Grads::new();
         {

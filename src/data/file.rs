@@ -70,7 +70,12 @@ pub fn gunzip_if_needed(path: &Path, raw: &[u8]) -> Result<Vec<u8>> {
             path,
             format!("corrupt gzip stream: truncated, it ends early after {} decoded bytes ({e})", out.len()),
         )),
-        Err(e) => Err(Error::format(path, format!("corrupt gzip stream: {}", one_line(&e.to_string())))),
+        Err(e) => {
+            // flate2 may already say "corrupt gzip stream …": don't say it twice.
+            let why = one_line(&e.to_string());
+            let why = why.strip_prefix("corrupt gzip stream").map_or(why.as_str(), str::trim_start);
+            Err(Error::format(path, format!("corrupt gzip stream: {why}")))
+        }
     }
 }
 

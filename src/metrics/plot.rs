@@ -2,9 +2,9 @@
 //! training step, the picture that shows forgetting at a glance (a line that
 //! falls is a task being forgotten).
 //!
-//! Lines of one method share a colour; each task gets its own marker shape
-//! and a legend entry "method: task j". Several seeds of a method are
-//! averaged. Text is written as SVG `<text>` elements, which needs no font
+//! Lines of one method share a colour and each task has its own marker
+//! shape; the legend lists the methods (colours) and the tasks (markers).
+//! Several seeds of a method are averaged. Text is written as SVG `<text>` elements, which needs no font
 //! files (plotters' `ttf` feature is off; the viewer renders the font).
 
 use super::report::group_by_method;

@@ -386,7 +386,7 @@ pub fn check_grads<M: Model>(
             rep.max_abs = rep.max_abs.max(d);
             rep.max_ratio = rep.max_ratio.max(d / allowed);
             rep.checked += 1;
-            if !(d <= allowed) {
+            if d.is_nan() || d > allowed {
                 rep.failures.push(format!("{name}[{i}] (x = {x}): numeric {num:.6e}, analytic {a:.6e}, diff {d:.2e} > {allowed:.2e}"));
             }
         }

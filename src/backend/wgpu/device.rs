@@ -3,10 +3,15 @@
 //! groups and read-back.
 //!
 //! **Submission.** Dispatches are recorded into one command encoder (behind a
-//! mutex) and submitted only when data is read back, when a host write must
-//! be ordered after pending work, or every [`MAX_SLOTS`] dispatches. A
-//! training step is therefore one or two submissions whose only read-back is
-//! the loss scalar.
+//! mutex), consecutive ones in one compute pass, and submitted only when data
+//! is read back, when a host write must be ordered after pending work, or
+//! every [`MAX_SLOTS`] dispatches. A training step is therefore a few
+//! submissions whose only read-back is the loss scalar.
+//!
+//! **Buffers.** Plain allocations, zeroed by wgpu; the engine's `Workspace`
+//! recycles them across steps, so no pool is kept here. Scratch space (im2col
+//! columns, split-K partials, per-row losses) lives in [`Scratch`] and only
+//! grows.
 //!
 //! **Uniforms (the STYLE.md §8.3 trap).** `queue.write_buffer` runs before
 //! the *next submit's* command buffers, so one uniform written twice before

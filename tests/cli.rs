@@ -1,0 +1,660 @@
+//! The `lwf-engine` binary end to end: the user's path (train → extend with
+//! new data only → eval → predict, through files), the experiment's reports,
+//! every bad input's one-line error with no partial output, and `--help`.
+//!
+//! Data directories are written under the system temp dir from slices of the
+//! shipped Fashion-MNIST (loaded with the library), so nothing here depends on
+//! fixtures; every run is small enough for two slow cores.
+
+use lwf_engine::data::{self, Dataset, Pixels};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lwf-engine");
+
+/// The shipped data directory.
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets").join("fashion-mnist")
+}
+
+/// The shipped data, loaded once per test binary (source of the slices).
+fn fmnist() -> &'static Dataset {
+    static DATA: OnceLock<Dataset> = OnceLock::new();
+    DATA.get_or_init(|| data::load("fashion-mnist").expect("the shipped Fashion-MNIST loads"))
+}
+
+// ---- temp dirs and files --------------------------------------------------------
+
+/// A fresh directory under the system temp dir, unique per process and call,
+/// removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lwf-cli-test-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn s(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.path(name), bytes).unwrap();
+    }
+
+    /// Names of the entries in the directory, sorted.
+    fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A version-1.0 `.npy` file: little-endian, C order.
+fn npy(descr: &str, shape: &[usize], payload: &[u8]) -> Vec<u8> {
+    let shape = match shape {
+        [n] => format!("({n},)"),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    v.extend_from_slice(header.as_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// The first `n` images of `split` whose class is in `classes`, as
+/// (N, side, side) bytes and their labels; `side` 14 averages 2×2 blocks.
+fn slice(split: &data::Split, classes: &[u32], n: usize, side: usize) -> (Vec<u8>, Vec<u8>) {
+    let Pixels::U8(px) = &split.pixels else { panic!("the shipped images are bytes") };
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for i in (0..split.len()).filter(|&i| classes.contains(&split.labels[i])).take(n) {
+        let img = &px[i * 784..(i + 1) * 784];
+        match side {
+            28 => images.extend_from_slice(img),
+            14 => {
+                for y in 0..14 {
+                    for x in 0..14 {
+                        let at = |dy: usize, dx: usize| img[(2 * y + dy) * 28 + 2 * x + dx] as u32;
+                        images.push(((at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1)) / 4) as u8);
+                    }
+                }
+            }
+            _ => unreachable!(),
+        }
+        labels.push(split.labels[i] as u8);
+    }
+    (images, labels)
+}
+
+/// An NPY data directory holding only `classes`: the first `n_train` train
+/// and `n_test` test images of those classes, `side`×`side`, and the shipped
+/// `classes.txt`.
+fn npy_dir(tag: &str, classes: &[u32], n_train: usize, n_test: usize, side: usize) -> TempDir {
+    let d = TempDir::new(tag);
+    let fm = fmnist();
+    for (prefix, split, n) in [("train", &fm.train, n_train), ("test", &fm.test, n_test)] {
+        let (images, labels) = slice(split, classes, n, side);
+        let count = labels.len();
+        d.write(&format!("{prefix}_images.npy"), &npy("|u1", &[count, side, side], &images));
+        d.write(&format!("{prefix}_labels.npy"), &npy("|u1", &[count], &labels));
+    }
+    std::fs::copy(shipped().join("classes.txt"), d.path("classes.txt")).unwrap();
+    d
+}
+
+/// A copy of the shipped IDX files (and `classes.txt`, and `SHA256SUMS`
+/// when `sums`), to be broken by the caller.
+fn fm_copy(tag: &str, sums: bool) -> TempDir {
+    let d = TempDir::new(tag);
+    let mut names = vec![
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "classes.txt",
+    ];
+    if sums {
+        names.push("SHA256SUMS");
+    }
+    for name in names {
+        std::fs::copy(shipped().join(name), d.path(name)).unwrap();
+    }
+    d
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut out).unwrap();
+    out
+}
+
+// ---- running the binary ---------------------------------------------------------
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("the lwf-engine binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Run and require success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "lwf-engine {} failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Run and require a failure whose stderr is exactly one line,
+/// `lwf-engine: error: …`, containing every string of `want`; returns it.
+/// (Experiments may print progress notes before it: `notes_ok`.)
+fn fails(args: &[&str], want: &[&str]) -> String {
+    fails_with(args, want, false)
+}
+
+fn fails_with(args: &[&str], want: &[&str], notes_ok: bool) -> String {
+    let out = run(args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let what = format!("lwf-engine {}\nstdout: {stdout}\nstderr: {stderr}", args.join(" "));
+    assert!(!out.status.success(), "should have failed: {what}");
+    assert_ne!(out.status.code(), Some(0), "{what}");
+    assert!(out.status.code().is_some(), "killed by a signal, not an error exit: {what}");
+    assert!(stdout.is_empty(), "nothing belongs on stdout after an error: {what}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let errors: Vec<&&str> = lines.iter().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line expected: {what}");
+    if !notes_ok {
+        assert_eq!(lines.len(), 1, "stderr must be one line: {what}");
+    }
+    let line = lines.last().copied().unwrap_or_default();
+    assert!(line.starts_with("lwf-engine: error: "), "{what}");
+    assert!(!line.contains("panicked") && !line.contains("RUST_BACKTRACE"), "a panic, not an error: {what}");
+    for w in want {
+        assert!(line.contains(w), "the error should mention '{w}': {line}");
+    }
+    eprintln!("{line}"); // shown with --nocapture, to read the messages as a user would
+    line.to_string()
+}
+
+/// Quick training flags: one epoch, small batches, a small Fisher estimate.
+const QUICK: [&str; 6] = ["--epochs", "1", "--batch-size", "64", "--ewc-samples", "50"];
+
+fn with<'a>(args: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    args.iter().chain(extra).copied().collect()
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn frac(v: &Value, what: &str) -> f64 {
+    let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!((0.0..=1.0).contains(&x), "{what} = {x} is not in [0, 1]");
+    x
+}
+
+// ---- 1. the user's path -------------------------------------------------------------
+
+/// train on classes 0-4, extend with a directory that holds classes 5-9 only
+/// (no old data anywhere), then eval on the full test set and predict.
+#[test]
+fn train_extend_eval_predict_with_new_data_only() {
+    let old = npy_dir("old", &[0, 1, 2, 3, 4], 2000, 200, 28);
+    let new = npy_dir("new", &[5, 6, 7, 8, 9], 1000, 200, 28);
+    let models = TempDir::new("models");
+    let (m1, m2) = (models.path("old.safetensors"), models.path("new.safetensors"));
+
+    let s = ok(&with(
+        &["train", "--data", old.s(), "--classes", "0-4", "--out", p(&m1), "--epochs", "2"],
+        &["--batch-size", "64", "--ewc-samples", "50"],
+    ));
+    assert!(s.contains("trained classes 0-4") && s.contains(p(&m1)), "{s}");
+    assert!(m1.is_file());
+
+    let s = ok(&with(
+        &["extend", "--model", p(&m1), "--data", new.s(), "--classes", "5-9", "--method", "lwf"],
+        &with(&["--out", p(&m2)], &QUICK),
+    ));
+    assert!(s.contains("extended with classes 5-9 by lwf") && s.contains(p(&m2)), "{s}");
+    // The new-only data has no test image of task 1: its accuracy is "-".
+    assert!(s.contains("0-4: -"), "{s}");
+    assert_eq!(models.entries(), ["new.safetensors", "old.safetensors"], "no temporary files remain");
+
+    let e = json(&ok(&["eval", "--model", p(&m2), "--data", "fashion-mnist", "--json"]));
+    eprintln!("eval: {e}");
+    let tasks: Vec<Vec<u32>> = serde_json::from_value(e["tasks"].clone()).unwrap();
+    assert_eq!(tasks, [vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]], "{e}");
+    assert_eq!(e["images"], 10000, "{e}");
+    let ta = e["task_aware"].as_array().expect("task_aware list");
+    assert_eq!(ta.len(), 2, "{e}");
+    let (t1, t2) = (frac(&ta[0], "task 1 accuracy"), frac(&ta[1], "task 2 accuracy"));
+    // Chance is 0.2 within a task of five classes.
+    assert!(t1 > 0.6, "task 1 should stay well above chance after extend: {t1} ({e})");
+    assert!(t2 > 0.6, "task 2 should be learnt from its 1000 images: {t2} ({e})");
+    frac(&e["class_il"], "class-IL accuracy");
+    for (j, a) in e["class_il_per_task"].as_array().unwrap().iter().enumerate() {
+        frac(a, &format!("class-IL accuracy of task {j}"));
+    }
+
+    let input = shipped().join("t10k-images-idx3-ubyte.gz");
+    let args = ["predict", "--model", p(&m2), "--input", p(&input), "--top-k", "2", "--limit", "3", "--json"];
+    let pr = json(&ok(&args));
+    eprintln!("predict: {pr}");
+    let names: Vec<String> =
+        std::fs::read_to_string(shipped().join("classes.txt")).unwrap().lines().map(str::to_string).collect();
+    let preds = pr["predictions"].as_array().expect("predictions list");
+    assert_eq!(preds.len(), 3, "{pr}");
+    for (i, pred) in preds.iter().enumerate() {
+        assert_eq!(pred["image"], i, "{pr}");
+        let top = pred["top"].as_array().expect("top list");
+        assert_eq!(top.len(), 2, "{pr}");
+        let mut last = f64::INFINITY;
+        let mut seen = Vec::new();
+        for entry in top {
+            let (class, name, prob) =
+                (entry[0].as_u64().unwrap(), entry[1].as_str().unwrap(), entry[2].as_f64());
+            assert!(class < 10 && !seen.contains(&class), "{pr}");
+            seen.push(class);
+            assert_eq!(name, names[class as usize], "class names come from the data's classes.txt: {pr}");
+            let prob = prob.unwrap();
+            assert!(prob > 0.0 && prob <= 1.0, "probability {prob} not in (0, 1]: {pr}");
+            assert!(prob <= last, "not sorted by probability: {pr}");
+            last = prob;
+        }
+    }
+}
+
+// ---- 2. the experiment ----------------------------------------------------------------
+
+const RUN_FIELDS: [&str; 15] = [
+    "method",
+    "protocol",
+    "seed",
+    "tasks",
+    "config",
+    "acc_matrix_task_aware",
+    "acc_matrix_class_il_per_task",
+    "class_il_acc_after_each_task",
+    "final_task_aware_avg",
+    "final_class_il_acc",
+    "old_tasks_acc_final",
+    "new_task_acc_final",
+    "avg_forgetting_task_aware",
+    "forgetting_per_task",
+    "timings",
+];
+
+/// `experiment` writes the reference's JSON, the CSVs and the SVG and prints
+/// the table; a second run with the same seed gives the same numbers.
+#[test]
+fn experiment_writes_reports_and_repeats_bit_for_bit() {
+    let tmp = TempDir::new("exp");
+    let run_into = |dir: &str| {
+        let out = tmp.path(dir);
+        let stdout = ok(&[
+            "experiment",
+            "--methods",
+            "lwf,finetune",
+            "--train-limit",
+            "300",
+            "--test-limit",
+            "50",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--out",
+            p(&out),
+        ]);
+        (out, stdout)
+    };
+    let (out1, stdout) = run_into("one");
+    assert!(stdout.contains("method") && stdout.contains("old task"), "the comparison table: {stdout}");
+    for m in ["lwf", "finetune"] {
+        assert!(stdout.lines().any(|l| l.starts_with(m) && l.contains('|')), "a row for {m}: {stdout}");
+    }
+    let mut files: Vec<String> =
+        std::fs::read_dir(&out1).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "two-task_accuracies.csv",
+            "two-task_accuracy.svg",
+            "two-task_finetune_seed0.json",
+            "two-task_lwf_seed0.json",
+            "two-task_summary.csv",
+        ],
+        "exactly the reports, no temporary files"
+    );
+    let svg = std::fs::read_to_string(out1.join("two-task_accuracy.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("lwf") && svg.contains("finetune"), "{svg}");
+    let csv = std::fs::read_to_string(out1.join("two-task_accuracies.csv")).unwrap();
+    assert!(csv.starts_with("method,seed,protocol,after_task,task,"), "{csv}");
+    // Per method: after task 1 on task 1, after task 2 on tasks 1 and 2.
+    assert_eq!(csv.lines().count(), 1 + 2 * 3, "{csv}");
+
+    for method in ["lwf", "finetune"] {
+        let path = out1.join(format!("two-task_{method}_seed0.json"));
+        let r = json(&std::fs::read_to_string(&path).unwrap());
+        for f in RUN_FIELDS {
+            assert!(r.get(f).is_some(), "{} lacks '{f}'", path.display());
+        }
+        assert_eq!(
+            (r["method"].as_str(), r["protocol"].as_str(), r["seed"].as_u64()),
+            (Some(method), Some("two-task"), Some(0))
+        );
+        assert_eq!(r["tasks"], serde_json::json!([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]));
+        assert_eq!(r["config"]["epochs"], 1);
+        assert_eq!(r["config"]["train_limit"], 300);
+        let a = &r["acc_matrix_task_aware"];
+        assert!(a[0][1].is_null(), "task 2 is unseen after task 1: {a}");
+        for (t, j) in [(0, 0), (1, 0), (1, 1)] {
+            frac(&a[t][j], &format!("{method} A[{t}][{j}]"));
+            frac(&r["acc_matrix_class_il_per_task"][t][j], &format!("{method} C[{t}][{j}]"));
+        }
+        assert_eq!(r["old_tasks_acc_final"], a[1][0]);
+        assert_eq!(r["new_task_acc_final"], a[1][1]);
+        let forgetting = a[0][0].as_f64().unwrap() - a[1][0].as_f64().unwrap();
+        assert!((r["avg_forgetting_task_aware"].as_f64().unwrap() - forgetting).abs() < 1e-12, "{r}");
+        let t = &r["timings"];
+        for k in ["task_train_seconds", "epoch_seconds", "train_images_per_second"] {
+            assert_eq!(t[k].as_array().map(Vec::len), Some(2), "timings.{k} has one entry per task: {t}");
+        }
+        // lwf: one warm-up epoch and one main epoch on task 2.
+        let epochs2 = if method == "lwf" { 2 } else { 1 };
+        assert_eq!(t["epoch_seconds"][1].as_array().map(Vec::len), Some(epochs2), "{t}");
+        assert!(t["train_images_per_second"][1].as_f64().unwrap() > 0.0, "{t}");
+    }
+
+    // The same command again: every number except timings is identical.
+    let (out2, _) = run_into("two");
+    for method in ["lwf", "finetune"] {
+        let name = format!("two-task_{method}_seed0.json");
+        let read = |dir: &Path| {
+            let mut v = json(&std::fs::read_to_string(dir.join(&name)).unwrap());
+            v.as_object_mut().unwrap().remove("timings").expect("timings present");
+            v
+        };
+        assert_eq!(read(&out1), read(&out2), "{name} differs between two runs with seed 0");
+    }
+    let csv2 = std::fs::read_to_string(out2.join("two-task_accuracies.csv")).unwrap();
+    assert_eq!(csv, csv2, "the accuracies CSV differs between two runs with seed 0");
+}
+
+// ---- 3. bad inputs ------------------------------------------------------------------------
+
+/// `train` on a broken data directory: the error names the file and the
+/// problem, and the output directory stays empty.
+fn train_fails_on(data: &TempDir, want: &[&str]) -> String {
+    let out = TempDir::new("no-output");
+    let model = out.path("model.safetensors");
+    let line = fails(&with(&["train", "--data", data.s(), "--out", p(&model)], &QUICK), want);
+    assert!(out.entries().is_empty(), "no output may be written: {:?}", out.entries());
+    line
+}
+
+#[test]
+fn broken_data_files_are_one_line_errors_and_write_nothing() {
+    // A gzip stream cut in half.
+    let d = fm_copy("truncated-gz", false);
+    let f = d.path("train-labels-idx1-ubyte.gz");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    train_fails_on(&d, &[p(&f), "truncated"]);
+
+    // Bytes in the middle of the deflate stream overwritten.
+    let d = fm_copy("corrupt-gz", false);
+    let f = d.path("t10k-labels-idx1-ubyte.gz");
+    let mut bytes = std::fs::read(&f).unwrap();
+    for b in &mut bytes[1000..1400] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&f, &bytes).unwrap();
+    train_fails_on(&d, &[p(&f), "corrupt gzip stream"]);
+
+    // The same corruption with the shipped SHA256SUMS present: a checksum error.
+    let d = fm_copy("checksum", true);
+    let f = d.path("t10k-labels-idx1-ubyte.gz");
+    std::fs::write(&f, &bytes).unwrap();
+    train_fails_on(&d, &[p(&f), "SHA256 mismatch"]);
+
+    // A file that is not IDX: an uncompressed images file with a wrong magic.
+    let d = fm_copy("magic", false);
+    std::fs::remove_file(d.path("t10k-images-idx3-ubyte.gz")).unwrap();
+    let f = d.path("t10k-images-idx3-ubyte");
+    let mut raw = gunzip(&shipped().join("t10k-images-idx3-ubyte.gz"));
+    raw[..4].copy_from_slice(b"\x89PNG");
+    std::fs::write(&f, &raw).unwrap();
+    train_fails_on(&d, &[p(&f), "not an IDX file", "bad magic"]);
+
+    // 10000 test images but 9999 labels.
+    let d = fm_copy("count", false);
+    std::fs::remove_file(d.path("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let f = d.path("t10k-labels-idx1-ubyte");
+    let raw = gunzip(&shipped().join("t10k-labels-idx1-ubyte.gz"));
+    let mut short = vec![0, 0, 8, 1];
+    short.extend_from_slice(&9999u32.to_be_bytes());
+    short.extend_from_slice(&raw[8..8 + 9999]);
+    std::fs::write(&f, &short).unwrap();
+    train_fails_on(&d, &["t10k-images-idx3-ubyte.gz", "10000 images", p(&f), "9999 labels"]);
+
+    // classes.txt names 9 classes, the labels go up to 9.
+    let d = fm_copy("classes", false);
+    let names = std::fs::read_to_string(d.path("classes.txt")).unwrap();
+    let nine: Vec<&str> = names.lines().take(9).collect();
+    std::fs::write(d.path("classes.txt"), nine.join("\n") + "\n").unwrap();
+    train_fails_on(
+        &d,
+        &[p(&d.path("train-labels-idx1-ubyte.gz")), "label 9", "classes.txt", "only 9 classes"],
+    );
+
+    // A directory without data, and one that does not exist.
+    let empty = TempDir::new("empty");
+    train_fails_on(&empty, &[empty.s(), "no data files found"]);
+    let gone = TempDir::new("gone");
+    std::fs::remove_dir(&gone.0).unwrap();
+    train_fails_on(&gone, &[gone.s(), "no such data directory"]);
+}
+
+#[test]
+fn classes_absent_from_the_data_are_refused() {
+    let out = TempDir::new("absent");
+    let model = out.path("m.safetensors");
+    fails(
+        &with(&["train", "--data", "fashion-mnist", "--classes", "11", "--out", p(&model)], &QUICK),
+        &["class 11", "fashion-mnist", "0-9"],
+    );
+    fails(
+        &with(&["train", "--data", "fashion-mnist", "--classes", "4-2", "--out", p(&model)], &QUICK),
+        &["4-2", "backwards"],
+    );
+    assert!(out.entries().is_empty(), "{:?}", out.entries());
+}
+
+/// Checkpoints that do not fit: another input shape, random bytes, a cut
+/// file, classes the model already knows, and a diverging `extend` that must
+/// leave the checkpoint it would have replaced byte for byte as it was.
+#[test]
+fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
+    let old = npy_dir("ck-old", &[0, 1, 2, 3, 4], 300, 50, 28);
+    let new = npy_dir("ck-new", &[5, 6, 7, 8, 9], 300, 50, 28);
+    let small = npy_dir("ck-14px", &[0, 1, 2, 3, 4], 300, 50, 14);
+    let dir = TempDir::new("ck");
+    let (m28, m14) = (dir.path("m28.safetensors"), dir.path("m14.safetensors"));
+    ok(&with(&["train", "--data", old.s(), "--classes", "0-4", "--out", p(&m28)], &QUICK));
+    ok(&with(&["train", "--data", small.s(), "--classes", "0-4", "--out", p(&m14)], &QUICK));
+    let good = std::fs::read(&m28).unwrap();
+    let out = dir.path("out.safetensors");
+
+    // A 14×14 model meets 28×28 data.
+    fails(&["eval", "--model", p(&m14), "--data", "fashion-mnist"], &[p(&m14), "1×14×14", "1×28×28"]);
+    fails(
+        &with(
+            &["extend", "--model", p(&m14), "--data", "fashion-mnist", "--classes", "5-9", "--out", p(&out)],
+            &QUICK,
+        ),
+        &[p(&m14), "1×14×14", "1×28×28"],
+    );
+    let input = shipped().join("t10k-images-idx3-ubyte.gz");
+    fails(&["predict", "--model", p(&m14), "--input", p(&input), "--limit", "2"], &[p(&m14), "1×14×14"]);
+
+    // Random bytes, and a real checkpoint cut in half.
+    let junk = dir.path("junk.safetensors");
+    let mut rng = lwf_engine::rng::Rng::new(7);
+    std::fs::write(
+        &junk,
+        (0..4096).map(|_| (rng.uniform(0.0, 256.0) as u32).min(255) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fails(&["eval", "--model", p(&junk), "--data", new.s()], &[p(&junk), "not a safetensors checkpoint"]);
+    let cut = dir.path("cut.safetensors");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    fails(&["eval", "--model", p(&cut), "--data", new.s()], &[p(&cut), "not a safetensors checkpoint"]);
+    let missing = dir.path("missing.safetensors");
+    fails(&["eval", "--model", p(&missing), "--data", new.s()], &[p(&missing)]);
+
+    // Classes the model already has.
+    fails(
+        &with(
+            &["extend", "--model", p(&m28), "--data", "fashion-mnist", "--classes", "3-6", "--out", p(&out)],
+            &QUICK,
+        ),
+        &["class 3", "already known", p(&m28), "0-4"],
+    );
+    fails(
+        &with(&["extend", "--model", p(&m28), "--data", old.s(), "--out", p(&out)], &QUICK),
+        &[old.s(), "no class the model does not already know"],
+    );
+
+    // Diverging training: extend in place and train over the good checkpoint.
+    let line = fails(
+        &with(
+            &[
+                "extend",
+                "--model",
+                p(&m28),
+                "--data",
+                new.s(),
+                "--classes",
+                "5-9",
+                "--lr",
+                "1e30",
+                "--out",
+                p(&m28),
+            ],
+            &QUICK,
+        ),
+        &["loss became", "at epoch 1, step", "lwf", "nothing written"],
+    );
+    assert!(line.contains("NaN") || line.contains("inf"), "{line}");
+    fails(
+        &with(&["train", "--data", old.s(), "--classes", "0-4", "--lr", "1e30", "--out", p(&m28)], &QUICK),
+        &["loss became", "at epoch 1, step", "task 1", "nothing written"],
+    );
+    assert!(
+        std::fs::read(&m28).unwrap() == good,
+        "a failed run changed the checkpoint it would have replaced"
+    );
+    assert_eq!(
+        dir.entries(),
+        ["cut.safetensors", "junk.safetensors", "m14.safetensors", "m28.safetensors"],
+        "no output and no temporary file may remain"
+    );
+}
+
+#[test]
+fn diverging_experiment_writes_no_reports() {
+    let tmp = TempDir::new("exp-nan");
+    let out = tmp.path("results");
+    let args =
+        ["experiment", "--methods", "finetune", "--train-limit", "200", "--test-limit", "10", "--lr", "1e30"];
+    let line = fails_with(
+        &with(&args, &["--epochs", "1", "--out", p(&out)]),
+        &["loss became", "at epoch 1, step"],
+        true,
+    );
+    assert!(line.contains("task 1"), "{line}");
+    assert!(!out.exists(), "no results directory after a failed experiment");
+}
+
+// ---- 4. help ---------------------------------------------------------------------------------
+
+#[test]
+fn every_verb_has_help_naming_its_key_flags() {
+    let top = ok(&["--help"]);
+    for verb in ["train", "extend", "eval", "predict", "experiment", "bench"] {
+        assert!(top.contains(verb), "top-level help lists '{verb}': {top}");
+    }
+    let verbs: [(&str, &[&str]); 6] = [
+        (
+            "train",
+            &["--data", "--classes", "--out", "--epochs", "--lr", "--seed", "--head-mode", "--backend"],
+        ),
+        (
+            "extend",
+            &[
+                "--model",
+                "--data",
+                "--classes",
+                "--method",
+                "--old-data",
+                "--out",
+                "--lambda-o",
+                "--temperature",
+            ],
+        ),
+        ("eval", &["--model", "--data", "--json", "--backend"]),
+        ("predict", &["--model", "--input", "--top-k", "--limit", "--json"]),
+        (
+            "experiment",
+            &["--protocol", "--tasks", "--methods", "--seeds", "--out", "--train-limit", "--test-limit"],
+        ),
+        ("bench", &["--backend", "--threads", "--train-limit", "--json"]),
+    ];
+    for (verb, flags) in verbs {
+        let help = ok(&[verb, "--help"]);
+        for f in flags {
+            assert!(help.contains(f), "`{verb} --help` should mention {f}:\n{help}");
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The engine end to end on the CPU backend: fast kernels against the naive
+//! references, a training run that really learns, bit-for-bit determinism,
+//! the steady-state no-allocation property and frozen-trunk gradients.
+
+mod common;
+
+use common::*;
+use lwf_engine::autodiff::{Grads, Tape, Workspace};
+use lwf_engine::backend::cpu::naive;
+use lwf_engine::backend::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper};
+use lwf_engine::nn::{Arch, Net};
+use lwf_engine::optim::Sgd;
+use lwf_engine::rng::Rng;
+use proptest::prelude::*;
+
+// ---- (a) fast kernels vs naive references --------------------------------------------
+
+/// `Σ_p |a_ip|·|b_pj|` per output: the scale of a dot product's rounding error.
+fn abs_products(a: &[f32], b: &[f32], g: Gemm) -> Vec<f64> {
+    let abs_a: Vec<f32> = a.iter().map(|v| v.abs()).collect();
+    let abs_b: Vec<f32> = b.iter().map(|v| v.abs()).collect();
+    let mut c = vec![0.0; g.m * g.n];
+    naive::sgemm(&mut c, &abs_a, &abs_b, Gemm { alpha: 1.0, beta: 0.0, ..g });
+    c.iter().map(|&v| v as f64).collect()
+}
+
+/// Fast sgemm vs naive::sgemm, elementwise within `8·k·ε` of the absolute
+/// products (a loose worst case; an indexing error is off by O(1)).
+fn check_sgemm(g: Gemm, seed: u64) -> Result<(), String> {
+    let b = B::new();
+    let mut rng = Rng::new(seed);
+    let a = normal_vec(&mut rng, g.m * g.k, 1.0);
+    let bm = normal_vec(&mut rng, g.k * g.n, 1.0);
+    // With beta = 0, C must not be read: start from NaN.
+    let c0 = if g.beta == 0.0 { vec![f32::NAN; g.m * g.n] } else { normal_vec(&mut rng, g.m * g.n, 1.0) };
+    let mut want = c0.clone();
+    naive::sgemm(&mut want, &a, &bm, g);
+    let mut c = b.upload(&c0);
+    b.sgemm(&mut c, &b.upload(&a), &b.upload(&bm), g);
+    let got = b.download(&c);
+    let bound = abs_products(&a, &bm, g);
+    let eps = f32::EPSILON as f64;
+    for i in 0..got.len() {
+        let old = if g.beta == 0.0 { 0.0 } else { (g.beta * c0[i]).abs() as f64 };
+        let tol = 8.0 * (g.k as f64 + 2.0) * eps * (g.alpha.abs() as f64 * bound[i] + old) + 1e-30;
+        let d = (got[i] as f64 - want[i] as f64).abs();
+        if d.is_nan() || d > tol {
+            return Err(format!(
+                "{g:?}: C[{}, {}] = {} want {} (diff {d:e} > {tol:e})",
+                i / g.n,
+                i % g.n,
+                got[i],
+                want[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(200))]
+
+    /// All four transpose combinations, alpha/beta, odd sizes.
+    #[test]
+    fn sgemm_matches_naive(
+        m in 1usize..70, n in 1usize..70, k in 1usize..70, ta: bool, tb: bool,
+        alpha in prop_oneof![Just(1.0f32), -2.0f32..2.0], beta in prop_oneof![Just(0.0f32), Just(1.0f32), -1.0f32..1.0],
+        seed: u64,
+    ) {
+        let g = Gemm { m, n, k, trans_a: ta, trans_b: tb, alpha, beta };
+        check_sgemm(g, seed).map_err(TestCaseError::fail)?;
+    }
+
+    /// conv2d_fwd vs the direct 7-loop naive::conv2d, and both backward
+    /// kernels through the adjoint identities ⟨conv(x, w), dy⟩ = ⟨x, bwd_data(dy, w)⟩
+    /// = ⟨w, bwd_weight(x, dy)⟩ (f64 dot products on the host).
+    #[test]
+    fn conv2d_matches_naive_and_its_adjoints(
+        n in 1usize..4, c in 1usize..5, oc in 1usize..6, h in 1usize..10, w in 1usize..10,
+        k in 1usize..5, s in 1usize..4, p in 0usize..3, seed: u64,
+    ) {
+        prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
+        let cp = Conv2dParams { n, c, h, w, oc, kh: k, kw: k, sh: s, sw: s, ph: p, pw: p };
+        check_conv(cp, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+fn abs_dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum()
+}
+
+fn check_conv(p: Conv2dParams, seed: u64) -> Result<(), String> {
+    let b = B::new();
+    let mut rng = Rng::new(seed);
+    let x = normal_vec(&mut rng, p.x_len(), 1.0);
+    let wt = normal_vec(&mut rng, p.w_len(), 1.0);
+    let dy = normal_vec(&mut rng, p.y_len(), 1.0);
+    let mut y = b.upload(&vec![f32::NAN; p.y_len()]);
+    b.conv2d_fwd(&mut y, &b.upload(&x), &b.upload(&wt), &p);
+    let y = b.download(&y);
+    let want = naive::conv2d(&x, &wt, &p);
+    close(&format!("conv2d_fwd {p:?}"), &y, &want, 1e-5 * (p.patch() as f64).sqrt(), 1e-5)?;
+
+    let mut dx = b.zeros(p.x_len());
+    b.conv2d_bwd_data(&mut dx, &b.upload(&dy), &b.upload(&wt), &p);
+    let mut dw = b.zeros(p.w_len());
+    b.conv2d_bwd_weight(&mut dw, &b.upload(&x), &b.upload(&dy), &p);
+    let (dx, dw) = (b.download(&dx), b.download(&dw));
+    let lhs = dot(&want, &dy);
+    let scale = abs_dot(&y, &dy) + 1e-6;
+    for (name, rhs, sc) in
+        [("bwd_data", dot(&x, &dx), abs_dot(&x, &dx)), ("bwd_weight", dot(&wt, &dw), abs_dot(&wt, &dw))]
+    {
+        let tol = 1e-5 * (scale + sc);
+        if (lhs - rhs).abs() > tol {
+            return Err(format!("conv2d_{name} {p:?}: ⟨y, dy⟩ = {lhs} but adjoint gives {rhs}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn sgemm_large_odd_shapes_match_naive() {
+    // Past matrixmultiply's cache blocks (kc 256, mc 64…) with remainders.
+    for (i, &(ta, tb)) in [(false, false), (true, false), (false, true), (true, true)].iter().enumerate() {
+        let g = Gemm { m: 131, n: 259, k: 301, trans_a: ta, trans_b: tb, alpha: 0.75, beta: 0.5 };
+        check_sgemm(g, i as u64).unwrap();
+    }
+}
+
+#[test]
+fn conv2d_at_cnn_s_sizes_matches_naive() {
+    // conv2 of cnn-s (32 → 64 at 14×14), batch 5: several rayon chunks.
+    let p = Conv2dParams { n: 5, c: 32, h: 14, w: 14, oc: 64, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 };
+    check_conv(p, 1).unwrap();
+}
+
+/// Every backward kernel accumulates: running it on a buffer that holds `d0`
+/// gives `d0 + (the result on zeros)`.
+#[test]
+fn backward_kernels_accumulate() {
+    let b = B::new();
+    let mut rng = Rng::new(2);
+    let p = Conv2dParams { n: 3, c: 2, h: 6, w: 5, oc: 3, kh: 3, kw: 3, sh: 1, sw: 2, ph: 1, pw: 1 };
+    let pp = PoolParams { n: 3, c: 2, h: 6, w: 5, k: 2, s: 2 };
+    let x = b.upload(&normal_vec(&mut rng, p.x_len(), 1.0));
+    let wt = b.upload(&normal_vec(&mut rng, p.w_len(), 1.0));
+    let dy = b.upload(&normal_vec(&mut rng, p.y_len(), 1.0));
+    let dyp = b.upload(&normal_vec(&mut rng, pp.y_len(), 1.0));
+    let (mut yp, mut am) = (b.zeros(pp.y_len()), b.zeros_idx(pp.y_len()));
+    b.maxpool2d_fwd(&mut yp, &mut am, &x, &pp);
+    let mut yr = b.zeros(p.x_len());
+    b.relu_fwd(&mut yr, &x);
+    let (ga, gb) = (b.upload(&normal_vec(&mut rng, 12, 1.0)), b.upload(&normal_vec(&mut rng, 20, 1.0)));
+
+    type Call<'a> = Box<dyn Fn(&mut <B as Backend>::Buf) + 'a>;
+    let calls: Vec<(&str, usize, Call)> = vec![
+        ("conv2d_bwd_data", p.x_len(), Box::new(|d| b.conv2d_bwd_data(d, &dy, &wt, &p))),
+        ("conv2d_bwd_weight", p.w_len(), Box::new(|d| b.conv2d_bwd_weight(d, &x, &dy, &p))),
+        ("maxpool2d_bwd", pp.x_len(), Box::new(|d| b.maxpool2d_bwd(d, &dyp, &am, &pp))),
+        ("relu_bwd", p.x_len(), Box::new(|d| b.relu_bwd(d, &yr, &x))),
+        ("bias_grad", p.oc, Box::new(|d| b.bias_grad(d, &dy, p.n, p.oc, p.oh() * p.ow()))),
+        ("sgemm acc", 15, Box::new(|d| b.sgemm(d, &ga, &gb, Gemm::nn(3, 5, 4).acc()))),
+    ];
+    for (name, len, call) in calls {
+        let mut fresh = b.zeros(len);
+        call(&mut fresh);
+        let fresh = b.download(&fresh);
+        assert!(fresh.iter().any(|&v| v != 0.0), "{name}: computed nothing");
+        let d0 = normal_vec(&mut rng, len, 1.0);
+        let mut acc = b.upload(&d0);
+        call(&mut acc);
+        let want: Vec<f32> = d0.iter().zip(&fresh).map(|(a, f)| a + f).collect();
+        assert_close(name, &b.download(&acc), &want, 1e-5, 1e-5);
+    }
+}
+
+// ---- a small training loop ------------------------------------------------------------
+
+/// 1×8×8 images; class c lights up quadrant c (row-major: 0 top-left … 3
+/// bottom-right) on top of Gaussian noise (σ = 0.8).
+fn quadrants(rng: &mut Rng, count: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut xs = Vec::with_capacity(count * 64);
+    let mut ys = Vec::with_capacity(count);
+    for _ in 0..count {
+        let c = rng.below(4);
+        for i in 0..64 {
+            let (r, col) = (i / 8, i % 8);
+            let q = (r / 4) * 2 + col / 4;
+            xs.push(if q == c { 1.0 } else { 0.0 } + 0.8 * rng.normal());
+        }
+        ys.push(c as u32);
+    }
+    (xs, ys)
+}
+
+fn small_arch() -> Arch {
+    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![4, 8], hidden: 16 }
+}
+
+const HYPER: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 };
+
+/// Everything a training loop keeps across steps.
+struct Trainer {
+    b: B,
+    net: Net<B>,
+    ws: Workspace<B>,
+    grads: Grads<B>,
+    sgd: Sgd<B>,
+}
+
+impl Trainer {
+    /// A net with two heads (old: 3 classes, new: 4 classes).
+    fn new(seed: u64) -> Self {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let mut net = Net::new(&b, small_arch(), &mut rng);
+        net.add_head(&b, &mut rng, &[10, 11, 12]);
+        net.add_head(&b, &mut rng, &[0, 1, 2, 3]);
+        Trainer { b, net, ws: Workspace::new(), grads: Grads::new(), sgd: Sgd::new(HYPER) }
+    }
+
+    /// One SGD step: CE on head 1 and, when `teacher` is given, LwF's
+    /// distillation of head 0 (T = 2), on a fresh tape over the same
+    /// workspace. Returns the loss.
+    fn step(&mut self, x: &[f32], labels: &[u32], teacher: Option<&[f32]>) -> f32 {
+        let n = labels.len();
+        let loss = {
+            let mut tape = Tape::new(&self.b, &mut self.ws);
+            let xv = tape.input(&[n, 1, 8, 8], x);
+            let heads: &[usize] = if teacher.is_some() { &[0, 1] } else { &[1] };
+            let z = self.net.forward(&mut tape, xv, heads);
+            tape.cross_entropy(*z.last().unwrap(), labels, 1.0 / n as f32);
+            if let Some(t) = teacher {
+                let zt = tape.input(&[n, 3], t);
+                tape.distill(z[0], zt, 2.0, 1.0 / n as f32);
+            }
+            self.grads.prepare(&self.b, self.net.params());
+            tape.backward(&mut self.grads);
+            tape.loss_value()
+        };
+        self.sgd.step(&self.b, &mut self.net, &self.grads);
+        loss
+    }
+
+    /// Logits of `head` for a batch (evaluation: no backward).
+    fn logits(&mut self, x: &[f32], n: usize, head: usize) -> Vec<f32> {
+        let mut tape = Tape::new(&self.b, &mut self.ws);
+        let xv = tape.input(&[n, 1, 8, 8], x);
+        let z = self.net.forward(&mut tape, xv, &[head]);
+        self.b.download(tape.value(z[0]))
+    }
+
+    fn accuracy(&mut self, x: &[f32], y: &[u32]) -> f64 {
+        let z = self.logits(x, y.len(), 1);
+        let hits = z
+            .chunks(4)
+            .zip(y)
+            .filter(|(row, &c)| {
+                let best = (0..4).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+                best == c as usize
+            })
+            .count();
+        hits as f64 / y.len() as f64
+    }
+
+    fn param_bits(&self) -> Vec<Vec<u32>> {
+        self.net
+            .params()
+            .iter()
+            .map(|p| p.value.to_vec(&self.b).iter().map(|v| v.to_bits()).collect())
+            .collect()
+    }
+}
+
+#[test]
+fn training_learns_a_separable_problem() {
+    let mut data_rng = Rng::new(42);
+    let (train_x, train_y) = quadrants(&mut data_rng, 512);
+    let (test_x, test_y) = quadrants(&mut data_rng, 400);
+    let mut tr = Trainer::new(7);
+    let before = tr.accuracy(&test_x, &test_y);
+    let mut losses = Vec::new();
+    let bs = 32;
+    let mut order_rng = Rng::new(3);
+    for _epoch in 0..10 {
+        let order = order_rng.permutation(train_y.len());
+        for batch in order.chunks(bs) {
+            let x: Vec<f32> = batch.iter().flat_map(|&i| train_x[i * 64..(i + 1) * 64].to_vec()).collect();
+            let y: Vec<u32> = batch.iter().map(|&i| train_y[i]).collect();
+            losses.push(tr.step(&x, &y, None));
+        }
+    }
+    let acc = tr.accuracy(&test_x, &test_y);
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    let (first, last) = (mean(&losses[..10]), mean(&losses[losses.len() - 10..]));
+    eprintln!("{} steps: loss {first:.3} → {last:.3}, test accuracy {before:.3} → {acc:.3}", losses.len());
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(last < 0.25 * first, "loss did not fall enough: {first} → {last}");
+    assert!(acc >= 0.95, "test accuracy {acc} < 0.95 (before training {before})");
+}
+
+// ---- (c) determinism, (d) no steady-state allocations --------------------------------
+
+/// A deterministic batch stream: (images, labels, teacher logits) for step i.
+fn batch(i: usize, n: usize) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let mut rng = Rng::derive(99, i as u64);
+    let (x, y) = quadrants(&mut rng, n);
+    let t = normal_vec(&mut rng, n * 3, 2.0);
+    (x, y, t)
+}
+
+#[test]
+fn same_seed_gives_bit_identical_parameters() {
+    let run = |seed: u64| {
+        let mut tr = Trainer::new(seed);
+        for i in 0..8 {
+            let (x, y, t) = batch(i, 19);
+            tr.step(&x, &y, Some(&t));
+        }
+        tr.param_bits()
+    };
+    let (a, b) = (run(5), run(5));
+    assert!(a == b, "two runs with the same seed differ");
+    assert!(run(6) != a, "a different seed gave the same parameters");
+}
+
+#[test]
+fn steady_state_training_step_allocates_no_device_buffers() {
+    let mut tr = Trainer::new(1);
+    let (x, y, t) = batch(0, 16);
+    tr.step(&x, &y, Some(&t));
+    let after_first = tr.ws.allocations;
+    assert!(after_first > 0);
+    for i in 1..6 {
+        let (x, y, t) = batch(i, 16);
+        tr.step(&x, &y, Some(&t));
+        assert_eq!(tr.ws.allocations, after_first, "step {} allocated new device buffers", i + 1);
+    }
+}
+
+// ---- (e) frozen trunk ----------------------------------------------------------------
+
+#[test]
+fn frozen_trunk_gives_only_head_gradients() {
+    let mut tr = Trainer::new(4);
+    tr.net.set_trainable(false, 0, &[0, 1]);
+    let (x, y, t) = batch(0, 8);
+    let trunk_before: Vec<Vec<f32>> = tr.net.trunk_params().iter().map(|p| p.value.to_vec(&tr.b)).collect();
+    tr.step(&x, &y, Some(&t));
+    for p in tr.net.params() {
+        let is_head = p.name.starts_with("heads.");
+        assert_eq!(tr.grads.get(p.id).is_some(), is_head, "{}: gradient presence", p.name);
+        if let Some(g) = tr.grads.get(p.id) {
+            assert!(tr.b.download(g).iter().any(|&v| v != 0.0), "{}: zero gradient", p.name);
+        }
+    }
+    let trunk_after: Vec<Vec<f32>> = tr.net.trunk_params().iter().map(|p| p.value.to_vec(&tr.b)).collect();
+    assert!(trunk_before == trunk_after, "a frozen trunk parameter changed");
+}
