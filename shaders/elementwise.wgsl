@@ -58,7 +58,10 @@ fn relu_fwd(
     if (i >= p.n) {
         return;
     }
-    rf_y[i] = max(rf_x[i], 0.0);
+    // NOTE: not max(x, 0): that may turn NaN into 0 and hide a diverging
+    // run; NaN passes through, as on the CPU and in PyTorch.
+    let x = rf_x[i];
+    rf_y[i] = select(x, 0.0, x < 0.0);
 }
 
 // ---- relu_bwd: dx += dy · [y > 0] ----

@@ -176,6 +176,15 @@ impl Hyper {
         if !(0.0..1.0).contains(&self.momentum) {
             return bad("--momentum must be in [0, 1)");
         }
+        let non_negative = [
+            ("--weight-decay", self.weight_decay),
+            ("--lambda-o", self.lambda_o),
+            ("--lambda-l2", self.lambda_l2),
+            ("--lambda-ewc", self.lambda_ewc),
+        ];
+        if let Some((flag, _)) = non_negative.iter().find(|(_, v)| !(*v >= 0.0 && v.is_finite())) {
+            return bad(&format!("{flag} must be a finite number ≥ 0"));
+        }
         Ok(())
     }
 }
