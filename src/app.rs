@@ -615,7 +615,7 @@ impl BenchReport {
     }
     pub fn to_table(&self) -> String {
         format!(
-            "backend {} ({} threads), batch {}\n\
+            "backend {} (rayon threads {}), batch {}\n\
              plain epoch     {:>9.0} images/s  ({:.2}s)\n\
              LwF phase       {:>9.0} images/s  ({:.2}s)\n\
              evaluation      {:>9.0} images/s  ({:.2}s)\n\

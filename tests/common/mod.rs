@@ -291,7 +291,7 @@ pub struct Tol {
 
 impl Default for Tol {
     fn default() -> Self {
-        Tol { atol: 1e-3, rtol: 2e-2, noise: 1e-6, h_rel: 1e-2 }
+        Tol { atol: 2e-4, rtol: 1e-2, noise: 1e-6, h_rel: 3e-3 }
     }
 }
 
