@@ -559,42 +559,43 @@ impl Backend for CpuBackend {
 
 /// One row of the fused KD loss: returns `−Σ p log q` and adds
 /// `gscale · (q − p)` into `dz`. Three passes over the row, all in L1:
-/// maxima; exponential sums and `Σ p·s`; the gradient update (exponentials
-/// recomputed: cheaper than a scratch row on this memory-bound machine).
+/// maxima; the exponentials (kept in a per-thread scratch row) with their
+/// sums and `Σ p·s`; the gradient update.
 #[inline]
 fn kd_row(dz: &mut [f32], s: &[f32], t: &[f32], inv_t: f32, gscale: f32) -> f64 {
+    let n = s.len();
     let ms = row_max(s) * inv_t;
     let mt = row_max(t) * inv_t;
-    // Sums in 8 lanes (a fixed order, so still deterministic) so the loop
-    // vectorises; the tail goes to lane 0.
-    let (mut ss, mut st, mut dot) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
-    let (sc, tc) = (s.chunks_exact(LANES), t.chunks_exact(LANES));
-    let (srem, trem) = (sc.remainder(), tc.remainder());
-    for (a8, b8) in sc.zip(tc) {
-        for l in 0..LANES {
-            let (zs, zt) = (a8[l] * inv_t - ms, b8[l] * inv_t - mt);
-            let et = exp_fast(zt);
-            ss[l] += exp_fast(zs);
-            st[l] += et;
-            dot[l] += et * zs;
+    KD_ROW.with(|row| {
+        let mut row = row.borrow_mut();
+        if row.len() < 2 * n {
+            row.resize(2 * n, 0.0);
         }
-    }
-    for (&a, &b) in srem.iter().zip(trem) {
-        let (zs, zt) = (a * inv_t - ms, b * inv_t - mt);
-        let et = exp_fast(zt);
-        ss[0] += exp_fast(zs);
-        st[0] += et;
-        dot[0] += et * zs;
-    }
-    let (ss, st, dot) = (lane_sum(&ss), lane_sum(&st), lane_sum(&dot));
-    let (iss, ist) = (1.0 / ss, 1.0 / st);
-    for ((d, &a), &b) in dz.iter_mut().zip(s).zip(t) {
-        let q = exp_fast(a * inv_t - ms) * iss;
-        let p = exp_fast(b * inv_t - mt) * ist;
-        *d += gscale * (q - p);
-    }
-    // −Σ p_i log q_i with log q_i = (s_i/T − ms) − ln ss and Σ p_i = 1.
-    (ss.ln() - dot * ist) as f64
+        let (es, et) = row[..2 * n].split_at_mut(n);
+        for i in 0..n {
+            es[i] = exp_fast(s[i] * inv_t - ms);
+            et[i] = exp_fast(t[i] * inv_t - mt);
+        }
+        // −Σ p_i log q_i with log q_i = (s_i/T − ms) − ln Σes and Σ p_i = 1,
+        // so only Σes, Σet and Σ et·s are needed (8 lanes each, fixed order).
+        let (ss, st) = (lane_total(es), lane_total(et));
+        let mut dot = [0.0f32; LANES];
+        for (e8, s8) in et.chunks(LANES).zip(s.chunks(LANES)) {
+            for (l, (&e, &v)) in e8.iter().zip(s8).enumerate() {
+                dot[l] += e * (v * inv_t - ms);
+            }
+        }
+        let (iss, ist) = (1.0 / ss, 1.0 / st);
+        for ((d, &q), &p) in dz.iter_mut().zip(es.iter()).zip(et.iter()) {
+            *d += gscale * (q * iss - p * ist);
+        }
+        (ss.ln() - lane_sum(&dot) * ist) as f64
+    })
+}
+
+thread_local! {
+    /// Exponentials of one KD row (student, teacher), reused across calls.
+    static KD_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 const LANES: usize = 8;
