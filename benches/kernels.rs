@@ -15,12 +15,11 @@ use lwf_engine::backend::cpu::naive;
 use lwf_engine::backend::{Backend, Conv2dParams, Gemm};
 use lwf_engine::rng::Rng;
 use lwf_engine::CpuBackend;
-use std::cell::RefCell;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Criterion samples per benchmark (each one ~measurement_time / SAMPLES).
-const SAMPLES: usize = 10;
+mod common;
+use common::{bench, SAMPLES};
 
 /// The sgemm shapes, named after the step that runs them. `_img` shapes are
 /// the per-image gemms of the CPU backend's im2col convolution (run once per
@@ -47,31 +46,6 @@ const SGEMM_SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
     ("conv2_im2col", 25088, 64, 288, false, false),
     ("square_1024", 1024, 1024, 1024, false, false),
 ];
-
-/// Run `f` as a criterion benchmark and return its median time per call
-/// (seconds) over the measured samples; `None` when criterion skipped it
-/// (filtered out, or `--test` mode's single call).
-fn bench(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut f: impl FnMut()) -> Option<f64> {
-    let times = RefCell::new(Vec::new());
-    g.bench_function(name, |bch| {
-        bch.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            let el = start.elapsed();
-            times.borrow_mut().push(el.as_secs_f64() / iters as f64);
-            el
-        })
-    });
-    // Warm-up calls come first; the last SAMPLES calls are the measurement.
-    let t = times.into_inner();
-    (t.len() > SAMPLES).then(|| {
-        let mut s = t[t.len() - SAMPLES..].to_vec();
-        s.sort_by(|a, b| a.total_cmp(b));
-        (s[SAMPLES / 2 - 1] + s[SAMPLES / 2]) / 2.0
-    })
-}
 
 /// The summary line; numpy_sgemm.py prints the same format.
 fn summary(key: &str, shape: &str, secs: f64, rate: f64, unit: &str) {

@@ -11,43 +11,21 @@
 //! `cargo bench --bench step`. Prints a `summary` line with images/s from
 //! the median step time. Threads come from the environment (RAYON_NUM_THREADS).
 
-use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use lwf_engine::autodiff::{Grads, Tape, Workspace};
 use lwf_engine::backend::{Backend, SgdHyper};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
 use lwf_engine::CpuBackend;
-use std::cell::RefCell;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const SAMPLES: usize = 10;
+mod common;
+use common::{bench, SAMPLES};
+
 const BATCH: usize = 128;
 const HYPER: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 };
-
-/// Median seconds per call over the measured samples (see benches/kernels.rs).
-fn bench(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut f: impl FnMut()) -> Option<f64> {
-    let times = RefCell::new(Vec::new());
-    g.bench_function(name, |bch| {
-        bch.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            let el = start.elapsed();
-            times.borrow_mut().push(el.as_secs_f64() / iters as f64);
-            el
-        })
-    });
-    let t = times.into_inner();
-    (t.len() > SAMPLES).then(|| {
-        let mut s = t[t.len() - SAMPLES..].to_vec();
-        s.sort_by(|a, b| a.total_cmp(b));
-        (s[SAMPLES / 2 - 1] + s[SAMPLES / 2]) / 2.0
-    })
-}
 
 /// Long-lived training state, as the app's `Trainer` keeps it.
 struct State {
