@@ -86,8 +86,11 @@ fn sgemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// Both convolution layers of cnn-s, every pass, on the default backend
+/// (direct for conv1's forward and dW, Winograd for conv2) and on the
+/// im2col-only one; GFLOP/s counts the direct
+/// convolution's FLOPs on both, so the figures compare as speeds.
 fn conv2d(c: &mut Criterion) {
-    let b = CpuBackend::new();
     let mut rng = Rng::new(1);
     let mut g = group(c, "conv2d");
     let layers = [
@@ -100,27 +103,48 @@ fn conv2d(c: &mut Criterion) {
             Conv2dParams { n: 128, c: 32, h: 14, w: 14, oc: 64, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 },
         ),
     ];
-    for (name, p) in layers {
-        let x = b.upload(&random(&mut rng, p.x_len()));
-        let w = b.upload(&random(&mut rng, p.w_len()));
-        let dy = b.upload(&random(&mut rng, p.y_len()));
-        let (mut y, mut dx, mut dw) = (b.zeros(p.y_len()), b.zeros(p.x_len()), b.zeros(p.w_len()));
-        let shape = format!("{}x{}x{}x{}->{}", p.n, p.c, p.h, p.w, p.oc);
-        g.throughput(Throughput::Elements(p.flops() as u64));
-        let report = |what: &str, t: Option<f64>| {
-            if let Some(t) = t {
-                summary(&format!("conv2d/{name}_{what}"), &shape, t, p.flops() / t / 1e9, "GFLOP/s");
+    for (layer, p) in layers {
+        let paths =
+            [(layer.to_string(), CpuBackend::new()), (format!("{layer}_im2col"), CpuBackend::im2col_only())];
+        let mut medians = Vec::new();
+        for (name, b) in paths {
+            let x = b.upload(&random(&mut rng, p.x_len()));
+            let w = b.upload(&random(&mut rng, p.w_len()));
+            let dy = b.upload(&random(&mut rng, p.y_len()));
+            let (mut y, mut dx, mut dw) = (b.zeros(p.y_len()), b.zeros(p.x_len()), b.zeros(p.w_len()));
+            let shape = format!("{}x{}x{}x{}->{}", p.n, p.c, p.h, p.w, p.oc);
+            g.throughput(Throughput::Elements(p.flops() as u64));
+            let report = |what: &str, t: Option<f64>| {
+                if let Some(t) = t {
+                    summary(&format!("conv2d/{name}_{what}"), &shape, t, p.flops() / t / 1e9, "GFLOP/s");
+                }
+                t
+            };
+            let fwd = report(
+                "fwd",
+                bench(&mut g, &format!("{name}_fwd"), || b.conv2d_fwd(black_box(&mut y), &x, &w, &p)),
+            );
+            let data = report(
+                "bwd_data",
+                bench(&mut g, &format!("{name}_bwd_data"), || {
+                    b.conv2d_bwd_data(black_box(&mut dx), &dy, &w, &p)
+                }),
+            );
+            let weight = report(
+                "bwd_weight",
+                bench(&mut g, &format!("{name}_bwd_weight"), || {
+                    b.conv2d_bwd_weight(black_box(&mut dw), &x, &dy, &p)
+                }),
+            );
+            medians.push([fwd, data, weight]);
+        }
+        if let [wino, plain] = medians[..] {
+            for (i, what) in ["fwd", "bwd_data", "bwd_weight"].iter().enumerate() {
+                if let (Some(a), Some(b)) = (wino[i], plain[i]) {
+                    println!("summary conv2d/{layer}_{what} speedup default path vs im2col: {:.2}x", b / a);
+                }
             }
-        };
-        let t = bench(&mut g, &format!("{name}_fwd"), || b.conv2d_fwd(black_box(&mut y), &x, &w, &p));
-        report("fwd", t);
-        let t =
-            bench(&mut g, &format!("{name}_bwd_data"), || b.conv2d_bwd_data(black_box(&mut dx), &dy, &w, &p));
-        report("bwd_data", t);
-        let t = bench(&mut g, &format!("{name}_bwd_weight"), || {
-            b.conv2d_bwd_weight(black_box(&mut dw), &x, &dy, &p)
-        });
-        report("bwd_weight", t);
+        }
     }
     g.finish();
 }

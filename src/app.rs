@@ -25,6 +25,9 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
     Cpu,
+    /// The CPU backend with every convolution on im2col + gemm (no Winograd,
+    /// no direct path): the baseline `bench --im2col-only` measures against.
+    CpuIm2col,
     Wgpu,
 }
 
@@ -35,6 +38,10 @@ macro_rules! on_backend {
         match $choice {
             BackendChoice::Cpu => {
                 let $b = CpuBackend::new();
+                $body
+            }
+            BackendChoice::CpuIm2col => {
+                let $b = CpuBackend::im2col_only();
                 $body
             }
             BackendChoice::Wgpu => {

@@ -277,8 +277,7 @@ impl<'a, B: Backend> Tape<'a, B> {
             pw: l.pad,
         };
         let mut y = self.take_buf(p.y_len());
-        self.b.conv2d_fwd(&mut y, self.value(x), &l.w.value.buf, &p);
-        self.b.bias_add(&mut y, &l.b.value.buf, p.n, p.oc, p.oh() * p.ow());
+        self.b.conv2d_fwd_bias(&mut y, self.value(x), &l.w.value.buf, &l.b.value.buf, &p);
         let ng = self.needs_grad(x) || l.w.trainable || l.b.trainable;
         self.push(Op::Conv2d { x, l, p }, Shape::new(&[p.n, p.oc, p.oh(), p.ow()]), Some(y), ng)
     }

@@ -241,6 +241,10 @@ struct BenchArgs {
     /// Keep only the first N training images of each task (quick runs).
     #[arg(long)]
     train_limit: Option<usize>,
+    /// CPU only: every convolution through im2col + gemm (the baseline the
+    /// Winograd and direct convolutions are measured against).
+    #[arg(long)]
+    im2col_only: bool,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -346,7 +350,15 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
             println!("{s}");
         }
         Cmd::Bench(a) => {
-            let be = setup(&a.common)?;
+            let be = match (setup(&a.common)?, a.im2col_only) {
+                (BackendChoice::Cpu, true) => BackendChoice::CpuIm2col,
+                (_, true) => {
+                    return Err(lwf_engine::Error::Config(
+                        "--im2col-only applies to the cpu backend only".into(),
+                    ))
+                }
+                (be, false) => be,
+            };
             let r = app::bench(be, &a.data, a.train_limit, &a.hyper.hyper()?, &obs)?;
             println!("{}", if a.json { r.to_json() } else { r.to_table() });
         }

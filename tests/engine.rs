@@ -85,6 +85,112 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(proptest_cfg(60))]
+
+    /// The Winograd F(2×2,3×3) path (3×3, stride 1, pad 1, ≥ 4 input
+    /// channels) pass by pass against the im2col path, elementwise, on odd
+    /// sizes that leave partial tiles and blocks; the backward passes must
+    /// accumulate into what the buffers held.
+    #[test]
+    fn winograd_conv_matches_im2col(
+        n in 1usize..5, c in 4usize..10, oc in 1usize..9, h in 1usize..12, w in 1usize..12, seed: u64,
+    ) {
+        let cp = Conv2dParams { n, c, h, w, oc, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 };
+        check_against_im2col(cp, seed).map_err(TestCaseError::fail)?;
+        check_conv(cp, seed).map_err(TestCaseError::fail)?;
+    }
+
+    /// The direct path (stride 1, patch `C·KH·KW` ≤ 27: the first layer)
+    /// against im2col the same way, over kernel sizes, paddings and widths
+    /// that leave partial 8-lane chunks.
+    #[test]
+    fn direct_conv_matches_im2col(
+        n in 1usize..4, c in 1usize..4, oc in 1usize..6, h in 1usize..12, w in 1usize..20,
+        k in 1usize..4, p in 0usize..3, seed: u64,
+    ) {
+        prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
+        let cp = Conv2dParams { n, c, h, w, oc, kh: k, kw: k, sh: 1, sw: 1, ph: p, pw: p };
+        check_against_im2col(cp, seed).map_err(TestCaseError::fail)?;
+        check_conv(cp, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Every pass of the default backend (whichever path it picks for `p`)
+/// against the im2col-only backend, elementwise.
+fn check_against_im2col(p: Conv2dParams, seed: u64) -> Result<(), String> {
+    let (fast, plain) = (B::new(), B::im2col_only());
+    let mut rng = Rng::new(seed);
+    let x = normal_vec(&mut rng, p.x_len(), 1.0);
+    let wt = normal_vec(&mut rng, p.w_len(), 1.0);
+    let dy = normal_vec(&mut rng, p.y_len(), 1.0);
+    let dx0 = normal_vec(&mut rng, p.x_len(), 1.0);
+    let dw0 = normal_vec(&mut rng, p.w_len(), 1.0);
+    let run = |b: &B| {
+        let mut y = b.upload(&vec![f32::NAN; p.y_len()]);
+        b.conv2d_fwd(&mut y, &b.upload(&x), &b.upload(&wt), &p);
+        let mut dx = b.upload(&dx0);
+        b.conv2d_bwd_data(&mut dx, &b.upload(&dy), &b.upload(&wt), &p);
+        let mut dw = b.upload(&dw0);
+        b.conv2d_bwd_weight(&mut dw, &b.upload(&x), &b.upload(&dy), &p);
+        (b.download(&y), b.download(&dx), b.download(&dw))
+    };
+    let (got, want) = (run(&fast), run(&plain));
+    // The fused bias: conv2d_fwd_bias = conv2d_fwd + bias per output channel.
+    let bias = normal_vec(&mut rng, p.oc, 1.0);
+    let mut yb = fast.upload(&vec![f32::NAN; p.y_len()]);
+    fast.conv2d_fwd_bias(&mut yb, &fast.upload(&x), &fast.upload(&wt), &fast.upload(&bias), &p);
+    let ohw = p.oh() * p.ow();
+    let with_bias: Vec<f32> = want.0.iter().enumerate().map(|(i, &v)| v + bias[(i / ohw) % p.oc]).collect();
+    // Each output sums `terms` products of unit normals: rounding grows like √terms.
+    let tol = |terms: usize| 8e-6 * (terms as f64).sqrt();
+    close(&format!("fwd {p:?}"), &got.0, &want.0, tol(p.patch()), 1e-5)?;
+    close(&format!("fwd with bias {p:?}"), &fast.download(&yb), &with_bias, tol(p.patch()), 1e-5)?;
+    close(&format!("bwd_data {p:?}"), &got.1, &want.1, tol(p.oc * p.kh * p.kw), 1e-5)?;
+    close(&format!("bwd_weight {p:?}"), &got.2, &want.2, tol(p.n * p.oh() * p.ow()), 1e-5)
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(100))]
+
+    /// Max pooling (the 2×2 fast path and the general one) against a plain
+    /// scan, with values drawn from a few integers so ties are common: the
+    /// first maximum in scan order must win, values and argmax both.
+    #[test]
+    fn maxpool_matches_a_plain_scan(
+        n in 1usize..3, c in 1usize..4, h in 2usize..12, w in 2usize..12, k in 1usize..4, s in 1usize..4, seed: u64,
+    ) {
+        prop_assume!(h >= k && w >= k);
+        let p = PoolParams { n, c, h, w, k, s };
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let x: Vec<f32> = (0..p.x_len()).map(|_| (rng.next_u64() % 4) as f32).collect();
+        let (mut y, mut am) = (b.zeros(p.y_len()), b.zeros_idx(p.y_len()));
+        b.maxpool2d_fwd(&mut y, &mut am, &b.upload(&x), &p);
+        let (y, am) = (b.download(&y), b.download_idx(&am));
+        let (oh, ow) = (p.oh(), p.ow());
+        for plane in 0..n * c {
+            let xp = &x[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best = oy * s * w + ox * s;
+                    for i in 0..k {
+                        for j in 0..k {
+                            let at = (oy * s + i) * w + ox * s + j;
+                            if xp[at] > xp[best] {
+                                best = at;
+                            }
+                        }
+                    }
+                    let o = plane * oh * ow + oy * ow + ox;
+                    prop_assert_eq!(am[o] as usize, best, "argmax at plane {} ({}, {}) of {:?}", plane, oy, ox, p);
+                    prop_assert_eq!(y[o], xp[best]);
+                }
+            }
+        }
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }

@@ -176,6 +176,21 @@ proptest! {
         verdict(&mut m, &ids, seed, Tol::default())?;
     }
 
+    /// Conv2d through the CPU backend's Winograd F(2×2,3×3) path (3×3,
+    /// stride 1, pad 1, ≥ 4 input channels), odd sizes with partial tiles.
+    #[test]
+    fn conv2d_winograd_grads(
+        n in 1usize..3, c in 4usize..7, oc in 1usize..4, h in 1usize..8, w in 1usize..8, seed: u64,
+    ) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let layer = conv(&b, &mut rng, 2, c, oc, 3, 1, 1, true);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::Conv(layer), n, oc * h * w);
+        let ids = m.ids();
+        verdict(&mut m, &ids, seed, Tol::default())?;
+    }
+
     /// ReLU: dX (kinks at 0 skipped).
     #[test]
     fn relu_grads(n in 1usize..4, c in 1usize..5, h in 3usize..10, w in 3usize..10, seed: u64) {

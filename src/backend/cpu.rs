@@ -13,6 +13,35 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
+/// Runs `$body` compiled for AVX2 + FMA when the CPU has them, otherwise for
+/// the baseline target (x86-64 means SSE2 only). The body's loops must be
+/// `#[inline(always)]` functions or inline code to be vectorised 8 wide: a
+/// called function that is not inlined keeps its baseline code.
+macro_rules! with_simd {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the features `avx2` was compiled for were just detected.
+                unsafe { avx2(|| $body) }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+
+mod direct;
+mod winograd;
+
 /// f32 storage on the host.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CpuBuf(pub(crate) Vec<f32>);
@@ -35,11 +64,69 @@ const PAR_MIN: usize = 1 << 15;
 pub struct CpuBackend {
     /// One partial weight-gradient buffer per batch chunk (conv2d_bwd_weight).
     partials: Arc<Mutex<Vec<Vec<f32>>>>,
+    /// Every convolution through im2col + gemm, none through the
+    /// specialised paths (the baseline they are benchmarked and tested against).
+    im2col_only: bool,
+}
+
+/// How a convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConvPath {
+    /// 3×3, stride 1, pad 1, ≥ 4 input channels: [`winograd`].
+    Winograd,
+    /// Tiny patch, stride 1 (the first layer): [`direct`], forward and
+    /// backward-weight.
+    Direct,
+    Im2col,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same backend with every convolution on im2col + gemm: the baseline
+    /// the Winograd and direct paths are benchmarked and tested against.
+    pub fn im2col_only() -> Self {
+        CpuBackend { im2col_only: true, ..Self::default() }
+    }
+
+    /// `y = conv(x, w) (+ bias)`: the Winograd and direct paths add the bias
+    /// as they write `y`; im2col adds it after the gemm.
+    fn conv2d_forward(&self, y: &mut CpuBuf, x: &CpuBuf, w: &CpuBuf, bias: Option<&[f32]>, p: &Conv2dParams) {
+        check_conv(p, x.0.len(), w.0.len(), y.0.len(), "conv2d_fwd");
+        match self.conv_path(p) {
+            ConvPath::Winograd => return winograd::fwd(&mut y.0, &x.0, &w.0, bias, p),
+            ConvPath::Direct => return direct::fwd(&mut y.0, &x.0, &w.0, bias, p),
+            ConvPath::Im2col => {}
+        }
+        let (ohw, k) = (p.oh() * p.ow(), p.patch());
+        let g = Gemm::nn(p.oc, ohw, k);
+        y.0[..p.y_len()].par_chunks_mut(p.oc * ohw).zip(x.0.par_chunks(p.c * p.h * p.w)).for_each(
+            |(y_n, x_n)| {
+                with_cols(k * ohw, |cols| {
+                    im2col(cols, x_n, p);
+                    gemm_slices(y_n, &w.0, cols, g);
+                });
+                if let Some(bias) = bias {
+                    for (plane, &b) in y_n.chunks_exact_mut(ohw).zip(bias) {
+                        plane.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            },
+        );
+    }
+
+    fn conv_path(&self, p: &Conv2dParams) -> ConvPath {
+        if self.im2col_only {
+            ConvPath::Im2col
+        } else if winograd::applies(p) {
+            ConvPath::Winograd
+        } else if direct::applies(p) {
+            ConvPath::Direct
+        } else {
+            ConvPath::Im2col
+        }
     }
 }
 
@@ -213,7 +300,8 @@ impl Backend for CpuBackend {
     type IdxBuf = CpuIdxBuf;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let only = if self.im2col_only { ", im2col only" } else { "" };
+        format!("cpu ({} threads{only})", rayon::current_num_threads())
     }
 
     fn zeros(&self, len: usize) -> CpuBuf {
@@ -264,22 +352,20 @@ impl Backend for CpuBackend {
     // x: (N, C, H, W), w: (OC, C·KH·KW) → y: (N, OC, OH, OW). Per image:
     // y_n = W · im2col(x_n), images in parallel.
     fn conv2d_fwd(&self, y: &mut CpuBuf, x: &CpuBuf, w: &CpuBuf, p: &Conv2dParams) {
-        check_conv(p, x.0.len(), w.0.len(), y.0.len(), "conv2d_fwd");
-        let (ohw, k) = (p.oh() * p.ow(), p.patch());
-        let g = Gemm::nn(p.oc, ohw, k);
-        y.0[..p.y_len()].par_chunks_mut(p.oc * ohw).zip(x.0.par_chunks(p.c * p.h * p.w)).for_each(
-            |(y_n, x_n)| {
-                with_cols(k * ohw, |cols| {
-                    im2col(cols, x_n, p);
-                    gemm_slices(y_n, &w.0, cols, g);
-                })
-            },
-        );
+        self.conv2d_forward(y, x, w, None, p);
+    }
+
+    fn conv2d_fwd_bias(&self, y: &mut CpuBuf, x: &CpuBuf, w: &CpuBuf, bias: &CpuBuf, p: &Conv2dParams) {
+        assert!(bias.0.len() >= p.oc, "conv2d_fwd_bias: bias has {} elements, needs {}", bias.0.len(), p.oc);
+        self.conv2d_forward(y, x, w, Some(&bias.0[..p.oc]), p);
     }
 
     // dx_n += col2im(Wᵀ · dy_n), images in parallel (their dx are disjoint).
     fn conv2d_bwd_data(&self, dx: &mut CpuBuf, dy: &CpuBuf, w: &CpuBuf, p: &Conv2dParams) {
         check_conv(p, dx.0.len(), w.0.len(), dy.0.len(), "conv2d_bwd_data");
+        if self.conv_path(p) == ConvPath::Winograd {
+            return winograd::bwd_data(&mut dx.0, &dy.0, &w.0, p);
+        }
         let (ohw, k) = (p.oh() * p.ow(), p.patch());
         let g = Gemm::nn(k, ohw, p.oc).trans(true, false);
         dx.0[..p.x_len()].par_chunks_mut(p.c * p.h * p.w).zip(dy.0.par_chunks(p.oc * ohw)).for_each(
@@ -297,6 +383,11 @@ impl Backend for CpuBackend {
     // in chunk order (so the result does not depend on scheduling).
     fn conv2d_bwd_weight(&self, dw: &mut CpuBuf, x: &CpuBuf, dy: &CpuBuf, p: &Conv2dParams) {
         check_conv(p, x.0.len(), dw.0.len(), dy.0.len(), "conv2d_bwd_weight");
+        match self.conv_path(p) {
+            ConvPath::Winograd => return winograd::bwd_weight(&mut dw.0, &x.0, &dy.0, p, &self.partials),
+            ConvPath::Direct => return direct::bwd_weight(&mut dw.0, &x.0, &dy.0, p, &self.partials),
+            ConvPath::Im2col => {}
+        }
         let (ohw, k) = (p.oh() * p.ow(), p.patch());
         let ranges = chunks(p.n, rayon::current_num_threads());
         let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
@@ -331,7 +422,7 @@ impl Backend for CpuBackend {
         y.par_chunks_mut(oh * ow).zip(am.par_chunks_mut(oh * ow)).zip(x.0.par_chunks(hw)).for_each(
             |((y_p, a_p), x_p)| {
                 if p.k == 2 && p.s == 2 {
-                    return pool_2x2(y_p, a_p, x_p, p.w, oh, ow);
+                    return with_simd!(pool_2x2(y_p, a_p, x_p, p.w, oh, ow));
                 }
                 for oy in 0..oh {
                     for ox in 0..ow {
@@ -631,21 +722,16 @@ fn pool_2x2(y: &mut [f32], am: &mut [u32], x: &[f32], w: usize, oh: usize, ow: u
         let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
         let (top, bot) = (&x[r0..r0 + 2 * ow], &x[r1..r1 + 2 * ow]);
         let (yr, ar) = (&mut y[oy * ow..(oy + 1) * ow], &mut am[oy * ow..(oy + 1) * ow]);
+        // Selects instead of branches, so the loop vectorises: the larger of
+        // each row pair, then of the two rows; strict `>` keeps the first
+        // maximum in (a, b, c, d) order, as the sequential scan would.
         for ox in 0..ow {
             let (a, b, c, d) = (top[2 * ox], top[2 * ox + 1], bot[2 * ox], bot[2 * ox + 1]);
-            let i = (r0 + 2 * ox) as u32;
-            let (mut v, mut k) = (a, i);
-            if b > v {
-                (v, k) = (b, i + 1);
-            }
-            if c > v {
-                (v, k) = (c, i + w as u32);
-            }
-            if d > v {
-                (v, k) = (d, i + w as u32 + 1);
-            }
+            let (v_top, k_top) = if b > a { (b, 1) } else { (a, 0) };
+            let (v_bot, k_bot) = if d > c { (d, w as u32 + 1) } else { (c, w as u32) };
+            let (v, k) = if v_bot > v_top { (v_bot, k_bot) } else { (v_top, k_top) };
             yr[ox] = v;
-            ar[ox] = k;
+            ar[ox] = (r0 + 2 * ox) as u32 + k;
         }
     }
 }

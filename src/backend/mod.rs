@@ -173,6 +173,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
     // ---- convolution ----------------------------------------------------
     /// `y = conv(x, w)` (no bias; see `bias_add`). Overwrites y.
     fn conv2d_fwd(&self, y: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, p: &Conv2dParams);
+    /// `y = conv(x, w) + bias` (per output channel). A backend whose
+    /// convolution writes its output itself adds the bias there, saving a
+    /// pass over `y`; the default is the two kernels.
+    fn conv2d_fwd_bias(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        p: &Conv2dParams,
+    ) {
+        self.conv2d_fwd(y, x, w, p);
+        self.bias_add(y, bias, p.n, p.oc, p.oh() * p.ow());
+    }
     /// `dx += conv_transpose(dy, w)`.
     fn conv2d_bwd_data(&self, dx: &mut Self::Buf, dy: &Self::Buf, w: &Self::Buf, p: &Conv2dParams);
     /// `dw += Σ_n dy_n ⊛ x_n`.

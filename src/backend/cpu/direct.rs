@@ -1,0 +1,253 @@
+//! Direct convolution for 3×3, stride-1 layers with at most 3 input
+//! channels: the trunk's first layer, 1 → 32 channels at 28×28. Through
+//! im2col its gemm has a reduction of only 9, so the gemm kernel spends its
+//! time loading and storing C; here each output row is built from the nine
+//! shifted rows of the zero-padded input, 8 outputs at a time in one AVX2
+//! register. The loops are written with `std::arch` intrinsics: the
+//! compiler's auto-vectoriser left them scalar. On a CPU without AVX2 + FMA
+//! such layers stay on im2col.
+//!
+//! Forward and backward-weight only: the first layer's input needs no
+//! gradient, and any other layer takes the im2col path for backward-data.
+
+use super::{chunks, Conv2dParams};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+/// Outputs per register.
+const LANES: usize = 8;
+/// Chunks of a row computed together: four independent FMA chains hide the
+/// FMA latency that one accumulator per chunk would wait on.
+const GROUP: usize = 4;
+/// Kernel side handled here.
+const K: usize = 3;
+/// Most input channels handled here (RGB).
+const MAX_CHANNELS: usize = 3;
+
+/// Whether the direct path computes this convolution (on this CPU).
+pub fn applies(p: &Conv2dParams) -> bool {
+    p.sh == 1 && p.sw == 1 && p.kh == K && p.kw == K && p.c <= MAX_CHANNELS && simd::available()
+}
+
+/// The two inner kernels, 8 lanes per register.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{GROUP, K, LANES};
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    /// One output plane: `y_k = bias + Σ_c Σ_ij w[c][i][j] · x_c[oy + i][ox + j]`
+    /// over the padded planes (`plane` floats apart, rows `row` wide), 8
+    /// outputs per register; `out_row` (whole groups of chunks, ≤ row − 2
+    /// floats) is the scratch each output row is computed in.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA ([`available`]).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn plane_fwd(
+        y_k: &mut [f32],
+        ow: usize,
+        padded: &[f32],
+        plane: usize,
+        row: usize,
+        w: &[f32],
+        bias: f32,
+        out_row: &mut [f32],
+    ) {
+        const SPAN: usize = GROUP * LANES;
+        for (oy, y_row) in y_k.chunks_exact_mut(ow).enumerate() {
+            for (g, out) in out_row.chunks_exact_mut(SPAN).enumerate() {
+                let mut acc = [_mm256_set1_ps(bias); GROUP];
+                for (c, wc) in w.chunks_exact(K * K).enumerate() {
+                    for i in 0..K {
+                        let r = &padded[c * plane + (oy + i) * row + g * SPAN..][..SPAN + K - 1];
+                        for j in 0..K {
+                            let wv = _mm256_set1_ps(wc[i * K + j]);
+                            for (q, a) in acc.iter_mut().enumerate() {
+                                // SAFETY: r holds SPAN + 2 floats, q·8 + j + 8 ≤ SPAN + 2.
+                                let x = unsafe { _mm256_loadu_ps(r.as_ptr().add(q * LANES + j)) };
+                                *a = _mm256_fmadd_ps(wv, x, *a);
+                            }
+                        }
+                    }
+                }
+                for (q, a) in acc.into_iter().enumerate() {
+                    // SAFETY: `out` is SPAN floats, so 8 are writable at q·8.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(q * LANES), a) };
+                }
+            }
+            y_row.copy_from_slice(&out_row[..ow]);
+        }
+    }
+
+    /// The nine tap gradients of one (output, input) channel pair over one
+    /// image: `dw[i·3 + j] += Σ_{oy,ox} dy_k[oy][ox] · x_c[oy + i][ox + j]`,
+    /// `x_c` the padded plane (rows `row` wide). `dy_row` (a whole number of
+    /// chunks, ≤ row − 2) carries each dy row, zero past `ow`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA ([`available`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn plane_bwd_weight(
+        dw: &mut [f32],
+        dy_k: &[f32],
+        ow: usize,
+        x_c: &[f32],
+        row: usize,
+        dy_row: &mut [f32],
+    ) {
+        let mut a = [_mm256_setzero_ps(); K * K];
+        for (oy, src) in dy_k.chunks_exact(ow).enumerate() {
+            dy_row[..ow].copy_from_slice(src);
+            for (ch, d) in dy_row.chunks_exact(LANES).enumerate() {
+                // SAFETY: `d` is exactly LANES floats.
+                let d = unsafe { _mm256_loadu_ps(d.as_ptr()) };
+                for i in 0..K {
+                    let r = &x_c[(oy + i) * row + ch * LANES..][..LANES + K - 1];
+                    for j in 0..K {
+                        // SAFETY: r holds LANES + 2 floats and j ≤ 2.
+                        let x = unsafe { _mm256_loadu_ps(r.as_ptr().add(j)) };
+                        a[i * K + j] = _mm256_fmadd_ps(d, x, a[i * K + j]);
+                    }
+                }
+            }
+        }
+        let mut lanes = [0.0f32; LANES];
+        for (dst, v) in dw.iter_mut().zip(a) {
+            // SAFETY: `lanes` is exactly LANES floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+            *dst += lanes.iter().sum::<f32>();
+        }
+    }
+}
+
+/// Elsewhere the direct path never applies (`available` is false).
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    pub fn available() -> bool {
+        false
+    }
+    #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
+    pub unsafe fn plane_fwd(
+        _: &mut [f32],
+        _: usize,
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: &[f32],
+        _: f32,
+        _: &mut [f32],
+    ) {
+        unreachable!("the direct convolution needs AVX2")
+    }
+    #[allow(clippy::missing_safety_doc)]
+    pub unsafe fn plane_bwd_weight(_: &mut [f32], _: &[f32], _: usize, _: &[f32], _: usize, _: &mut [f32]) {
+        unreachable!("the direct convolution needs AVX2")
+    }
+}
+
+/// Geometry of the zero-padded input planes: each row `row` wide (padding
+/// plus slack so the last 8-wide chunk of a row reads inside it).
+#[derive(Clone, Copy)]
+struct Padded {
+    rows: usize,
+    row: usize,
+    chunks: usize,
+}
+
+impl Padded {
+    fn new(p: &Conv2dParams) -> Self {
+        // Whole groups of chunks, so the forward kernel's loads stay in the row.
+        let chunks = p.ow().div_ceil(LANES).next_multiple_of(GROUP);
+        Padded { rows: p.h + 2 * p.ph, row: chunks * LANES + p.kw - 1, chunks }
+    }
+    fn plane(&self) -> usize {
+        self.rows * self.row
+    }
+}
+
+thread_local! {
+    /// The padded input planes of one image, and one padded output row.
+    static PADDED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Copies the `c` planes of one image into `dst` (zeroed borders).
+fn pad_image(dst: &mut [f32], x_img: &[f32], p: &Conv2dParams, g: Padded) {
+    dst.fill(0.0);
+    for (c, plane) in x_img.chunks_exact(p.h * p.w).take(p.c).enumerate() {
+        for (y, row) in plane.chunks_exact(p.w).enumerate() {
+            let at = c * g.plane() + (y + p.ph) * g.row + p.pw;
+            dst[at..at + p.w].copy_from_slice(row);
+        }
+    }
+}
+
+/// `y = conv(x, w) (+ bias)`, overwriting `y`; images in parallel.
+pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
+    let g = Padded::new(p);
+    let (oh, ow) = (p.oh(), p.ow());
+    let (x_len, y_len, patch) = (p.c * p.h * p.w, p.oc * oh * ow, p.patch());
+    y[..p.n * y_len].par_chunks_mut(y_len).zip(x[..p.n * x_len].par_chunks(x_len)).for_each(
+        |(y_img, x_img)| {
+            PADDED.with(|buf| {
+                let (padded, out_row) = &mut *buf.borrow_mut();
+                padded.resize(p.c * g.plane(), 0.0);
+                out_row.resize(g.chunks * LANES, 0.0);
+                pad_image(padded, x_img, p, g);
+                for (k, y_k) in y_img.chunks_exact_mut(oh * ow).enumerate() {
+                    let b = bias.map_or(0.0, |b| b[k]);
+                    let wk = &w[k * patch..(k + 1) * patch];
+                    // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
+                    unsafe { simd::plane_fwd(y_k, ow, padded, g.plane(), g.row, wk, b, out_row) };
+                }
+            })
+        },
+    );
+}
+
+/// `dw += ∂L/∂w`. One chunk of images per thread, each summing into its own
+/// partial; the partials are added in chunk order (a seed gives the same
+/// numbers whatever the scheduling).
+pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, partials: &Mutex<Vec<Vec<f32>>>) {
+    let g = Padded::new(p);
+    let (oh, ow) = (p.oh(), p.ow());
+    let (x_len, y_len, patch) = (p.c * p.h * p.w, p.oc * oh * ow, p.patch());
+    let ranges = chunks(p.n, rayon::current_num_threads());
+    let mut partials = partials.lock().unwrap_or_else(|e| e.into_inner());
+    let need = ranges.len().max(partials.len());
+    partials.resize_with(need, Vec::new);
+    partials.iter_mut().for_each(|v| {
+        v.clear();
+        v.resize(p.oc * patch, 0.0);
+    });
+    partials[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, r)| {
+        PADDED.with(|buf| {
+            let (padded, dy_row) = &mut *buf.borrow_mut();
+            padded.resize(p.c * g.plane(), 0.0);
+            // Lanes past `ow` stay zero, so the slack columns add nothing.
+            dy_row.clear();
+            dy_row.resize(g.chunks * LANES, 0.0);
+            for img in r.clone() {
+                pad_image(padded, &x[img * x_len..(img + 1) * x_len], p, g);
+                let dy_img = &dy[img * y_len..(img + 1) * y_len];
+                for (k, dy_k) in dy_img.chunks_exact(oh * ow).enumerate() {
+                    for (c, x_c) in padded.chunks_exact(g.plane()).enumerate() {
+                        let dw_kc = &mut part[(k * p.c + c) * K * K..][..K * K];
+                        // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
+                        unsafe { simd::plane_bwd_weight(dw_kc, dy_k, ow, x_c, g.row, dy_row) };
+                    }
+                }
+            }
+        })
+    });
+    for (part, r) in partials.iter().zip(&ranges) {
+        if !r.is_empty() {
+            dw[..p.oc * patch].iter_mut().zip(part).for_each(|(d, s)| *d += s);
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! Winograd F(2×2, 3×3) for the 3×3, stride-1, pad-1 convolutions of the
+//! trunk (Lavin & Gray 2016): each 2×2 output tile costs 16 multiplications
+//! per (input, output) channel pair instead of 36, so the three gemm-bound
+//! passes of such a layer do 2.25× fewer multiply-adds than im2col.
+//!
+//! With `g` a 3×3 kernel, `d` a 4×4 input tile and `B`, `G`, `A` the
+//! F(2×2,3×3) matrices below, the 2×2 output is `Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`.
+//! Over all channels and tiles that is one gemm per transform position
+//! `ξ ∈ 0..16`: `M_ξ[k, t] = Σ_c U_ξ[k, c] · V_ξ[c, t]`.
+//!
+//! - forward: `U = G g Gᵀ`, `V = Bᵀ x B`, gemm, `y = Aᵀ M A`;
+//! - backward-data: the same convolution of `dy` with the kernel rotated by
+//!   180° and its channel axes swapped (pad 1 keeps it "same"), added into `dx`;
+//! - backward-weight: `dM = A dy Aᵀ`, `dU_ξ = Σ_t dM_ξ[k, t] · V_ξ[c, t]`
+//!   (a gemm over tiles), then `dg = Gᵀ dU G`.
+//!
+//! Images are processed in blocks of a few (≈128 tiles) so a block's
+//! transformed tiles stay in L2 between the transform, the 16 gemms and the
+//! inverse transform. Everything is in f32; the transforms only add, subtract
+//! and halve, so rounding stays at the level of the direct convolution
+//! (tests/engine.rs compares against the naive f64 reference).
+
+use super::{chunks, gemm_slices, Conv2dParams, Gemm};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+/// Transform positions per tile (4 × 4).
+const XI: usize = 16;
+/// Tiles per block: enough columns for an efficient gemm, few enough that a
+/// block's V and M stay in L2.
+const BLOCK_TILES: usize = 128;
+/// Below this many input channels (the 1-channel first layer) im2col wins:
+/// the gemm's reduction would be too short to amortise the transforms.
+const MIN_CHANNELS: usize = 4;
+
+/// Whether the Winograd path computes this convolution.
+pub fn applies(p: &Conv2dParams) -> bool {
+    p.kh == 3 && p.kw == 3 && p.sh == 1 && p.sw == 1 && p.ph == 1 && p.pw == 1 && p.c >= MIN_CHANNELS
+}
+
+/// Images per block for planes of `h × w`.
+fn block_images(t: Tiling) -> usize {
+    (BLOCK_TILES / t.slots()).max(1)
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// Transformed input tiles `[ξ][channel][tile]`.
+    v: Vec<f32>,
+    /// Gemm results / transformed output gradients `[ξ][channel][tile]`.
+    m: Vec<f32>,
+    /// The four parity phases of one zero-padded plane.
+    plane: Vec<f32>,
+    /// Intermediate rows of a transform.
+    rows: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// Transformed kernels `[ξ][out][in]`, built on the calling thread.
+    static KERNELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+// ---- kernel transforms -----------------------------------------------------------------
+
+/// `G g Gᵀ` of one 3×3 kernel (row-major) into 16 values, `G = [1 0 0;
+/// ½ ½ ½; ½ −½ ½; 0 0 1]`.
+fn kernel_fwd(g: &[f32], rotate: bool) -> [f32; XI] {
+    let at = |i: usize, j: usize| if rotate { g[(2 - i) * 3 + (2 - j)] } else { g[i * 3 + j] };
+    // rows: (G g) is 4×3
+    let g_times = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    // G·g, column by column: r[j] is column j (4 values).
+    let r: [[f32; 4]; 3] = std::array::from_fn(|j| g_times(at(0, j), at(1, j), at(2, j)));
+    // (G·g)·Gᵀ, row by row.
+    let mut u = [0.0f32; XI];
+    for (i, row) in u.chunks_exact_mut(4).enumerate() {
+        row.copy_from_slice(&g_times(r[0][i], r[1][i], r[2][i]));
+    }
+    u
+}
+
+/// `Gᵀ dU G`: the gradient of the 3×3 kernel from that of its transform.
+fn kernel_bwd(du: &[f32; XI]) -> [f32; 9] {
+    // Gᵀ = [1 ½ ½ 0; 0 ½ −½ 0; 0 ½ ½ 1]
+    let gt_times = |a: f32, b: f32, c: f32, d: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d];
+    // Gᵀ·dU, column by column: r[j] is column j (3 values).
+    let r: [[f32; 3]; 4] = std::array::from_fn(|j| gt_times(du[j], du[4 + j], du[8 + j], du[12 + j]));
+    // (Gᵀ·dU)·G, row by row.
+    let mut g = [0.0f32; 9];
+    for (i, row) in g.chunks_exact_mut(3).enumerate() {
+        row.copy_from_slice(&gt_times(r[0][i], r[1][i], r[2][i], r[3][i]));
+    }
+    g
+}
+
+/// Transformed kernels `[ξ][out][in]` for a convolution from `ic` to `oc`
+/// channels. `w` is `(OC, C, 3, 3)` of the layer; `swap` builds the
+/// backward-data kernels (out = the layer's input channels, rotated 180°).
+fn transform_kernels(u: &mut [f32], w: &[f32], layer_oc: usize, layer_c: usize, swap: bool) {
+    let (out, inp) = if swap { (layer_c, layer_oc) } else { (layer_oc, layer_c) };
+    for k in 0..layer_oc {
+        for c in 0..layer_c {
+            let t = kernel_fwd(&w[(k * layer_c + c) * 9..][..9], swap);
+            let (o, i) = if swap { (c, k) } else { (k, c) };
+            for (xi, v) in t.iter().enumerate() {
+                u[(xi * out + o) * inp + i] = *v;
+            }
+        }
+    }
+}
+
+// ---- tile transforms --------------------------------------------------------------------
+//
+// Tiles are numbered in *slots*: a plane has `rows × cols` slots, `cols` one
+// more than the tiles of a row. With the padded plane split into its four
+// (row, column) parity phases, each stored `cols` wide, the 4×4 input tiles
+// of all slots at tile offset (a, b) form one contiguous, shifted slice of a
+// phase. So every transform is a handful of whole-plane vector operations,
+// with no stride-2 gathers and no per-tile loop. The last slot of each row is
+// a spare: its input is junk, its output is never stored, and its output
+// gradient is zero, so it adds nothing to the weight gradient. Transformed
+// values are stored `[ξ][channel][slot]`.
+
+/// Slot geometry of one `h × w` plane.
+#[derive(Clone, Copy, Debug)]
+struct Tiling {
+    h: usize,
+    w: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl Tiling {
+    fn new(h: usize, w: usize) -> Self {
+        Tiling { h, w, rows: h.div_ceil(2), cols: w.div_ceil(2) + 1 }
+    }
+    fn slots(&self) -> usize {
+        self.rows * self.cols
+    }
+    /// Length of one parity phase: two spare rows cover the shifted slices.
+    fn phase_len(&self) -> usize {
+        (self.rows + 2) * self.cols
+    }
+}
+
+/// Distance between two ξ planes of a scratch holding `channels × slots`
+/// values per plane. The skew keeps the 16 planes off the same cache sets:
+/// without it the planes are a multiple of 4 KiB apart for the usual channel
+/// counts, and the 16 streams of a transform evict each other from L1.
+fn plane_stride(channels: usize, slots: usize) -> usize {
+    channels * slots + 16
+}
+
+/// Where one image's transformed tiles sit in a block's `[ξ][channel][slot]`
+/// scratch: ξ planes `stride` apart, `slots` per channel row, this image's
+/// first slot `slot0`.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    stride: usize,
+    slots: usize,
+    slot0: usize,
+}
+
+impl Place {
+    fn at(&self, xi: usize, channel: usize) -> usize {
+        xi * self.stride + channel * self.slots + self.slot0
+    }
+}
+
+/// `dst = a + b` (`sign` > 0) or `a − b`, elementwise.
+#[inline(always)]
+fn combine(dst: &mut [f32], a: &[f32], b: &[f32], sign: f32) {
+    if sign > 0.0 {
+        dst.iter_mut().zip(a).zip(b).for_each(|((d, &x), &y)| *d = x + y);
+    } else {
+        dst.iter_mut().zip(a).zip(b).for_each(|((d, &x), &y)| *d = x - y);
+    }
+}
+
+/// `Bᵀ` (and `B` from the other side) as `(p, q, sign)`: row `i` of `Bᵀ·d` is
+/// `d[p] + sign·d[q]`. `Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]`.
+const BT: [(usize, usize, f32); 4] = [(0, 2, -1.0), (1, 2, 1.0), (2, 1, -1.0), (1, 3, -1.0)];
+
+/// Splits plane rows into parity phases: element `(y, x)` of the source goes
+/// to phase `((y + dy) & 1, (x + dx) & 1)`, position `((y + dy) / 2, (x + dx) / 2)`,
+/// each phase `t.cols` wide and `phase_len` long. Positions the plane does not
+/// reach are left as they are (the caller zeroes them once).
+#[inline(always)]
+fn split_phases(phases: &mut [f32], src: &[f32], t: Tiling, shift: usize) {
+    let pl = t.phase_len();
+    let (p00, rest) = phases.split_at_mut(pl);
+    let (p01, rest) = rest.split_at_mut(pl);
+    let (p10, p11) = rest.split_at_mut(pl);
+    for (y, row) in src.chunks_exact(t.w).enumerate() {
+        let r = y + shift;
+        let (even_col, odd_col) = if r & 1 == 0 { (&mut *p00, &mut *p01) } else { (&mut *p10, &mut *p11) };
+        let at = (r >> 1) * t.cols;
+        // column x + shift: with shift 1, even x lands in the odd phase at x/2
+        // and odd x in the even phase at x/2 + 1; with shift 0 the other way.
+        let (first, second) = if shift == 1 {
+            (&mut odd_col[at..at + t.cols], &mut even_col[at + 1..at + t.cols])
+        } else {
+            (&mut even_col[at..at + t.cols], &mut odd_col[at..at + t.cols])
+        };
+        // Plain indexed loops over pre-cut slices: LLVM turns these stride-2
+        // accesses into vector shuffles (iterator chains over pairs stay scalar).
+        let n = t.w / 2;
+        let (pairs, f, sc) = (&row[..2 * n], &mut first[..n], &mut second[..n]);
+        for j in 0..n {
+            f[j] = pairs[2 * j];
+            sc[j] = pairs[2 * j + 1];
+        }
+        if t.w % 2 == 1 {
+            first[t.w / 2] = row[t.w - 1];
+        }
+    }
+}
+
+/// `Bᵀ d B` for every tile of one image (`channels` planes) into
+/// `v[ξ][c][slot0..]`, ξ planes `stride` apart.
+#[inline(always)]
+fn input_transform(v: &mut [f32], place: Place, x_img: &[f32], channels: usize, t: Tiling, s: &mut Scratch) {
+    let (pl, len) = (t.phase_len(), t.slots());
+    let phases = grow(&mut s.plane, 4 * pl);
+    phases.fill(0.0);
+    let rows = grow(&mut s.rows, 4 * len);
+    for (c, xc) in x_img.chunks_exact(t.h * t.w).take(channels).enumerate() {
+        split_phases(phases, xc, t, 1);
+        // Input tile element (a, b) of every slot: a shifted slice of a phase.
+        let tap = |a: usize, b: usize| -> &[f32] {
+            let ph = &phases[((a & 1) * 2 + (b & 1)) * pl..][..pl];
+            &ph[(a >> 1) * t.cols + (b >> 1)..][..len]
+        };
+        for (i, &(p, q, sign)) in BT.iter().enumerate() {
+            // Bᵀ down the tile: row i of Bᵀ·d, for each tile column b.
+            for b in 0..4 {
+                combine(&mut rows[b * len..(b + 1) * len], tap(p, b), tap(q, b), sign);
+            }
+            // B along the tile: the four values of row i of Bᵀ·d·B.
+            for (j, &(pj, qj, sj)) in BT.iter().enumerate() {
+                let dst = &mut v[place.at(i * 4 + j, c)..][..len];
+                combine(dst, &rows[pj * len..(pj + 1) * len], &rows[qj * len..(qj + 1) * len], sj);
+            }
+        }
+    }
+}
+
+/// How the output transform writes its planes.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    /// Overwrite, plus a per-channel bias if given (the forward pass).
+    Set(Option<&'a [f32]>),
+    /// Accumulate (backward-data: `dx +=`).
+    Add,
+}
+
+/// `Aᵀ m A` for every tile into the output planes of one image (2×2 per
+/// tile, cropped at odd edges), written as `write` says.
+/// `Aᵀ = [1 1 1 0; 0 1 −1 −1]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output_transform(
+    y_img: &mut [f32],
+    m: &[f32],
+    place: Place,
+    channels: usize,
+    t: Tiling,
+    write: Write<'_>,
+    s: &mut Scratch,
+) {
+    let len = t.slots();
+    let buf = grow(&mut s.rows, 12 * len);
+    let (cols_buf, out) = buf.split_at_mut(8 * len);
+    for (k, yk) in y_img.chunks_exact_mut(t.h * t.w).take(channels).enumerate() {
+        let mv = |xi: usize| &m[place.at(xi, k)..][..len];
+        let (add, bias) = match write {
+            Write::Set(b) => (false, b.map_or(0.0, |b| b[k])),
+            Write::Add => (true, 0.0),
+        };
+        // A from the right: row i of the tile gives columns 0 and 1.
+        for i in 0..4 {
+            let (c0, c1) = cols_buf[i * 2 * len..(i + 1) * 2 * len].split_at_mut(len);
+            let (a, b, c, d) = (mv(i * 4), mv(i * 4 + 1), mv(i * 4 + 2), mv(i * 4 + 3));
+            for ((((o0, o1), &a), (&b, &c)), &d) in
+                c0.iter_mut().zip(c1.iter_mut()).zip(a).zip(b.iter().zip(c)).zip(d)
+            {
+                *o0 = a + b + c;
+                *o1 = b - c - d;
+            }
+        }
+        // Aᵀ from the left: output rows 0 and 1 of each tile, columns 0 and 1.
+        let col = |i: usize, j: usize| &cols_buf[(i * 2 + j) * len..][..len];
+        for j in 0..2 {
+            let (r0, r1) = out[j * 2 * len..(j + 1) * 2 * len].split_at_mut(len);
+            let (a, b, c, d) = (col(0, j), col(1, j), col(2, j), col(3, j));
+            for ((((o0, o1), &a), (&b, &c)), &d) in
+                r0.iter_mut().zip(r1.iter_mut()).zip(a).zip(b.iter().zip(c)).zip(d)
+            {
+                *o0 = a + b + c + bias;
+                *o1 = b - c - d + bias;
+            }
+        }
+        // Interleave into the plane: out[(j·2 + dy)] is output (2ty + dy, 2tx + j).
+        for (oy, yrow) in yk.chunks_exact_mut(t.w).enumerate() {
+            let (ty, dy) = (oy / 2, oy % 2);
+            let e = &out[dy * len + ty * t.cols..][..t.cols];
+            let o = &out[(2 + dy) * len + ty * t.cols..][..t.cols];
+            let n = t.w / 2;
+            let (pairs, e2, o2) = (&mut yrow[..2 * n], &e[..n], &o[..n]);
+            if add {
+                for j in 0..n {
+                    pairs[2 * j] += e2[j];
+                    pairs[2 * j + 1] += o2[j];
+                }
+            } else {
+                for j in 0..n {
+                    pairs[2 * j] = e2[j];
+                    pairs[2 * j + 1] = o2[j];
+                }
+            }
+            if t.w % 2 == 1 {
+                let (last, a) = (&mut yrow[t.w - 1], e[t.w / 2]);
+                *last = if add { *last + a } else { a };
+            }
+        }
+    }
+}
+
+/// `A dy Aᵀ` for every tile of one image's output gradient (zero outside the
+/// plane and in the spare slots) into `dm[ξ][k][slot0..]`.
+/// `A = [1 0; 1 1; 1 −1; 0 −1]`.
+#[inline(always)]
+fn grad_transform(dm: &mut [f32], place: Place, dy_img: &[f32], channels: usize, t: Tiling, s: &mut Scratch) {
+    let len = t.slots();
+    let pl = t.phase_len();
+    let phases = grow(&mut s.plane, 4 * pl);
+    let rows = grow(&mut s.rows, 2 * len);
+    // Zeroed once: every channel writes the same positions, and the spare
+    // column and rows must read 0.
+    phases.fill(0.0);
+    for (k, dk) in dy_img.chunks_exact(t.h * t.w).take(channels).enumerate() {
+        split_phases(phases, dk, t, 0);
+        let g = |a: usize, b: usize| &phases[(a * 2 + b) * pl..][..len];
+        let (p0, p1) = rows.split_at_mut(len);
+        for i in 0..4 {
+            // Row i of A·dy, columns 0 and 1.
+            let (d0, d1) = ((g(0, 0), g(1, 0)), (g(0, 1), g(1, 1)));
+            for (p, (top, bottom)) in [(&mut *p0, d0), (&mut *p1, d1)] {
+                match i {
+                    0 => p.copy_from_slice(top),
+                    1 => combine(p, top, bottom, 1.0),
+                    2 => combine(p, top, bottom, -1.0),
+                    _ => p.iter_mut().zip(bottom).for_each(|(d, &x)| *d = -x),
+                }
+            }
+            // · Aᵀ: [p0, p0 + p1, p0 − p1, −p1]
+            let at = |j: usize| place.at(i * 4 + j, k);
+            dm[at(0)..][..len].copy_from_slice(p0);
+            combine(&mut dm[at(1)..][..len], p0, p1, 1.0);
+            combine(&mut dm[at(2)..][..len], p0, p1, -1.0);
+            dm[at(3)..][..len].iter_mut().zip(p1.iter()).for_each(|(d, &x)| *d = -x);
+        }
+    }
+}
+
+// ---- the three passes ----------------------------------------------------------------
+
+/// A "same" 3×3 convolution of `input` (`n` images of `ic × h × w`) with the
+/// transformed kernels `u` (`[ξ][oc][ic]`) into `out` (`n × oc × h × w`).
+#[allow(clippy::too_many_arguments)]
+fn convolve(
+    out: &mut [f32],
+    input: &[f32],
+    u: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+    t: Tiling,
+    write: Write<'_>,
+) {
+    let per_img = t.slots();
+    let nb = block_images(t);
+    let (in_len, out_len) = (ic * t.h * t.w, oc * t.h * t.w);
+    out[..n * out_len]
+        .par_chunks_mut(nb * out_len)
+        .zip(input[..n * in_len].par_chunks(nb * in_len))
+        .for_each(|(out_b, in_b)| {
+            let imgs = in_b.len() / in_len;
+            let tiles = imgs * per_img;
+            SCRATCH.with(|s| {
+                let s = &mut *s.borrow_mut();
+                let (mut v, mut m) = (std::mem::take(&mut s.v), std::mem::take(&mut s.m));
+                let (vs, ms) = (plane_stride(ic, tiles), plane_stride(oc, tiles));
+                let (vb, mb) = (grow(&mut v, XI * vs), grow(&mut m, XI * ms));
+                with_simd!(for (i, x_img) in in_b.chunks_exact(in_len).enumerate() {
+                    input_transform(
+                        vb,
+                        Place { stride: vs, slots: tiles, slot0: i * per_img },
+                        x_img,
+                        ic,
+                        t,
+                        s,
+                    );
+                });
+                for xi in 0..XI {
+                    gemm_slices(
+                        &mut mb[xi * ms..][..oc * tiles],
+                        &u[xi * oc * ic..(xi + 1) * oc * ic],
+                        &vb[xi * vs..][..ic * tiles],
+                        Gemm::nn(oc, tiles, ic),
+                    );
+                }
+                with_simd!(for (i, y_img) in out_b.chunks_exact_mut(out_len).enumerate() {
+                    output_transform(
+                        y_img,
+                        mb,
+                        Place { stride: ms, slots: tiles, slot0: i * per_img },
+                        oc,
+                        t,
+                        write,
+                        s,
+                    );
+                });
+                (s.v, s.m) = (v, m);
+            })
+        });
+}
+
+/// `y = conv(x, w) (+ bias)`, overwriting `y`.
+pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
+    KERNELS.with(|u| {
+        let mut u = u.borrow_mut();
+        let u = grow(&mut u, XI * p.oc * p.c);
+        transform_kernels(u, w, p.oc, p.c, false);
+        convolve(y, x, u, p.n, p.c, p.oc, Tiling::new(p.h, p.w), Write::Set(bias));
+    })
+}
+
+/// `dx += conv(dy, rot180(w)ᵀ)`.
+pub fn bwd_data(dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
+    KERNELS.with(|u| {
+        let mut u = u.borrow_mut();
+        let u = grow(&mut u, XI * p.oc * p.c);
+        transform_kernels(u, w, p.oc, p.c, true);
+        convolve(dx, dy, u, p.n, p.oc, p.c, Tiling::new(p.h, p.w), Write::Add);
+    })
+}
+
+/// `dw += ∂L/∂w` from the layer input `x` and output gradient `dy`. The batch
+/// is cut into one chunk of images per thread; each sums `dU` into its own
+/// partial and the partials are added in chunk order (independent of
+/// scheduling, so a seed gives the same numbers).
+pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, partials: &Mutex<Vec<Vec<f32>>>) {
+    let (ic, oc, t) = (p.c, p.oc, Tiling::new(p.h, p.w));
+    let per_img = t.slots();
+    let nb = block_images(t);
+    let (x_len, y_len) = (ic * p.h * p.w, oc * p.h * p.w);
+    let du_len = XI * oc * ic;
+    let ranges = chunks(p.n, rayon::current_num_threads());
+    let mut partials = partials.lock().unwrap_or_else(|e| e.into_inner());
+    let need = ranges.len().max(partials.len());
+    partials.resize_with(need, Vec::new);
+    partials.iter_mut().for_each(|v| {
+        v.clear();
+        v.resize(du_len, 0.0);
+    });
+    partials[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(du, r)| {
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let (mut v, mut m) = (std::mem::take(&mut s.v), std::mem::take(&mut s.m));
+            let mut start = r.start;
+            while start < r.end {
+                let imgs = nb.min(r.end - start);
+                let tiles = imgs * per_img;
+                let (vs, ms) = (plane_stride(ic, tiles), plane_stride(oc, tiles));
+                let (vb, mb) = (grow(&mut v, XI * vs), grow(&mut m, XI * ms));
+                let (xs, dys) = (&x[start * x_len..][..imgs * x_len], &dy[start * y_len..][..imgs * y_len]);
+                with_simd!(for (i, (x_img, dy_img)) in
+                    xs.chunks_exact(x_len).zip(dys.chunks_exact(y_len)).enumerate()
+                {
+                    input_transform(
+                        vb,
+                        Place { stride: vs, slots: tiles, slot0: i * per_img },
+                        x_img,
+                        ic,
+                        t,
+                        s,
+                    );
+                    grad_transform(
+                        mb,
+                        Place { stride: ms, slots: tiles, slot0: i * per_img },
+                        dy_img,
+                        oc,
+                        t,
+                        s,
+                    );
+                });
+                for xi in 0..XI {
+                    gemm_slices(
+                        &mut du[xi * oc * ic..(xi + 1) * oc * ic],
+                        &mb[xi * ms..][..oc * tiles],
+                        &vb[xi * vs..][..ic * tiles],
+                        Gemm::nn(oc, ic, tiles).trans(false, true).acc(),
+                    );
+                }
+                start += imgs;
+            }
+            (s.v, s.m) = (v, m);
+        })
+    });
+    let mut total = [0.0f32; XI];
+    for k in 0..oc {
+        for c in 0..ic {
+            total.fill(0.0);
+            for (part, r) in partials.iter().zip(&ranges) {
+                if !r.is_empty() {
+                    for (xi, t) in total.iter_mut().enumerate() {
+                        *t += part[(xi * oc + k) * ic + c];
+                    }
+                }
+            }
+            let g = kernel_bwd(&total);
+            for (d, gv) in dw[(k * ic + c) * 9..][..9].iter_mut().zip(g) {
+                *d += gv;
+            }
+        }
+    }
+}
