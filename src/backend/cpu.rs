@@ -1,12 +1,15 @@
-//! The CPU backend: `matrixmultiply`'s SIMD sgemm for every dense product,
-//! im2col/col2im for convolutions, rayon over the batch (or over rows/planes)
-//! for the rest. matrixmultiply runs single-threaded: on this 2-vCPU machine
-//! its second thread adds little and fights rayon for the cores
+//! The CPU backend: `matrixmultiply`'s SIMD sgemm for every dense product;
+//! convolutions by Winograd F(2×2,3×3) ([`winograd`]), a direct AVX2 kernel
+//! for the tiny-patch first layer ([`direct`]) or im2col/col2im + sgemm
+//! (see `ConvPath`); rayon over the batch (or over rows/planes) for the rest.
+//! matrixmultiply runs single-threaded: on this 2-vCPU machine its second
+//! thread adds little and fights rayon for the cores
 //! (../shared/MACHINE.md §3), so parallelism lives at the batch level only.
 //!
-//! Per-thread scratch (im2col columns, partial weight gradients) is kept in
-//! thread-locals and in the backend, so a steady-state training step allocates
-//! nothing. Naive reference kernels, used by the tests, are in [`naive`].
+//! Per-thread scratch (im2col columns, transformed tiles, padded planes,
+//! partial weight gradients) is kept in thread-locals and in the backend, so
+//! a steady-state training step allocates nothing. Naive reference kernels,
+//! used by the tests, are in [`naive`].
 
 use super::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper, IGNORE_LABEL};
 use rayon::prelude::*;
