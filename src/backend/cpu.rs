@@ -276,6 +276,35 @@ fn chunks(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     (0..parts).map(|i| (i * n / parts)..((i + 1) * n / parts)).collect()
 }
 
+/// A weight gradient summed over the batch, split over the threads: the
+/// images are cut into one chunk per thread, and `accumulate(partial, images)`
+/// adds a chunk's share into its own zeroed partial of `len` floats. The
+/// partials come back in chunk order, so the caller's reduction (and with it
+/// every number) does not depend on scheduling: a seed gives the same result.
+fn batch_partials<'a>(
+    partials: &'a Mutex<Vec<Vec<f32>>>,
+    n: usize,
+    len: usize,
+    accumulate: impl Fn(&mut [f32], std::ops::Range<usize>) + Sync,
+) -> std::sync::MutexGuard<'a, Vec<Vec<f32>>> {
+    let ranges = chunks(n, rayon::current_num_threads());
+    let mut parts = partials.lock().unwrap_or_else(|e| e.into_inner());
+    parts.resize_with(ranges.len(), Vec::new);
+    for part in parts.iter_mut() {
+        part.clear();
+        part.resize(len, 0.0);
+    }
+    parts.par_iter_mut().zip(ranges).for_each(|(part, images)| accumulate(part, images));
+    parts
+}
+
+/// `dw += Σ parts`, in order.
+fn add_partials(dw: &mut [f32], parts: &[Vec<f32>]) {
+    for part in parts {
+        dw.iter_mut().zip(part).for_each(|(d, s)| *d += s);
+    }
+}
+
 /// A fast `exp` for f32 that the compiler can vectorise: range reduction to
 /// `2^n · e^r`, |r| ≤ ln2/2, and a degree-6 polynomial (max rel. error 2.7e-7
 /// over the whole range, measured exhaustively in tests/losses.rs). Rounding
@@ -381,9 +410,7 @@ impl Backend for CpuBackend {
         );
     }
 
-    // dW += Σ_n dy_n · im2col(x_n)ᵀ. The batch is cut into one chunk per
-    // thread; each chunk sums into its own partial, then the partials are added
-    // in chunk order (so the result does not depend on scheduling).
+    // dW += Σ_n dy_n · im2col(x_n)ᵀ, per thread chunk (`batch_partials`).
     fn conv2d_bwd_weight(&self, dw: &mut CpuBuf, x: &CpuBuf, dy: &CpuBuf, p: &Conv2dParams) {
         check_conv(p, x.0.len(), dw.0.len(), dy.0.len(), "conv2d_bwd_weight");
         match self.conv_path(p) {
@@ -392,29 +419,17 @@ impl Backend for CpuBackend {
             ConvPath::Im2col => {}
         }
         let (ohw, k) = (p.oh() * p.ow(), p.patch());
-        let ranges = chunks(p.n, rayon::current_num_threads());
-        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
-        let need = ranges.len().max(partials.len());
-        partials.resize_with(need, Vec::new);
-        partials.iter_mut().for_each(|v| v.resize(p.oc * k, 0.0));
         let (xs, dys) = (&x.0, &dy.0);
-        partials[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, r)| {
+        let parts = batch_partials(&self.partials, p.n, p.oc * k, |part, images| {
             with_cols(k * ohw, |cols| {
-                for (i, img) in r.clone().enumerate() {
+                for img in images {
                     im2col(cols, &xs[img * p.c * p.h * p.w..(img + 1) * p.c * p.h * p.w], p);
-                    let mut g = Gemm::nn(p.oc, k, ohw).trans(false, true);
-                    if i > 0 {
-                        g = g.acc();
-                    }
+                    let g = Gemm::nn(p.oc, k, ohw).trans(false, true).acc();
                     gemm_slices(part, &dys[img * p.oc * ohw..(img + 1) * p.oc * ohw], cols, g);
                 }
             })
         });
-        for (part, r) in partials.iter().zip(&ranges) {
-            if !r.is_empty() {
-                dw.0[..p.oc * k].iter_mut().zip(part).for_each(|(d, s)| *d += s);
-            }
-        }
+        add_partials(&mut dw.0[..p.oc * k], &parts);
     }
 
     fn maxpool2d_fwd(&self, y: &mut CpuBuf, argmax: &mut CpuIdxBuf, x: &CpuBuf, p: &PoolParams) {

@@ -10,7 +10,7 @@
 //! Forward and backward-weight only: the first layer's input needs no
 //! gradient, and any other layer takes the im2col path for backward-data.
 
-use super::{chunks, Conv2dParams};
+use super::{add_partials, batch_partials, Conv2dParams};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -210,29 +210,19 @@ pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2d
     );
 }
 
-/// `dw += ∂L/∂w`. One chunk of images per thread, each summing into its own
-/// partial; the partials are added in chunk order (a seed gives the same
-/// numbers whatever the scheduling).
+/// `dw += ∂L/∂w`, per thread chunk of images (`batch_partials`).
 pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, partials: &Mutex<Vec<Vec<f32>>>) {
     let g = Padded::new(p);
     let (oh, ow) = (p.oh(), p.ow());
     let (x_len, y_len, patch) = (p.c * p.h * p.w, p.oc * oh * ow, p.patch());
-    let ranges = chunks(p.n, rayon::current_num_threads());
-    let mut partials = partials.lock().unwrap_or_else(|e| e.into_inner());
-    let need = ranges.len().max(partials.len());
-    partials.resize_with(need, Vec::new);
-    partials.iter_mut().for_each(|v| {
-        v.clear();
-        v.resize(p.oc * patch, 0.0);
-    });
-    partials[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, r)| {
+    let parts = batch_partials(partials, p.n, p.oc * patch, |part, images| {
         PADDED.with(|buf| {
             let (padded, dy_row) = &mut *buf.borrow_mut();
             padded.resize(p.c * g.plane(), 0.0);
             // Lanes past `ow` stay zero, so the slack columns add nothing.
             dy_row.clear();
             dy_row.resize(g.chunks * LANES, 0.0);
-            for img in r.clone() {
+            for img in images {
                 pad_image(padded, &x[img * x_len..(img + 1) * x_len], p, g);
                 let dy_img = &dy[img * y_len..(img + 1) * y_len];
                 for (k, dy_k) in dy_img.chunks_exact(oh * ow).enumerate() {
@@ -245,9 +235,5 @@ pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, parti
             }
         })
     });
-    for (part, r) in partials.iter().zip(&ranges) {
-        if !r.is_empty() {
-            dw[..p.oc * patch].iter_mut().zip(part).for_each(|(d, s)| *d += s);
-        }
-    }
+    add_partials(&mut dw[..p.oc * patch], &parts);
 }

@@ -20,7 +20,7 @@
 //! and halve, so rounding stays at the level of the direct convolution
 //! (tests/engine.rs compares against the naive f64 reference).
 
-use super::{chunks, gemm_slices, Conv2dParams, Gemm};
+use super::{batch_partials, gemm_slices, Conv2dParams, Gemm};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -454,25 +454,16 @@ pub fn bwd_data(dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
     })
 }
 
-/// `dw += ∂L/∂w` from the layer input `x` and output gradient `dy`. The batch
-/// is cut into one chunk of images per thread; each sums `dU` into its own
-/// partial and the partials are added in chunk order (independent of
-/// scheduling, so a seed gives the same numbers).
+/// `dw += ∂L/∂w` from the layer input `x` and output gradient `dy`: `dU` per
+/// thread chunk of images (`batch_partials`), summed in chunk order, then
+/// transformed back.
 pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, partials: &Mutex<Vec<Vec<f32>>>) {
     let (ic, oc, t) = (p.c, p.oc, Tiling::new(p.h, p.w));
     let per_img = t.slots();
     let nb = block_images(t);
     let (x_len, y_len) = (ic * p.h * p.w, oc * p.h * p.w);
     let du_len = XI * oc * ic;
-    let ranges = chunks(p.n, rayon::current_num_threads());
-    let mut partials = partials.lock().unwrap_or_else(|e| e.into_inner());
-    let need = ranges.len().max(partials.len());
-    partials.resize_with(need, Vec::new);
-    partials.iter_mut().for_each(|v| {
-        v.clear();
-        v.resize(du_len, 0.0);
-    });
-    partials[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(du, r)| {
+    let parts = batch_partials(partials, p.n, du_len, |du, r| {
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             let (mut v, mut m) = (std::mem::take(&mut s.v), std::mem::take(&mut s.m));
@@ -520,11 +511,9 @@ pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, parti
     for k in 0..oc {
         for c in 0..ic {
             total.fill(0.0);
-            for (part, r) in partials.iter().zip(&ranges) {
-                if !r.is_empty() {
-                    for (xi, t) in total.iter_mut().enumerate() {
-                        *t += part[(xi * oc + k) * ic + c];
-                    }
+            for part in parts.iter() {
+                for (xi, t) in total.iter_mut().enumerate() {
+                    *t += part[(xi * oc + k) * ic + c];
                 }
             }
             let g = kernel_bwd(&total);
