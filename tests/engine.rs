@@ -168,25 +168,11 @@ proptest! {
         let (mut y, mut am) = (b.zeros(p.y_len()), b.zeros_idx(p.y_len()));
         b.maxpool2d_fwd(&mut y, &mut am, &b.upload(&x), &p);
         let (y, am) = (b.download(&y), b.download_idx(&am));
-        let (oh, ow) = (p.oh(), p.ow());
-        for plane in 0..n * c {
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut best = oy * s * w + ox * s;
-                    for i in 0..k {
-                        for j in 0..k {
-                            let at = (oy * s + i) * w + ox * s + j;
-                            if xp[at] > xp[best] {
-                                best = at;
-                            }
-                        }
-                    }
-                    let o = plane * oh * ow + oy * ow + ox;
-                    prop_assert_eq!(am[o] as usize, best, "argmax at plane {} ({}, {}) of {:?}", plane, oy, ox, p);
-                    prop_assert_eq!(y[o], xp[best]);
-                }
-            }
+        let want = pool_winners(&x, h, w, k, s);
+        prop_assert_eq!(&am, &want, "argmax of {:?}", p);
+        let plane_of = |o: usize| o / (p.oh() * p.ow()) * h * w;
+        for (o, &best) in want.iter().enumerate() {
+            prop_assert_eq!(y[o], x[plane_of(o) + best as usize]);
         }
     }
 }

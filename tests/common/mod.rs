@@ -235,10 +235,15 @@ pub fn relu_pattern(b: &B, tape: &Tape<'_, B>, y: Var) -> Vec<u32> {
 /// `x: (N, C, H, W)` for a `k×k` window with stride `s`.
 pub fn pool_pattern(b: &B, tape: &Tape<'_, B>, x: Var, k: usize, s: usize) -> Vec<u32> {
     let d = tape.shape(x).dims().to_vec();
-    let (h, w) = (d[2], d[3]);
+    pool_winners(&b.download(tape.value(x)), d[2], d[3], k, s)
+}
+
+/// Index within its `h × w` plane of each `k×k`, stride-`s` window's first
+/// maximum in scan order, planes one after another: the plain reference for
+/// max pooling's argmax.
+pub fn pool_winners(xs: &[f32], h: usize, w: usize, k: usize, s: usize) -> Vec<u32> {
     let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
-    let xs = b.download(tape.value(x));
-    let mut out = Vec::with_capacity(d[0] * d[1] * oh * ow);
+    let mut out = Vec::with_capacity(xs.len() / (h * w) * oh * ow);
     for plane in xs.chunks(h * w) {
         for oy in 0..oh {
             for ox in 0..ow {
