@@ -423,7 +423,7 @@ fn kd_parity(
 fn kd_loss_random() {
     let strat = (
         1usize..30,
-        1usize..700,
+        1usize..2500,
         0usize..5,
         prop_oneof![Just(1.0f32), Just(2.0), Just(4.0), Just(1.7)],
         any::<u64>(),
@@ -434,6 +434,29 @@ fn kd_loss_random() {
         let zt = rand_vec(seed ^ 1, rows * cols, -10.0, 10.0);
         kd_parity(g, &zs, &zt, rows, cols, ld, t, 1.0 / rows as f32)
     });
+}
+
+/// Row widths around the kernel's 256-invocation workgroup (one element per
+/// invocation, a partial last sweep, several sweeps) with 5 rows; the scale
+/// grows with the width so that each gradient entry stays of order one.
+#[test]
+fn kd_loss_row_widths() {
+    let Some(g) = gpu() else { return };
+    for cols in [1usize, 5, 255, 256, 257, 1000, 1025, 2100] {
+        let rows = 5;
+        let zs = rand_vec(cols as u64, rows * cols, -8.0, 8.0);
+        let zt = rand_vec(cols as u64 + 1, rows * cols, -8.0, 8.0);
+        if let Err(e) = kd_parity(g, &zs, &zt, rows, cols, cols, 2.0, cols as f32) {
+            panic!("{cols} columns: {e}");
+        }
+    }
+    // Many narrow rows: `sum_into` adds thousands of per-row losses.
+    let (rows, cols) = (2048 * 2 + 300, 3);
+    let zs = rand_vec(7, rows * cols, -8.0, 8.0);
+    let zt = rand_vec(8, rows * cols, -8.0, 8.0);
+    if let Err(e) = kd_parity(g, &zs, &zt, rows, cols, cols, 2.0, 1.0) {
+        panic!("{rows} rows: {e}");
+    }
 }
 
 /// Logits of ±1e4 at T = 1 and T = 4: finite, and equal to the CPU's.
