@@ -138,6 +138,16 @@ enum Op<'a, B: Backend> {
         argmax: B::IdxBuf,
         p: PoolParams,
     },
+    /// A convolution (with bias) and the max pooling of its output, run as
+    /// one kernel where the backend can: the convolution's output is never
+    /// kept, backward rebuilds its gradient from the argmax.
+    ConvPool {
+        x: Var,
+        l: &'a Conv2d<B>,
+        p: Conv2dParams,
+        argmax: B::IdxBuf,
+        pool: PoolParams,
+    },
     /// A view: shares its input's buffer and gradient.
     Reshape {
         x: Var,
@@ -255,15 +265,15 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.push(Op::Linear { x, l }, Shape::new(&[n, l.out_f]), Some(y), ng)
     }
 
-    /// x: (N, C, H, W) → (N, OC, OH, OW).
-    pub fn conv2d(&mut self, x: Var, l: &'a Conv2d<B>) -> Var {
-        let xs = self.shape(x).clone();
+    /// The geometry of `l` applied to `x`, checking that they fit.
+    fn conv_params(&self, x: Var, l: &Conv2d<B>) -> Conv2dParams {
+        let xs = self.shape(x);
         assert!(
             xs.0.len() == 4 && xs.0[1] == l.c,
             "conv2d: input shape {xs} does not fit weight shape {}",
             l.w.value.shape
         );
-        let p = Conv2dParams {
+        Conv2dParams {
             n: xs.0[0],
             c: l.c,
             h: xs.0[2],
@@ -275,11 +285,40 @@ impl<'a, B: Backend> Tape<'a, B> {
             sw: l.stride,
             ph: l.pad,
             pw: l.pad,
-        };
+        }
+    }
+
+    /// x: (N, C, H, W) → (N, OC, OH, OW).
+    pub fn conv2d(&mut self, x: Var, l: &'a Conv2d<B>) -> Var {
+        let p = self.conv_params(x, l);
         let mut y = self.take_buf(p.y_len());
         self.b.conv2d_fwd_bias(&mut y, self.value(x), &l.w.value.buf, &l.b.value.buf, &p);
         let ng = self.needs_grad(x) || l.w.trainable || l.b.trainable;
         self.push(Op::Conv2d { x, l, p }, Shape::new(&[p.n, p.oc, p.oh(), p.ow()]), Some(y), ng)
+    }
+
+    /// `maxpool(conv2d(x))` as one op: x (N, C, H, W) → (N, OC, OH', OW').
+    pub fn conv2d_maxpool(&mut self, x: Var, l: &'a Conv2d<B>, k: usize, s: usize) -> Var {
+        let p = self.conv_params(x, l);
+        let pool = PoolParams { n: p.n, c: p.oc, h: p.oh(), w: p.ow(), k, s };
+        assert!(pool.h >= k && pool.w >= k, "maxpool2d: input shape {pool:?} too small for a {k}×{k} window");
+        let mut y = self.take_buf(pool.y_len());
+        let mut argmax = self.take_idx(pool.y_len());
+        let mut conv_out = self.take_buf(p.y_len());
+        self.b.conv2d_bias_maxpool_fwd(
+            &mut y,
+            &mut argmax,
+            &mut conv_out,
+            self.value(x),
+            &l.w.value.buf,
+            &l.b.value.buf,
+            &p,
+            &pool,
+        );
+        self.give_buf(conv_out);
+        let ng = self.needs_grad(x) || l.w.trainable || l.b.trainable;
+        let shape = Shape::new(&[p.n, p.oc, pool.oh(), pool.ow()]);
+        self.push(Op::ConvPool { x, l, p, argmax, pool }, shape, Some(y), ng)
     }
 
     pub fn relu(&mut self, x: Var) -> Var {
@@ -384,6 +423,29 @@ impl<'a, B: Backend> Tape<'a, B> {
         }
     }
 
+    /// Gradients of a convolution with bias from its output gradient `dy`.
+    fn conv_backward(
+        &mut self,
+        x: Var,
+        l: &'a Conv2d<B>,
+        p: &Conv2dParams,
+        dy: &B::Buf,
+        grads: &mut Grads<B>,
+    ) {
+        let b = self.b;
+        if let Some(dw) = grads.get_mut(l.w.id) {
+            b.conv2d_bwd_weight(dw, self.value(x), dy, p);
+        }
+        if let Some(db) = grads.get_mut(l.b.id) {
+            b.bias_grad(db, dy, p.n, p.oc, p.oh() * p.ow());
+        }
+        if self.needs_grad(x) {
+            let w = &l.w.value.buf;
+            let dx = self.grad_mut(x);
+            b.conv2d_bwd_data(dx, dy, w, p);
+        }
+    }
+
     fn backward_node(&mut self, i: usize, dy: &B::Buf, grads: &mut Grads<B>) {
         let b = self.b;
         match self.nodes[i].op {
@@ -405,18 +467,18 @@ impl<'a, B: Backend> Tape<'a, B> {
                     b.sgemm(dx, dy, w, Gemm::nn(n, l.in_f, l.out_f).acc());
                 }
             }
-            Op::Conv2d { x, l, p } => {
-                if let Some(dw) = grads.get_mut(l.w.id) {
-                    b.conv2d_bwd_weight(dw, self.value(x), dy, &p);
-                }
-                if let Some(db) = grads.get_mut(l.b.id) {
-                    b.bias_grad(db, dy, p.n, p.oc, p.oh() * p.ow());
-                }
-                if self.needs_grad(x) {
-                    let w = &l.w.value.buf;
-                    let dx = self.grad_mut(x);
-                    b.conv2d_bwd_data(dx, dy, w, &p);
-                }
+            Op::Conv2d { x, l, p } => self.conv_backward(x, l, &p, dy, grads),
+            Op::ConvPool { x, l, p, pool, .. } => {
+                // The convolution's output gradient: the pooled gradient
+                // routed back to each window's argmax, zero elsewhere.
+                let Op::ConvPool { argmax, .. } = std::mem::replace(&mut self.nodes[i].op, Op::Input) else {
+                    unreachable!()
+                };
+                let mut dconv = self.ws.take_zeroed(b, p.y_len());
+                b.maxpool2d_bwd(&mut dconv, dy, &argmax, &pool);
+                self.nodes[i].op = Op::ConvPool { x, l, p, argmax, pool };
+                self.conv_backward(x, l, &p, &dconv, grads);
+                self.give_buf(dconv);
             }
             Op::Relu { x } => {
                 if self.needs_grad(x) {
@@ -447,7 +509,7 @@ impl<B: Backend> Drop for Tape<'_, B> {
             if let Some(v) = node.value {
                 self.ws.give(b, v);
             }
-            if let Op::MaxPool { argmax, .. } = node.op {
+            if let Op::MaxPool { argmax, .. } | Op::ConvPool { argmax, .. } = node.op {
                 self.ws.give_idx(b, argmax);
             }
         }

@@ -303,9 +303,14 @@ impl<B: Backend> Net<B> {
         x: crate::autodiff::Var,
     ) -> crate::autodiff::Var {
         let mut h = x;
-        for layer in &self.trunk {
+        let mut layers = self.trunk.iter().peekable();
+        while let Some(layer) = layers.next() {
             h = match layer {
-                Layer::Conv2d(c) => tape.conv2d(h, c),
+                // A convolution and the pooling after it run as one op.
+                Layer::Conv2d(c) => match layers.next_if(|l| matches!(l, Layer::MaxPool2d { .. })) {
+                    Some(&Layer::MaxPool2d { k, s }) => tape.conv2d_maxpool(h, c, k, s),
+                    _ => tape.conv2d(h, c),
+                },
                 Layer::Relu => tape.relu(h),
                 Layer::MaxPool2d { k, s } => tape.maxpool2d(h, *k, *s),
                 Layer::Flatten => tape.flatten(h),

@@ -177,6 +177,47 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(proptest_cfg(80))]
+
+    /// A convolution and the 2×2 pooling of its output as one kernel
+    /// (`conv2d_bias_maxpool_fwd`) against the two kernels one after the
+    /// other, bit for bit, values and argmax: through the fused Winograd
+    /// (≥ 4 channels) and direct (≤ 3) paths and the im2col fallback
+    /// (stride 2), on sizes whose last row or column no window covers, with
+    /// values from {−1, 0, 1} half the time so that ties are common.
+    #[test]
+    fn conv_maxpool_matches_conv_then_pool(
+        n in 1usize..4, c in 1usize..7, oc in 1usize..6, h in 2usize..13, w in 2usize..21,
+        stride in 1usize..3, ties: bool, seed: u64,
+    ) {
+        let p = Conv2dParams { n, c, h, w, oc, kh: 3, kw: 3, sh: stride, sw: stride, ph: 1, pw: 1 };
+        prop_assume!(p.oh() >= 2 && p.ow() >= 2);
+        let pool = PoolParams { n, c: oc, h: p.oh(), w: p.ow(), k: 2, s: 2 };
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let mut draw = |len: usize| -> Vec<f32> {
+            if ties {
+                (0..len).map(|_| (rng.next_u64() % 3) as f32 - 1.0).collect()
+            } else {
+                normal_vec(&mut rng, len, 1.0)
+            }
+        };
+        let (x, wt, bias) = (draw(p.x_len()), draw(p.w_len()), draw(oc));
+        let (x, wt, bias) = (b.upload(&x), b.upload(&wt), b.upload(&bias));
+        let mut conv = b.upload(&vec![f32::NAN; p.y_len()]);
+        b.conv2d_fwd_bias(&mut conv, &x, &wt, &bias, &p);
+        let (mut want_y, mut want_a) = (b.zeros(pool.y_len()), b.zeros_idx(pool.y_len()));
+        b.maxpool2d_fwd(&mut want_y, &mut want_a, &conv, &pool);
+        let (mut y, mut a) = (b.upload(&vec![f32::NAN; pool.y_len()]), b.zeros_idx(pool.y_len()));
+        let mut scratch = b.zeros(p.y_len());
+        b.conv2d_bias_maxpool_fwd(&mut y, &mut a, &mut scratch, &x, &wt, &bias, &p, &pool);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        prop_assert_eq!(b.download_idx(&a), b.download_idx(&want_a), "argmax of {:?}", p);
+        prop_assert_eq!(bits(b.download(&y)), bits(b.download(&want_y)), "values of {:?}", p);
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }

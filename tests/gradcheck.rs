@@ -36,6 +36,8 @@ use proptest::prelude::*;
 enum Body {
     Linear(Linear<B>),
     Conv(Conv2d<B>),
+    /// `conv2d_maxpool` with a k×k, stride-2 window.
+    ConvPool(Conv2d<B>, usize),
     Relu,
     MaxPool {
         k: usize,
@@ -70,7 +72,7 @@ impl Chain {
         let mut ids = vec![self.leaf.id()];
         match &self.body {
             Body::Linear(l) => ids.extend([l.w.id, l.b.id]),
-            Body::Conv(c) => ids.extend([c.w.id, c.b.id]),
+            Body::Conv(c) | Body::ConvPool(c, _) => ids.extend([c.w.id, c.b.id]),
             _ => {}
         }
         ids
@@ -82,7 +84,7 @@ impl Model for Chain {
         let mut v = self.leaf.params();
         match &self.body {
             Body::Linear(l) => v.extend([&l.w, &l.b]),
-            Body::Conv(c) => v.extend([&c.w, &c.b]),
+            Body::Conv(c) | Body::ConvPool(c, _) => v.extend([&c.w, &c.b]),
             _ => {}
         }
         v.extend([&self.probe.w, &self.probe.b]);
@@ -92,7 +94,7 @@ impl Model for Chain {
         let mut v = self.leaf.params_mut();
         match &mut self.body {
             Body::Linear(l) => v.extend([&mut l.w, &mut l.b]),
-            Body::Conv(c) => v.extend([&mut c.w, &mut c.b]),
+            Body::Conv(c) | Body::ConvPool(c, _) => v.extend([&mut c.w, &mut c.b]),
             _ => {}
         }
         v.extend([&mut self.probe.w, &mut self.probe.b]);
@@ -105,6 +107,12 @@ impl Model for Chain {
         let y = match &self.body {
             Body::Linear(l) => tape.linear(x, l),
             Body::Conv(c) => tape.conv2d(x, c),
+            Body::ConvPool(c, k) => {
+                // The kinks: a separate, gradient-free convolution node.
+                let conv_out = tape.conv2d(x, c);
+                pattern = pool_pattern(&b, tape, conv_out, *k, 2);
+                tape.conv2d_maxpool(x, c, *k, 2)
+            }
             Body::Relu => {
                 let y = tape.relu(x);
                 pattern = relu_pattern(&b, tape, y);
@@ -189,6 +197,25 @@ proptest! {
         let mut m = Chain::new(&b, &mut rng, leaf, Body::Conv(layer), n, oc * h * w);
         let ids = m.ids();
         verdict(&mut m, &ids, seed, Tol::default())?;
+    }
+
+    /// Convolution + max pooling as one op: dX, dW, db through the CPU's
+    /// fused paths (2×2 windows after Winograd, ≥ 4 channels, or the direct
+    /// convolution, ≤ 3) and the two-kernel default (3×3 windows); near-ties
+    /// skipped.
+    #[test]
+    fn conv2d_maxpool_grads(
+        n in 1usize..3, c in 1usize..7, oc in 1usize..4, h in 3usize..9, w in 3usize..9, k in 2usize..4, seed: u64,
+    ) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let layer = conv(&b, &mut rng, 2, c, oc, 3, 1, 1, true);
+        let (ph, pw) = ((h - k) / 2 + 1, (w - k) / 2 + 1);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::ConvPool(layer, k), n, oc * ph * pw);
+        let ids = m.ids();
+        let rep = verdict(&mut m, &ids, seed, Tol::default())?;
+        prop_assume!(rep.checked >= 8);
     }
 
     /// ReLU: dX (kinks at 0 skipped).

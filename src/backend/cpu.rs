@@ -392,6 +392,44 @@ impl Backend for CpuBackend {
         self.conv2d_forward(y, x, w, Some(&bias.0[..p.oc]), p);
     }
 
+    /// 2×2 / stride-2 pooling after a Winograd or direct convolution is
+    /// pooled as the convolution writes (`conv_out` untouched); anything
+    /// else runs the two kernels.
+    fn conv2d_bias_maxpool_fwd(
+        &self,
+        y: &mut CpuBuf,
+        argmax: &mut CpuIdxBuf,
+        conv_out: &mut CpuBuf,
+        x: &CpuBuf,
+        w: &CpuBuf,
+        bias: &CpuBuf,
+        p: &Conv2dParams,
+        pool: &PoolParams,
+    ) {
+        let fits = (pool.n, pool.c, pool.h, pool.w) == (p.n, p.oc, p.oh(), p.ow());
+        assert!(
+            fits,
+            "conv2d_bias_maxpool_fwd: pooling {pool:?} does not fit the convolution's output {p:?}"
+        );
+        let path = self.conv_path(p);
+        if pool.k != 2 || pool.s != 2 || path == ConvPath::Im2col {
+            self.conv2d_fwd_bias(conv_out, x, w, bias, p);
+            return self.maxpool2d_fwd(y, argmax, conv_out, pool);
+        }
+        check_conv(p, x.0.len(), w.0.len(), usize::MAX, "conv2d_bias_maxpool_fwd");
+        assert!(
+            bias.0.len() >= p.oc,
+            "conv2d_bias_maxpool_fwd: bias has {} elements, needs {}",
+            bias.0.len(),
+            p.oc
+        );
+        let (y, am, bias) = (&mut y.0[..pool.y_len()], &mut argmax.0[..pool.y_len()], &bias.0[..p.oc]);
+        match path {
+            ConvPath::Winograd => winograd::fwd_pool(y, am, &x.0, &w.0, bias, p),
+            _ => direct::fwd_pool(y, am, &x.0, &w.0, bias, p),
+        }
+    }
+
     // dx_n += col2im(Wᵀ · dy_n), images in parallel (their dx are disjoint).
     fn conv2d_bwd_data(&self, dx: &mut CpuBuf, dy: &CpuBuf, w: &CpuBuf, p: &Conv2dParams) {
         check_conv(p, dx.0.len(), w.0.len(), dy.0.len(), "conv2d_bwd_data");
@@ -732,25 +770,42 @@ fn lane_total(xs: &[f32]) -> f32 {
     lane_sum(&acc)
 }
 
-/// 2×2 stride-2 max pooling of one plane, branch-free: the first maximum in
-/// scan order wins, as in the general path.
+/// The maximum of a 2×2 window `a b / c d` and its offset among
+/// `[0, 1, w, w + 1]` (`w`: the plane's row length). Strict `>` keeps the
+/// first maximum in scan order, as a sequential scan would; selects instead
+/// of branches, so loops over windows vectorise. Every 2×2 pooling of the CPU
+/// backend (plain, and fused into the convolutions) goes through this.
+#[inline(always)]
+fn max4(a: f32, b: f32, c: f32, d: f32, w: u32) -> (f32, u32) {
+    let (v_top, k_top) = if b > a { (b, 1) } else { (a, 0) };
+    let (v_bot, k_bot) = if d > c { (d, w + 1) } else { (c, w) };
+    if v_bot > v_top {
+        (v_bot, k_bot)
+    } else {
+        (v_top, k_top)
+    }
+}
+
+/// One output row of 2×2 / stride-2 max pooling from the input rows `top`
+/// and `bot` of a plane `w` wide, `top` starting at plane offset `base`.
+#[inline(always)]
+fn pool_rows(yr: &mut [f32], ar: &mut [u32], top: &[f32], bot: &[f32], w: usize, base: usize) {
+    let n = yr.len();
+    let (top, bot, ar) = (&top[..2 * n], &bot[..2 * n], &mut ar[..n]);
+    for ox in 0..n {
+        let (v, k) = max4(top[2 * ox], top[2 * ox + 1], bot[2 * ox], bot[2 * ox + 1], w as u32);
+        yr[ox] = v;
+        ar[ox] = (base + 2 * ox) as u32 + k;
+    }
+}
+
+/// 2×2 stride-2 max pooling of one plane.
 #[inline(always)]
 fn pool_2x2(y: &mut [f32], am: &mut [u32], x: &[f32], w: usize, oh: usize, ow: usize) {
     for oy in 0..oh {
         let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-        let (top, bot) = (&x[r0..r0 + 2 * ow], &x[r1..r1 + 2 * ow]);
         let (yr, ar) = (&mut y[oy * ow..(oy + 1) * ow], &mut am[oy * ow..(oy + 1) * ow]);
-        // Selects instead of branches, so the loop vectorises: the larger of
-        // each row pair, then of the two rows; strict `>` keeps the first
-        // maximum in (a, b, c, d) order, as the sequential scan would.
-        for ox in 0..ow {
-            let (a, b, c, d) = (top[2 * ox], top[2 * ox + 1], bot[2 * ox], bot[2 * ox + 1]);
-            let (v_top, k_top) = if b > a { (b, 1) } else { (a, 0) };
-            let (v_bot, k_bot) = if d > c { (d, w as u32 + 1) } else { (c, w as u32) };
-            let (v, k) = if v_bot > v_top { (v_bot, k_bot) } else { (v_top, k_top) };
-            yr[ox] = v;
-            ar[ox] = (r0 + 2 * ox) as u32 + k;
-        }
+        pool_rows(yr, ar, &x[r0..r0 + 2 * ow], &x[r1..r1 + 2 * ow], w, r0);
     }
 }
 

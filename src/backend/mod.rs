@@ -187,6 +187,26 @@ pub trait Backend: Clone + Send + Sync + 'static {
         self.conv2d_fwd(y, x, w, p);
         self.bias_add(y, bias, p.n, p.oc, p.oh() * p.ow());
     }
+    /// `y = maxpool(conv(x, w) + bias)` and the pooling's `argmax`, as
+    /// `maxpool2d_fwd` writes it (indices into the convolution's output
+    /// planes, whose shape `pool` gives). `conv_out` (`p.y_len()` elements)
+    /// is scratch for the default, the two kernels one after the other; a
+    /// backend that pools as the convolution writes need not touch it.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bias_maxpool_fwd(
+        &self,
+        y: &mut Self::Buf,
+        argmax: &mut Self::IdxBuf,
+        conv_out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        p: &Conv2dParams,
+        pool: &PoolParams,
+    ) {
+        self.conv2d_fwd_bias(conv_out, x, w, bias, p);
+        self.maxpool2d_fwd(y, argmax, conv_out, pool);
+    }
     /// `dx += conv_transpose(dy, w)`.
     fn conv2d_bwd_data(&self, dx: &mut Self::Buf, dy: &Self::Buf, w: &Self::Buf, p: &Conv2dParams);
     /// `dw += Σ_n dy_n ⊛ x_n`.

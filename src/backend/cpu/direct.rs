@@ -40,18 +40,16 @@ mod simd {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
 
-    /// One output plane: `y_k = bias + Σ_c Σ_ij w[c][i][j] · x_c[oy + i][ox + j]`
-    /// over the padded planes (`plane` floats apart, rows `row` wide), 8
-    /// outputs per register; `out_row` (whole groups of chunks, ≤ row − 2
-    /// floats) is the scratch each output row is computed in.
+    /// One output row `oy` of plane k: `out[ox] = bias + Σ_c Σ_ij w[c][i][j] ·
+    /// x_c[oy + i][ox + j]` over the padded planes (`plane` floats apart,
+    /// rows `row` wide), 8 outputs per register, into `out_row` (whole groups
+    /// of chunks, ≤ row − 2 floats; the lanes past the output width are junk).
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA ([`available`]).
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn plane_fwd(
-        y_k: &mut [f32],
-        ow: usize,
+    pub unsafe fn row_fwd(
+        oy: usize,
         padded: &[f32],
         plane: usize,
         row: usize,
@@ -60,28 +58,25 @@ mod simd {
         out_row: &mut [f32],
     ) {
         const SPAN: usize = GROUP * LANES;
-        for (oy, y_row) in y_k.chunks_exact_mut(ow).enumerate() {
-            for (g, out) in out_row.chunks_exact_mut(SPAN).enumerate() {
-                let mut acc = [_mm256_set1_ps(bias); GROUP];
-                for (c, wc) in w.chunks_exact(K * K).enumerate() {
-                    for i in 0..K {
-                        let r = &padded[c * plane + (oy + i) * row + g * SPAN..][..SPAN + K - 1];
-                        for j in 0..K {
-                            let wv = _mm256_set1_ps(wc[i * K + j]);
-                            for (q, a) in acc.iter_mut().enumerate() {
-                                // SAFETY: r holds SPAN + 2 floats, q·8 + j + 8 ≤ SPAN + 2.
-                                let x = unsafe { _mm256_loadu_ps(r.as_ptr().add(q * LANES + j)) };
-                                *a = _mm256_fmadd_ps(wv, x, *a);
-                            }
+        for (g, out) in out_row.chunks_exact_mut(SPAN).enumerate() {
+            let mut acc = [_mm256_set1_ps(bias); GROUP];
+            for (c, wc) in w.chunks_exact(K * K).enumerate() {
+                for i in 0..K {
+                    let r = &padded[c * plane + (oy + i) * row + g * SPAN..][..SPAN + K - 1];
+                    for j in 0..K {
+                        let wv = _mm256_set1_ps(wc[i * K + j]);
+                        for (q, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: r holds SPAN + 2 floats, q·8 + j + 8 ≤ SPAN + 2.
+                            let x = unsafe { _mm256_loadu_ps(r.as_ptr().add(q * LANES + j)) };
+                            *a = _mm256_fmadd_ps(wv, x, *a);
                         }
                     }
                 }
-                for (q, a) in acc.into_iter().enumerate() {
-                    // SAFETY: `out` is SPAN floats, so 8 are writable at q·8.
-                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(q * LANES), a) };
-                }
             }
-            y_row.copy_from_slice(&out_row[..ow]);
+            for (q, a) in acc.into_iter().enumerate() {
+                // SAFETY: `out` is SPAN floats, so 8 are writable at q·8.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(q * LANES), a) };
+            }
         }
     }
 
@@ -132,17 +127,8 @@ mod simd {
     pub fn available() -> bool {
         false
     }
-    #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
-    pub unsafe fn plane_fwd(
-        _: &mut [f32],
-        _: usize,
-        _: &[f32],
-        _: usize,
-        _: usize,
-        _: &[f32],
-        _: f32,
-        _: &mut [f32],
-    ) {
+    #[allow(clippy::missing_safety_doc)]
+    pub unsafe fn row_fwd(_: usize, _: &[f32], _: usize, _: usize, _: &[f32], _: f32, _: &mut [f32]) {
         unreachable!("the direct convolution needs AVX2")
     }
     #[allow(clippy::missing_safety_doc)]
@@ -187,27 +173,80 @@ fn pad_image(dst: &mut [f32], x_img: &[f32], p: &Conv2dParams, g: Padded) {
     }
 }
 
+/// Runs `f(out, padded, rows, geometry)` for every image in parallel, `out`
+/// the image's item of `outs`, `padded` its zero-padded input planes and
+/// `rows` scratch for `out_rows` output rows (thread-local buffers).
+fn each_image<O: Send>(
+    outs: impl IndexedParallelIterator<Item = O>,
+    x: &[f32],
+    p: &Conv2dParams,
+    out_rows: usize,
+    f: impl Fn(O, &[f32], &mut [f32], Padded) + Sync + Send,
+) {
+    let g = Padded::new(p);
+    let x_len = p.c * p.h * p.w;
+    outs.zip(x[..p.n * x_len].par_chunks(x_len)).for_each(|(out, x_img)| {
+        PADDED.with(|buf| {
+            let (padded, rows) = &mut *buf.borrow_mut();
+            padded.resize(p.c * g.plane(), 0.0);
+            let rows_len = out_rows * g.chunks * LANES;
+            rows.resize(rows_len.max(rows.len()), 0.0);
+            pad_image(padded, x_img, p, g);
+            f(out, padded, &mut rows[..rows_len], g);
+        })
+    });
+}
+
 /// `y = conv(x, w) (+ bias)`, overwriting `y`; images in parallel.
 pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
-    let g = Padded::new(p);
-    let (oh, ow) = (p.oh(), p.ow());
-    let (x_len, y_len, patch) = (p.c * p.h * p.w, p.oc * oh * ow, p.patch());
-    y[..p.n * y_len].par_chunks_mut(y_len).zip(x[..p.n * x_len].par_chunks(x_len)).for_each(
-        |(y_img, x_img)| {
-            PADDED.with(|buf| {
-                let (padded, out_row) = &mut *buf.borrow_mut();
-                padded.resize(p.c * g.plane(), 0.0);
-                out_row.resize(g.chunks * LANES, 0.0);
-                pad_image(padded, x_img, p, g);
-                for (k, y_k) in y_img.chunks_exact_mut(oh * ow).enumerate() {
-                    let b = bias.map_or(0.0, |b| b[k]);
-                    let wk = &w[k * patch..(k + 1) * patch];
-                    // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
-                    unsafe { simd::plane_fwd(y_k, ow, padded, g.plane(), g.row, wk, b, out_row) };
+    let (oh, ow, patch) = (p.oh(), p.ow(), p.patch());
+    let y_len = p.oc * oh * ow;
+    each_image(y[..p.n * y_len].par_chunks_mut(y_len), x, p, 1, |y_img, padded, row, g| {
+        for (k, y_k) in y_img.chunks_exact_mut(oh * ow).enumerate() {
+            let (b, wk) = (bias.map_or(0.0, |b| b[k]), &w[k * patch..(k + 1) * patch]);
+            for (oy, y_row) in y_k.chunks_exact_mut(ow).enumerate() {
+                // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
+                unsafe { simd::row_fwd(oy, padded, g.plane(), g.row, wk, b, row) };
+                y_row.copy_from_slice(&row[..ow]);
+            }
+        }
+    });
+}
+
+/// `y = maxpool₂ₓ₂(conv(x, w) + bias)` with the argmax of each window (an
+/// index into the convolution's output plane, as `maxpool2d_fwd` gives it).
+/// Each pair of output rows is pooled as soon as it is made, so the
+/// convolution's output is never written out; rows and columns past the last
+/// whole window are not computed.
+pub fn fwd_pool(y: &mut [f32], am: &mut [u32], x: &[f32], w: &[f32], bias: &[f32], p: &Conv2dParams) {
+    let (ow, patch) = (p.ow(), p.patch());
+    let (ph, pw) = (p.oh() / 2, ow / 2);
+    let y_len = p.oc * ph * pw;
+    let outs = y[..p.n * y_len].par_chunks_mut(y_len).zip(am[..p.n * y_len].par_chunks_mut(y_len));
+    each_image(outs, x, p, 2, |(y_img, a_img), padded, rows, g| {
+        let (r0, r1) = rows.split_at_mut(rows.len() / 2);
+        for (k, (y_k, a_k)) in
+            y_img.chunks_exact_mut(ph * pw).zip(a_img.chunks_exact_mut(ph * pw)).enumerate()
+        {
+            let wk = &w[k * patch..(k + 1) * patch];
+            for py in 0..ph {
+                // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
+                unsafe {
+                    simd::row_fwd(2 * py, padded, g.plane(), g.row, wk, bias[k], r0);
+                    simd::row_fwd(2 * py + 1, padded, g.plane(), g.row, wk, bias[k], r1);
                 }
-            })
-        },
-    );
+                let at = py * pw..(py + 1) * pw;
+                with_simd!(super::pool_rows(
+                    &mut y_k[at.clone()],
+                    &mut a_k[at.clone()],
+                    r0,
+                    r1,
+                    ow,
+                    2 * py * ow
+                ));
+            }
+        }
+    });
 }
 
 /// `dw += ∂L/∂w`, per thread chunk of images (`batch_partials`).

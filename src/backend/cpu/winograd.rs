@@ -260,15 +260,26 @@ enum Write<'a> {
     Set(Option<&'a [f32]>),
     /// Accumulate (backward-data: `dx +=`).
     Add,
+    /// Forward with bias, then 2×2 / stride-2 max pooling: each 2×2 output
+    /// tile is exactly one pooling window, so windows are pooled straight
+    /// from the transform and the convolution's output is never written.
+    Pool(&'a [f32]),
 }
 
-/// `Aᵀ m A` for every tile into the output planes of one image (2×2 per
-/// tile, cropped at odd edges), written as `write` says.
+/// One image's destination: its output planes (`Set`, `Add`), or its
+/// pooled planes and their argmax (`Pool`).
+enum Dest<'a> {
+    Planes(&'a mut [f32]),
+    Pooled(&'a mut [f32], &'a mut [u32]),
+}
+
+/// `Aᵀ m A` for every tile into one image's destination (2×2 per tile,
+/// cropped at odd edges; pooled windows only where whole), as `write` says.
 /// `Aᵀ = [1 1 1 0; 0 1 −1 −1]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn output_transform(
-    y_img: &mut [f32],
+    dest: Dest<'_>,
     m: &[f32],
     place: Place,
     channels: usize,
@@ -279,10 +290,17 @@ fn output_transform(
     let len = t.slots();
     let buf = grow(&mut s.rows, 12 * len);
     let (cols_buf, out) = buf.split_at_mut(8 * len);
-    for (k, yk) in y_img.chunks_exact_mut(t.h * t.w).take(channels).enumerate() {
+    let (ph, pw) = (t.h / 2, t.w / 2);
+    let (mut planes, mut pooled) = (None, None);
+    match dest {
+        Dest::Planes(y) => planes = Some(y.chunks_exact_mut(t.h * t.w)),
+        Dest::Pooled(y, a) => pooled = Some(y.chunks_exact_mut(ph * pw).zip(a.chunks_exact_mut(ph * pw))),
+    }
+    for k in 0..channels {
         let mv = |xi: usize| &m[place.at(xi, k)..][..len];
         let (add, bias) = match write {
             Write::Set(b) => (false, b.map_or(0.0, |b| b[k])),
+            Write::Pool(b) => (false, b[k]),
             Write::Add => (true, 0.0),
         };
         // A from the right: row i of the tile gives columns 0 and 1.
@@ -308,7 +326,25 @@ fn output_transform(
                 *o1 = b - c - d + bias;
             }
         }
-        // Interleave into the plane: out[(j·2 + dy)] is output (2ty + dy, 2tx + j).
+        // out[(j·2 + dy)·len + slot] is output (2ty + dy, 2tx + j) of tile slot ty·cols + tx.
+        if let Some((yk, ak)) = pooled.as_mut().and_then(|it| it.next()) {
+            let tap = |j: usize, dy: usize| &out[(j * 2 + dy) * len..][..len];
+            let (v00, v01, v10, v11) = (tap(0, 0), tap(1, 0), tap(0, 1), tap(1, 1));
+            for ty in 0..ph {
+                let row = ty * t.cols..ty * t.cols + pw;
+                let (a, b, c, d) = (&v00[row.clone()], &v01[row.clone()], &v10[row.clone()], &v11[row]);
+                let (yr, ar) = (&mut yk[ty * pw..(ty + 1) * pw], &mut ak[ty * pw..(ty + 1) * pw]);
+                let base = 2 * ty * t.w;
+                for tx in 0..pw {
+                    let (v, o) = super::max4(a[tx], b[tx], c[tx], d[tx], t.w as u32);
+                    yr[tx] = v;
+                    ar[tx] = (base + 2 * tx) as u32 + o;
+                }
+            }
+            continue;
+        }
+        let yk = planes.as_mut().and_then(|it| it.next()).expect("one plane per channel");
+        // Interleave into the plane.
         for (oy, yrow) in yk.chunks_exact_mut(t.w).enumerate() {
             let (ty, dy) = (oy / 2, oy % 2);
             let e = &out[dy * len + ty * t.cols..][..t.cols];
@@ -374,10 +410,13 @@ fn grad_transform(dm: &mut [f32], place: Place, dy_img: &[f32], channels: usize,
 // ---- the three passes ----------------------------------------------------------------
 
 /// A "same" 3×3 convolution of `input` (`n` images of `ic × h × w`) with the
-/// transformed kernels `u` (`[ξ][oc][ic]`) into `out` (`n × oc × h × w`).
+/// transformed kernels `u` (`[ξ][oc][ic]`) into `out`: `n × oc × h × w`
+/// planes, or with `Write::Pool` the `n × oc × ⌊h/2⌋ × ⌊w/2⌋` pooled planes
+/// and `argmax` beside them.
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     out: &mut [f32],
+    argmax: Option<&mut [u32]>,
     input: &[f32],
     u: &[f32],
     n: usize,
@@ -388,59 +427,71 @@ fn convolve(
 ) {
     let per_img = t.slots();
     let nb = block_images(t);
-    let (in_len, out_len) = (ic * t.h * t.w, oc * t.h * t.w);
-    out[..n * out_len]
-        .par_chunks_mut(nb * out_len)
-        .zip(input[..n * in_len].par_chunks(nb * in_len))
-        .for_each(|(out_b, in_b)| {
-            let imgs = in_b.len() / in_len;
-            let tiles = imgs * per_img;
-            SCRATCH.with(|s| {
-                let s = &mut *s.borrow_mut();
-                let (mut v, mut m) = (std::mem::take(&mut s.v), std::mem::take(&mut s.m));
-                let (vs, ms) = (plane_stride(ic, tiles), plane_stride(oc, tiles));
-                let (vb, mb) = (grow(&mut v, XI * vs), grow(&mut m, XI * ms));
-                with_simd!(for (i, x_img) in in_b.chunks_exact(in_len).enumerate() {
-                    input_transform(
-                        vb,
-                        Place { stride: vs, slots: tiles, slot0: i * per_img },
-                        x_img,
-                        ic,
-                        t,
-                        s,
-                    );
-                });
-                for xi in 0..XI {
-                    gemm_slices(
-                        &mut mb[xi * ms..][..oc * tiles],
-                        &u[xi * oc * ic..(xi + 1) * oc * ic],
-                        &vb[xi * vs..][..ic * tiles],
-                        Gemm::nn(oc, tiles, ic),
-                    );
-                }
-                with_simd!(for (i, y_img) in out_b.chunks_exact_mut(out_len).enumerate() {
-                    output_transform(
-                        y_img,
-                        mb,
-                        Place { stride: ms, slots: tiles, slot0: i * per_img },
-                        oc,
-                        t,
-                        write,
-                        s,
-                    );
-                });
-                (s.v, s.m) = (v, m);
-            })
-        });
+    let in_len = ic * t.h * t.w;
+    // Each block's destination, cut up front so blocks run in parallel.
+    let blocks: Vec<(Vec<Dest<'_>>, &[f32])> = {
+        let dests: Vec<Dest<'_>> = match argmax {
+            None => out.chunks_exact_mut(oc * t.h * t.w).take(n).map(Dest::Planes).collect(),
+            Some(am) => {
+                let len = oc * (t.h / 2) * (t.w / 2);
+                out.chunks_exact_mut(len)
+                    .zip(am.chunks_exact_mut(len))
+                    .take(n)
+                    .map(|(y, a)| Dest::Pooled(y, a))
+                    .collect()
+            }
+        };
+        assert_eq!(dests.len(), n, "winograd: output too short for {n} images");
+        let mut dests = dests.into_iter();
+        input[..n * in_len]
+            .chunks(nb * in_len)
+            .map(|inb| ((&mut dests).take(inb.len() / in_len).collect(), inb))
+            .collect()
+    };
+    blocks.into_par_iter().for_each(|(dests, in_b)| {
+        let tiles = dests.len() * per_img;
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let (mut v, mut m) = (std::mem::take(&mut s.v), std::mem::take(&mut s.m));
+            let (vs, ms) = (plane_stride(ic, tiles), plane_stride(oc, tiles));
+            let (vb, mb) = (grow(&mut v, XI * vs), grow(&mut m, XI * ms));
+            with_simd!(for (i, x_img) in in_b.chunks_exact(in_len).enumerate() {
+                input_transform(vb, Place { stride: vs, slots: tiles, slot0: i * per_img }, x_img, ic, t, s);
+            });
+            for xi in 0..XI {
+                gemm_slices(
+                    &mut mb[xi * ms..][..oc * tiles],
+                    &u[xi * oc * ic..(xi + 1) * oc * ic],
+                    &vb[xi * vs..][..ic * tiles],
+                    Gemm::nn(oc, tiles, ic),
+                );
+            }
+            with_simd!(for (i, dest) in dests.into_iter().enumerate() {
+                let place = Place { stride: ms, slots: tiles, slot0: i * per_img };
+                output_transform(dest, mb, place, oc, t, write, s);
+            });
+            (s.v, s.m) = (v, m);
+        })
+    });
 }
 
 /// `y = conv(x, w) (+ bias)`, overwriting `y`.
 pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
+    forward(y, None, x, w, Write::Set(bias), p)
+}
+
+/// `y = maxpool₂ₓ₂(conv(x, w) + bias)` with the argmax of each window (an
+/// index into the convolution's output plane, as `maxpool2d_fwd` gives it).
+pub fn fwd_pool(y: &mut [f32], am: &mut [u32], x: &[f32], w: &[f32], bias: &[f32], p: &Conv2dParams) {
+    forward(y, Some(am), x, w, Write::Pool(bias), p)
+}
+
+fn forward(y: &mut [f32], am: Option<&mut [u32]>, x: &[f32], w: &[f32], write: Write<'_>, p: &Conv2dParams) {
     KERNELS.with(|u| {
         let mut u = u.borrow_mut();
         let u = grow(&mut u, XI * p.oc * p.c);
         transform_kernels(u, w, p.oc, p.c, false);
-        convolve(y, x, u, p.n, p.c, p.oc, Tiling::new(p.h, p.w), Write::Set(bias));
+        convolve(y, am, x, u, p.n, p.c, p.oc, Tiling::new(p.h, p.w), write);
     })
 }
 
@@ -450,7 +501,7 @@ pub fn bwd_data(dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
         let mut u = u.borrow_mut();
         let u = grow(&mut u, XI * p.oc * p.c);
         transform_kernels(u, w, p.oc, p.c, true);
-        convolve(dx, dy, u, p.n, p.oc, p.c, Tiling::new(p.h, p.w), Write::Add);
+        convolve(dx, None, dy, u, p.n, p.oc, p.c, Tiling::new(p.h, p.w), Write::Add);
     })
 }
 
