@@ -43,6 +43,7 @@ macro_rules! with_simd {
 }
 
 mod direct;
+mod microgemm;
 mod winograd;
 
 /// f32 storage on the host.

@@ -20,7 +20,7 @@
 //! and halve, so rounding stays at the level of the direct convolution
 //! (tests/engine.rs compares against the naive f64 reference).
 
-use super::{batch_partials, gemm_slices, Conv2dParams, Gemm};
+use super::{batch_partials, gemm_slices, microgemm, Conv2dParams, Gemm};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -458,13 +458,19 @@ fn convolve(
             with_simd!(for (i, x_img) in in_b.chunks_exact(in_len).enumerate() {
                 input_transform(vb, Place { stride: vs, slots: tiles, slot0: i * per_img }, x_img, ic, t, s);
             });
+            let unpacked = microgemm::available();
             for xi in 0..XI {
-                gemm_slices(
+                let (c, a, b) = (
                     &mut mb[xi * ms..][..oc * tiles],
-                    &u[xi * oc * ic..(xi + 1) * oc * ic],
+                    &u[xi * oc * ic..][..oc * ic],
                     &vb[xi * vs..][..ic * tiles],
-                    Gemm::nn(oc, tiles, ic),
                 );
+                if unpacked {
+                    // SAFETY: `available` checked AVX2 and FMA.
+                    unsafe { microgemm::gemm(c, a, b, oc, tiles, ic) }
+                } else {
+                    gemm_slices(c, a, b, Gemm::nn(oc, tiles, ic));
+                }
             }
             with_simd!(for (i, dest) in dests.into_iter().enumerate() {
                 let place = Place { stride: ms, slots: tiles, slot0: i * per_img };
