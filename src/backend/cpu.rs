@@ -19,7 +19,10 @@ use std::sync::{Arc, Mutex};
 /// Runs `$body` compiled for AVX2 + FMA when the CPU has them, otherwise for
 /// the baseline target (x86-64 means SSE2 only). The body's loops must be
 /// `#[inline(always)]` functions or inline code to be vectorised 8 wide: a
-/// called function that is not inlined keeps its baseline code.
+/// called function that is not inlined keeps its baseline code. That holds
+/// for the closure around the body too: without `#[inline(always)]` LLVM
+/// outlines a large one (it did once the Winograd output transform grew a
+/// pooling branch), and the whole body silently ran as SSE2.
 macro_rules! with_simd {
     ($body:expr) => {{
         #[cfg(target_arch = "x86_64")]
@@ -30,7 +33,12 @@ macro_rules! with_simd {
             }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: the features `avx2` was compiled for were just detected.
-                unsafe { avx2(|| $body) }
+                unsafe {
+                    avx2(
+                        #[inline(always)]
+                        || $body,
+                    )
+                }
             } else {
                 $body
             }
