@@ -87,37 +87,32 @@ mod x86 {
         // < m, p < k, and B/C columns j0.. are read or written only under the
         // masks when fewer than 16 remain.
         unsafe {
-            if cols == NR {
-                for p in 0..k {
-                    let row = bp.add(p * n + j0);
-                    let (b0, b1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let av = _mm256_broadcast_ss(&*ap.add((i0 + r) * k + p));
-                        acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
-                        acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
+            // The k loop, with `$b` (B's 16 values of row `$row` at j0) and
+            // the stores of the block given by the caller.
+            macro_rules! sweep {
+                ($row:ident => $b:expr; $out:ident, $acc:ident => $store:expr) => {{
+                    for p in 0..k {
+                        let $row = bp.add(p * n + j0);
+                        let (b0, b1) = $b;
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let av = _mm256_broadcast_ss(&*ap.add((i0 + r) * k + p));
+                            acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
+                            acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
+                        }
                     }
-                }
-                for (r, acc_r) in acc.iter().enumerate() {
-                    let out = cp.add((i0 + r) * n + j0);
-                    _mm256_storeu_ps(out, acc_r[0]);
-                    _mm256_storeu_ps(out.add(8), acc_r[1]);
-                }
+                    for (r, $acc) in acc.iter().enumerate() {
+                        let $out = cp.add((i0 + r) * n + j0);
+                        $store;
+                    }
+                }};
+            }
+            if cols == NR {
+                sweep!(row => (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+                    out, v => { _mm256_storeu_ps(out, v[0]); _mm256_storeu_ps(out.add(8), v[1]) });
             } else {
                 let (m0, m1) = masks(cols);
-                for p in 0..k {
-                    let row = bp.add(p * n + j0);
-                    let (b0, b1) = (_mm256_maskload_ps(row, m0), _mm256_maskload_ps(row.add(8), m1));
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let av = _mm256_broadcast_ss(&*ap.add((i0 + r) * k + p));
-                        acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
-                        acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
-                    }
-                }
-                for (r, acc_r) in acc.iter().enumerate() {
-                    let out = cp.add((i0 + r) * n + j0);
-                    _mm256_maskstore_ps(out, m0, acc_r[0]);
-                    _mm256_maskstore_ps(out.add(8), m1, acc_r[1]);
-                }
+                sweep!(row => (_mm256_maskload_ps(row, m0), _mm256_maskload_ps(row.add(8), m1));
+                    out, v => { _mm256_maskstore_ps(out, m0, v[0]); _mm256_maskstore_ps(out.add(8), m1, v[1]) });
             }
         }
     }
