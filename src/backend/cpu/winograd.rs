@@ -21,6 +21,7 @@
 //! (tests/engine.rs compares against the naive f64 reference).
 
 use super::{batch_partials, gemm_slices, microgemm, Conv2dParams, Gemm};
+use rayon::iter::Either;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -266,11 +267,21 @@ enum Write<'a> {
     Pool(&'a [f32]),
 }
 
-/// One image's destination: its output planes (`Set`, `Add`), or its
-/// pooled planes and their argmax (`Pool`).
+/// Where a block's (or one image's) results go: output planes (`Set`,
+/// `Add`), or pooled planes and their argmax (`Pool`).
 enum Dest<'a> {
     Planes(&'a mut [f32]),
     Pooled(&'a mut [f32], &'a mut [u32]),
+}
+
+impl Dest<'_> {
+    /// Image `i` of a block whose images take `len` values each.
+    fn image(&mut self, i: usize, len: usize) -> Dest<'_> {
+        match self {
+            Dest::Planes(y) => Dest::Planes(&mut y[i * len..][..len]),
+            Dest::Pooled(y, a) => Dest::Pooled(&mut y[i * len..][..len], &mut a[i * len..][..len]),
+        }
+    }
 }
 
 /// `Aᵀ m A` for every tile into one image's destination (2×2 per tile,
@@ -428,28 +439,21 @@ fn convolve(
     let per_img = t.slots();
     let nb = block_images(t);
     let in_len = ic * t.h * t.w;
-    // Each block's destination, cut up front so blocks run in parallel.
-    let blocks: Vec<(Vec<Dest<'_>>, &[f32])> = {
-        let dests: Vec<Dest<'_>> = match argmax {
-            None => out.chunks_exact_mut(oc * t.h * t.w).take(n).map(Dest::Planes).collect(),
-            Some(am) => {
-                let len = oc * (t.h / 2) * (t.w / 2);
-                out.chunks_exact_mut(len)
-                    .zip(am.chunks_exact_mut(len))
-                    .take(n)
-                    .map(|(y, a)| Dest::Pooled(y, a))
-                    .collect()
-            }
-        };
-        assert_eq!(dests.len(), n, "winograd: output too short for {n} images");
-        let mut dests = dests.into_iter();
-        input[..n * in_len]
-            .chunks(nb * in_len)
-            .map(|inb| ((&mut dests).take(inb.len() / in_len).collect(), inb))
-            .collect()
+    // Values per image at the destination, and each block's destination.
+    let (len, blocks) = match argmax {
+        None => {
+            let len = oc * t.h * t.w;
+            (len, Either::Left(out[..n * len].par_chunks_mut(nb * len).map(Dest::Planes)))
+        }
+        Some(am) => {
+            let len = oc * (t.h / 2) * (t.w / 2);
+            let pooled = out[..n * len].par_chunks_mut(nb * len).zip(am[..n * len].par_chunks_mut(nb * len));
+            (len, Either::Right(pooled.map(|(y, a)| Dest::Pooled(y, a))))
+        }
     };
-    blocks.into_par_iter().for_each(|(dests, in_b)| {
-        let tiles = dests.len() * per_img;
+    blocks.zip(input[..n * in_len].par_chunks(nb * in_len)).for_each(|(mut dest, in_b)| {
+        let imgs = in_b.len() / in_len;
+        let tiles = imgs * per_img;
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             let (mut v, mut m) = (std::mem::take(&mut s.v), std::mem::take(&mut s.m));
@@ -472,9 +476,9 @@ fn convolve(
                     gemm_slices(c, a, b, Gemm::nn(oc, tiles, ic));
                 }
             }
-            with_simd!(for (i, dest) in dests.into_iter().enumerate() {
+            with_simd!(for i in 0..imgs {
                 let place = Place { stride: ms, slots: tiles, slot0: i * per_img };
-                output_transform(dest, mb, place, oc, t, write, s);
+                output_transform(dest.image(i, len), mb, place, oc, t, write, s);
             });
             (s.v, s.m) = (v, m);
         })
