@@ -300,8 +300,7 @@ impl<'a, B: Backend> Tape<'a, B> {
     /// `maxpool(conv2d(x))` as one op: x (N, C, H, W) → (N, OC, OH', OW').
     pub fn conv2d_maxpool(&mut self, x: Var, l: &'a Conv2d<B>, k: usize, s: usize) -> Var {
         let p = self.conv_params(x, l);
-        let pool = PoolParams { n: p.n, c: p.oc, h: p.oh(), w: p.ow(), k, s };
-        assert!(pool.h >= k && pool.w >= k, "maxpool2d: input shape {pool:?} too small for a {k}×{k} window");
+        let pool = pool_params(&Shape::new(&[p.n, p.oc, p.oh(), p.ow()]), k, s);
         let mut y = self.take_buf(pool.y_len());
         let mut argmax = self.take_idx(pool.y_len());
         let mut conv_out = self.take_buf(p.y_len());
@@ -330,12 +329,7 @@ impl<'a, B: Backend> Tape<'a, B> {
     }
 
     pub fn maxpool2d(&mut self, x: Var, k: usize, s: usize) -> Var {
-        let xs = self.shape(x).clone();
-        assert!(
-            xs.0.len() == 4 && xs.0[2] >= k && xs.0[3] >= k,
-            "maxpool2d: input shape {xs} too small for a {k}×{k} window"
-        );
-        let p = PoolParams { n: xs.0[0], c: xs.0[1], h: xs.0[2], w: xs.0[3], k, s };
+        let p = pool_params(self.shape(x), k, s);
         let mut y = self.take_buf(p.y_len());
         let mut argmax = self.take_idx(p.y_len());
         self.b.maxpool2d_fwd(&mut y, &mut argmax, self.value(x), &p);
@@ -471,12 +465,10 @@ impl<'a, B: Backend> Tape<'a, B> {
             Op::ConvPool { x, l, p, pool, .. } => {
                 // The convolution's output gradient: the pooled gradient
                 // routed back to each window's argmax, zero elsewhere.
-                let Op::ConvPool { argmax, .. } = std::mem::replace(&mut self.nodes[i].op, Op::Input) else {
-                    unreachable!()
-                };
                 let mut dconv = self.ws.take_zeroed(b, p.y_len());
-                b.maxpool2d_bwd(&mut dconv, dy, &argmax, &pool);
-                self.nodes[i].op = Op::ConvPool { x, l, p, argmax, pool };
+                if let Op::ConvPool { argmax, .. } = &self.nodes[i].op {
+                    b.maxpool2d_bwd(&mut dconv, dy, argmax, &pool);
+                }
                 self.conv_backward(x, l, &p, &dconv, grads);
                 self.give_buf(dconv);
             }
@@ -499,6 +491,16 @@ impl<'a, B: Backend> Tape<'a, B> {
             }
         }
     }
+}
+
+/// The geometry of a k×k, stride-s max pooling of a (N, C, H, W) input,
+/// checking that the window fits.
+fn pool_params(xs: &Shape, k: usize, s: usize) -> PoolParams {
+    assert!(
+        xs.0.len() == 4 && xs.0[2] >= k && xs.0[3] >= k,
+        "maxpool2d: input shape {xs} too small for a {k}×{k} window"
+    );
+    PoolParams { n: xs.0[0], c: xs.0[1], h: xs.0[2], w: xs.0[3], k, s }
 }
 
 impl<B: Backend> Drop for Tape<'_, B> {

@@ -254,128 +254,152 @@ fn input_transform(v: &mut [f32], place: Place, x_img: &[f32], channels: usize, 
     }
 }
 
-/// How the output transform writes its planes.
-#[derive(Clone, Copy)]
-enum Write<'a> {
-    /// Overwrite, plus a per-channel bias if given (the forward pass).
-    Set(Option<&'a [f32]>),
-    /// Accumulate (backward-data: `dx +=`).
-    Add,
-    /// Forward with bias, then 2×2 / stride-2 max pooling: each 2×2 output
-    /// tile is exactly one pooling window, so windows are pooled straight
-    /// from the transform and the convolution's output is never written.
-    Pool(&'a [f32]),
+/// Where the output transform writes, and how.
+enum Out<'a> {
+    /// Overwrite the output planes, plus a per-channel bias if given (the
+    /// forward pass).
+    Set(&'a mut [f32], Option<&'a [f32]>),
+    /// Accumulate into the planes (backward-data: `dx +=`).
+    Add(&'a mut [f32]),
+    /// Forward with bias, then 2×2 / stride-2 max pooling into the pooled
+    /// planes and their argmax: each 2×2 output tile is exactly one pooling
+    /// window, so windows are pooled straight from the transform and the
+    /// convolution's output is never written.
+    Pool(&'a mut [f32], &'a mut [u32], &'a [f32]),
 }
 
-/// Where a block's (or one image's) results go: output planes (`Set`,
-/// `Add`), or pooled planes and their argmax (`Pool`).
-enum Dest<'a> {
-    Planes(&'a mut [f32]),
-    Pooled(&'a mut [f32], &'a mut [u32]),
-}
-
-impl Dest<'_> {
-    /// Image `i` of a block whose images take `len` values each.
-    fn image(&mut self, i: usize, len: usize) -> Dest<'_> {
+impl Out<'_> {
+    /// Values per image at this destination (`oc` channels of `t`).
+    fn image_len(&self, oc: usize, t: Tiling) -> usize {
         match self {
-            Dest::Planes(y) => Dest::Planes(&mut y[i * len..][..len]),
-            Dest::Pooled(y, a) => Dest::Pooled(&mut y[i * len..][..len], &mut a[i * len..][..len]),
+            Out::Pool(..) => oc * (t.h / 2) * (t.w / 2),
+            Out::Set(..) | Out::Add(..) => oc * t.h * t.w,
+        }
+    }
+
+    /// Image `i` of a destination whose images take `len` values each.
+    fn image(&mut self, i: usize, len: usize) -> Out<'_> {
+        match self {
+            Out::Set(y, bias) => Out::Set(&mut y[i * len..][..len], *bias),
+            Out::Add(y) => Out::Add(&mut y[i * len..][..len]),
+            Out::Pool(y, a, bias) => Out::Pool(&mut y[i * len..][..len], &mut a[i * len..][..len], bias),
         }
     }
 }
 
-/// `Aᵀ m A` for every tile into one image's destination (2×2 per tile,
-/// cropped at odd edges; pooled windows only where whole), as `write` says.
-/// `Aᵀ = [1 1 1 0; 0 1 −1 −1]`.
+/// `Aᵀ m A` for every tile of channel `k`, plus `bias`, into `out`:
+/// `out[(j·2 + dy)·len + slot]` is output (2ty + dy, 2tx + j) of tile slot
+/// ty·cols + tx. `Aᵀ = [1 1 1 0; 0 1 −1 −1]`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_transform(
-    dest: Dest<'_>,
+fn inverse_tiles(
+    out: &mut [f32],
+    cols_buf: &mut [f32],
     m: &[f32],
     place: Place,
-    channels: usize,
-    t: Tiling,
-    write: Write<'_>,
-    s: &mut Scratch,
+    k: usize,
+    len: usize,
+    bias: f32,
 ) {
+    let mv = |xi: usize| &m[place.at(xi, k)..][..len];
+    // A from the right: row i of the tile gives columns 0 and 1.
+    for i in 0..4 {
+        let (c0, c1) = cols_buf[i * 2 * len..(i + 1) * 2 * len].split_at_mut(len);
+        let (a, b, c, d) = (mv(i * 4), mv(i * 4 + 1), mv(i * 4 + 2), mv(i * 4 + 3));
+        for ((((o0, o1), &a), (&b, &c)), &d) in
+            c0.iter_mut().zip(c1.iter_mut()).zip(a).zip(b.iter().zip(c)).zip(d)
+        {
+            *o0 = a + b + c;
+            *o1 = b - c - d;
+        }
+    }
+    // Aᵀ from the left: output rows 0 and 1 of each tile, columns 0 and 1.
+    let col = |i: usize, j: usize| &cols_buf[(i * 2 + j) * len..][..len];
+    for j in 0..2 {
+        let (r0, r1) = out[j * 2 * len..(j + 1) * 2 * len].split_at_mut(len);
+        let (a, b, c, d) = (col(0, j), col(1, j), col(2, j), col(3, j));
+        for ((((o0, o1), &a), (&b, &c)), &d) in
+            r0.iter_mut().zip(r1.iter_mut()).zip(a).zip(b.iter().zip(c)).zip(d)
+        {
+            *o0 = a + b + c + bias;
+            *o1 = b - c - d + bias;
+        }
+    }
+}
+
+/// Interleaves one channel's tile outputs (`inverse_tiles`) into its plane,
+/// overwriting or (`add`) accumulating; odd edges cropped.
+#[inline(always)]
+fn interleave(yk: &mut [f32], out: &[f32], len: usize, t: Tiling, add: bool) {
+    for (oy, yrow) in yk.chunks_exact_mut(t.w).enumerate() {
+        let (ty, dy) = (oy / 2, oy % 2);
+        let e = &out[dy * len + ty * t.cols..][..t.cols];
+        let o = &out[(2 + dy) * len + ty * t.cols..][..t.cols];
+        let n = t.w / 2;
+        let (pairs, e2, o2) = (&mut yrow[..2 * n], &e[..n], &o[..n]);
+        if add {
+            for j in 0..n {
+                pairs[2 * j] += e2[j];
+                pairs[2 * j + 1] += o2[j];
+            }
+        } else {
+            for j in 0..n {
+                pairs[2 * j] = e2[j];
+                pairs[2 * j + 1] = o2[j];
+            }
+        }
+        if t.w % 2 == 1 {
+            let (last, a) = (&mut yrow[t.w - 1], e[t.w / 2]);
+            *last = if add { *last + a } else { a };
+        }
+    }
+}
+
+/// Max-pools one channel's tile outputs (`inverse_tiles`), one window per
+/// whole tile, into its pooled plane and argmax (indices into the plane).
+#[inline(always)]
+fn pool_tiles(yk: &mut [f32], ak: &mut [u32], out: &[f32], len: usize, t: Tiling) {
+    let (ph, pw) = (t.h / 2, t.w / 2);
+    let tap = |j: usize, dy: usize| &out[(j * 2 + dy) * len..][..len];
+    let (v00, v01, v10, v11) = (tap(0, 0), tap(1, 0), tap(0, 1), tap(1, 1));
+    for ty in 0..ph {
+        let row = ty * t.cols..ty * t.cols + pw;
+        let (a, b, c, d) = (&v00[row.clone()], &v01[row.clone()], &v10[row.clone()], &v11[row]);
+        let (yr, ar) = (&mut yk[ty * pw..(ty + 1) * pw], &mut ak[ty * pw..(ty + 1) * pw]);
+        let base = 2 * ty * t.w;
+        for tx in 0..pw {
+            let (v, o) = super::max4(a[tx], b[tx], c[tx], d[tx], t.w as u32);
+            yr[tx] = v;
+            ar[tx] = (base + 2 * tx) as u32 + o;
+        }
+    }
+}
+
+/// The output transform of one image: every channel's tiles into `dest`.
+#[inline(always)]
+fn output_transform(dest: Out<'_>, m: &[f32], place: Place, channels: usize, t: Tiling, s: &mut Scratch) {
     let len = t.slots();
     let buf = grow(&mut s.rows, 12 * len);
     let (cols_buf, out) = buf.split_at_mut(8 * len);
-    let (ph, pw) = (t.h / 2, t.w / 2);
-    let (mut planes, mut pooled) = (None, None);
     match dest {
-        Dest::Planes(y) => planes = Some(y.chunks_exact_mut(t.h * t.w)),
-        Dest::Pooled(y, a) => pooled = Some(y.chunks_exact_mut(ph * pw).zip(a.chunks_exact_mut(ph * pw))),
-    }
-    for k in 0..channels {
-        let mv = |xi: usize| &m[place.at(xi, k)..][..len];
-        let (add, bias) = match write {
-            Write::Set(b) => (false, b.map_or(0.0, |b| b[k])),
-            Write::Pool(b) => (false, b[k]),
-            Write::Add => (true, 0.0),
-        };
-        // A from the right: row i of the tile gives columns 0 and 1.
-        for i in 0..4 {
-            let (c0, c1) = cols_buf[i * 2 * len..(i + 1) * 2 * len].split_at_mut(len);
-            let (a, b, c, d) = (mv(i * 4), mv(i * 4 + 1), mv(i * 4 + 2), mv(i * 4 + 3));
-            for ((((o0, o1), &a), (&b, &c)), &d) in
-                c0.iter_mut().zip(c1.iter_mut()).zip(a).zip(b.iter().zip(c)).zip(d)
+        Out::Set(y, bias) => {
+            for (k, yk) in y.chunks_exact_mut(t.h * t.w).take(channels).enumerate() {
+                inverse_tiles(out, cols_buf, m, place, k, len, bias.map_or(0.0, |b| b[k]));
+                interleave(yk, out, len, t, false);
+            }
+        }
+        Out::Add(y) => {
+            for (k, yk) in y.chunks_exact_mut(t.h * t.w).take(channels).enumerate() {
+                inverse_tiles(out, cols_buf, m, place, k, len, 0.0);
+                interleave(yk, out, len, t, true);
+            }
+        }
+        Out::Pool(y, am, bias) => {
+            let plane = (t.h / 2) * (t.w / 2);
+            for (k, (yk, ak)) in
+                y.chunks_exact_mut(plane).zip(am.chunks_exact_mut(plane)).take(channels).enumerate()
             {
-                *o0 = a + b + c;
-                *o1 = b - c - d;
-            }
-        }
-        // Aᵀ from the left: output rows 0 and 1 of each tile, columns 0 and 1.
-        let col = |i: usize, j: usize| &cols_buf[(i * 2 + j) * len..][..len];
-        for j in 0..2 {
-            let (r0, r1) = out[j * 2 * len..(j + 1) * 2 * len].split_at_mut(len);
-            let (a, b, c, d) = (col(0, j), col(1, j), col(2, j), col(3, j));
-            for ((((o0, o1), &a), (&b, &c)), &d) in
-                r0.iter_mut().zip(r1.iter_mut()).zip(a).zip(b.iter().zip(c)).zip(d)
-            {
-                *o0 = a + b + c + bias;
-                *o1 = b - c - d + bias;
-            }
-        }
-        // out[(j·2 + dy)·len + slot] is output (2ty + dy, 2tx + j) of tile slot ty·cols + tx.
-        if let Some((yk, ak)) = pooled.as_mut().and_then(|it| it.next()) {
-            let tap = |j: usize, dy: usize| &out[(j * 2 + dy) * len..][..len];
-            let (v00, v01, v10, v11) = (tap(0, 0), tap(1, 0), tap(0, 1), tap(1, 1));
-            for ty in 0..ph {
-                let row = ty * t.cols..ty * t.cols + pw;
-                let (a, b, c, d) = (&v00[row.clone()], &v01[row.clone()], &v10[row.clone()], &v11[row]);
-                let (yr, ar) = (&mut yk[ty * pw..(ty + 1) * pw], &mut ak[ty * pw..(ty + 1) * pw]);
-                let base = 2 * ty * t.w;
-                for tx in 0..pw {
-                    let (v, o) = super::max4(a[tx], b[tx], c[tx], d[tx], t.w as u32);
-                    yr[tx] = v;
-                    ar[tx] = (base + 2 * tx) as u32 + o;
-                }
-            }
-            continue;
-        }
-        let yk = planes.as_mut().and_then(|it| it.next()).expect("one plane per channel");
-        // Interleave into the plane.
-        for (oy, yrow) in yk.chunks_exact_mut(t.w).enumerate() {
-            let (ty, dy) = (oy / 2, oy % 2);
-            let e = &out[dy * len + ty * t.cols..][..t.cols];
-            let o = &out[(2 + dy) * len + ty * t.cols..][..t.cols];
-            let n = t.w / 2;
-            let (pairs, e2, o2) = (&mut yrow[..2 * n], &e[..n], &o[..n]);
-            if add {
-                for j in 0..n {
-                    pairs[2 * j] += e2[j];
-                    pairs[2 * j + 1] += o2[j];
-                }
-            } else {
-                for j in 0..n {
-                    pairs[2 * j] = e2[j];
-                    pairs[2 * j + 1] = o2[j];
-                }
-            }
-            if t.w % 2 == 1 {
-                let (last, a) = (&mut yrow[t.w - 1], e[t.w / 2]);
-                *last = if add { *last + a } else { a };
+                inverse_tiles(out, cols_buf, m, place, k, len, bias[k]);
+                pool_tiles(yk, ak, out, len, t);
             }
         }
     }
@@ -421,34 +445,23 @@ fn grad_transform(dm: &mut [f32], place: Place, dy_img: &[f32], channels: usize,
 // ---- the three passes ----------------------------------------------------------------
 
 /// A "same" 3×3 convolution of `input` (`n` images of `ic × h × w`) with the
-/// transformed kernels `u` (`[ξ][oc][ic]`) into `out`: `n × oc × h × w`
-/// planes, or with `Write::Pool` the `n × oc × ⌊h/2⌋ × ⌊w/2⌋` pooled planes
-/// and `argmax` beside them.
+/// transformed kernels `u` (`[ξ][oc][ic]`) into `out` (`n` images, as its
+/// variant says).
 #[allow(clippy::too_many_arguments)]
-fn convolve(
-    out: &mut [f32],
-    argmax: Option<&mut [u32]>,
-    input: &[f32],
-    u: &[f32],
-    n: usize,
-    ic: usize,
-    oc: usize,
-    t: Tiling,
-    write: Write<'_>,
-) {
+fn convolve(out: Out<'_>, input: &[f32], u: &[f32], n: usize, ic: usize, oc: usize, t: Tiling) {
     let per_img = t.slots();
     let nb = block_images(t);
     let in_len = ic * t.h * t.w;
-    // Values per image at the destination, and each block's destination.
-    let (len, blocks) = match argmax {
-        None => {
-            let len = oc * t.h * t.w;
-            (len, Either::Left(out[..n * len].par_chunks_mut(nb * len).map(Dest::Planes)))
+    // Each block's destination, cut so that blocks run in parallel.
+    let len = out.image_len(oc, t);
+    let blocks = match out {
+        Out::Set(y, bias) => {
+            Either::Left(Either::Left(y[..n * len].par_chunks_mut(nb * len).map(move |y| Out::Set(y, bias))))
         }
-        Some(am) => {
-            let len = oc * (t.h / 2) * (t.w / 2);
-            let pooled = out[..n * len].par_chunks_mut(nb * len).zip(am[..n * len].par_chunks_mut(nb * len));
-            (len, Either::Right(pooled.map(|(y, a)| Dest::Pooled(y, a))))
+        Out::Add(y) => Either::Left(Either::Right(y[..n * len].par_chunks_mut(nb * len).map(Out::Add))),
+        Out::Pool(y, am, bias) => {
+            let pooled = y[..n * len].par_chunks_mut(nb * len).zip(am[..n * len].par_chunks_mut(nb * len));
+            Either::Right(pooled.map(move |(y, a)| Out::Pool(y, a, bias)))
         }
     };
     blocks.zip(input[..n * in_len].par_chunks(nb * in_len)).for_each(|(mut dest, in_b)| {
@@ -478,7 +491,7 @@ fn convolve(
             }
             with_simd!(for i in 0..imgs {
                 let place = Place { stride: ms, slots: tiles, slot0: i * per_img };
-                output_transform(dest.image(i, len), mb, place, oc, t, write, s);
+                output_transform(dest.image(i, len), mb, place, oc, t, s);
             });
             (s.v, s.m) = (v, m);
         })
@@ -487,21 +500,21 @@ fn convolve(
 
 /// `y = conv(x, w) (+ bias)`, overwriting `y`.
 pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
-    forward(y, None, x, w, Write::Set(bias), p)
+    forward(Out::Set(y, bias), x, w, p)
 }
 
 /// `y = maxpool₂ₓ₂(conv(x, w) + bias)` with the argmax of each window (an
 /// index into the convolution's output plane, as `maxpool2d_fwd` gives it).
 pub fn fwd_pool(y: &mut [f32], am: &mut [u32], x: &[f32], w: &[f32], bias: &[f32], p: &Conv2dParams) {
-    forward(y, Some(am), x, w, Write::Pool(bias), p)
+    forward(Out::Pool(y, am, bias), x, w, p)
 }
 
-fn forward(y: &mut [f32], am: Option<&mut [u32]>, x: &[f32], w: &[f32], write: Write<'_>, p: &Conv2dParams) {
+fn forward(out: Out<'_>, x: &[f32], w: &[f32], p: &Conv2dParams) {
     KERNELS.with(|u| {
         let mut u = u.borrow_mut();
         let u = grow(&mut u, XI * p.oc * p.c);
         transform_kernels(u, w, p.oc, p.c, false);
-        convolve(y, am, x, u, p.n, p.c, p.oc, Tiling::new(p.h, p.w), write);
+        convolve(out, x, u, p.n, p.c, p.oc, Tiling::new(p.h, p.w));
     })
 }
 
@@ -511,7 +524,7 @@ pub fn bwd_data(dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
         let mut u = u.borrow_mut();
         let u = grow(&mut u, XI * p.oc * p.c);
         transform_kernels(u, w, p.oc, p.c, true);
-        convolve(dx, None, dy, u, p.n, p.oc, p.c, Tiling::new(p.h, p.w), Write::Add);
+        convolve(Out::Add(dx), dy, u, p.n, p.oc, p.c, Tiling::new(p.h, p.w));
     })
 }
 
