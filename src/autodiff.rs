@@ -418,12 +418,18 @@ impl<'a, B: Backend> Tape<'a, B> {
     }
 
     /// Gradients of a convolution with bias from its output gradient `dy`.
+    /// The bias gradient is the per-channel sum of `bias_dy`, planes of
+    /// `bias_inner` values: `dy` itself, or for a pooled convolution the
+    /// pooled gradient, whose sum is the same (pooling's backward only moves
+    /// each value to its window's winner) and 4× shorter.
+    #[allow(clippy::too_many_arguments)]
     fn conv_backward(
         &mut self,
         x: Var,
         l: &'a Conv2d<B>,
         p: &Conv2dParams,
         dy: &B::Buf,
+        (bias_dy, bias_inner): (&B::Buf, usize),
         grads: &mut Grads<B>,
     ) {
         let b = self.b;
@@ -431,7 +437,7 @@ impl<'a, B: Backend> Tape<'a, B> {
             b.conv2d_bwd_weight(dw, self.value(x), dy, p);
         }
         if let Some(db) = grads.get_mut(l.b.id) {
-            b.bias_grad(db, dy, p.n, p.oc, p.oh() * p.ow());
+            b.bias_grad(db, bias_dy, p.n, p.oc, bias_inner);
         }
         if self.needs_grad(x) {
             let w = &l.w.value.buf;
@@ -461,15 +467,15 @@ impl<'a, B: Backend> Tape<'a, B> {
                     b.sgemm(dx, dy, w, Gemm::nn(n, l.in_f, l.out_f).acc());
                 }
             }
-            Op::Conv2d { x, l, p } => self.conv_backward(x, l, &p, dy, grads),
+            Op::Conv2d { x, l, p } => self.conv_backward(x, l, &p, dy, (dy, p.oh() * p.ow()), grads),
             Op::ConvPool { x, l, p, pool, .. } => {
                 // The convolution's output gradient: the pooled gradient
                 // routed back to each window's argmax, zero elsewhere.
-                let mut dconv = self.ws.take_zeroed(b, p.y_len());
+                let mut dconv = self.ws.take(b, p.y_len());
                 if let Op::ConvPool { argmax, .. } = &self.nodes[i].op {
-                    b.maxpool2d_bwd(&mut dconv, dy, argmax, &pool);
+                    b.maxpool2d_bwd_set(&mut dconv, dy, argmax, &pool);
                 }
-                self.conv_backward(x, l, &p, &dconv, grads);
+                self.conv_backward(x, l, &p, &dconv, (dy, pool.oh() * pool.ow()), grads);
                 self.give_buf(dconv);
             }
             Op::Relu { x } => {

@@ -218,6 +218,35 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// `maxpool2d_bwd_set` overwrites whatever `dx` held (NaN here) with
+    /// exactly what zeroing and `maxpool2d_bwd` give, on its one-pass path
+    /// (2×2 / stride 2, even planes) and on its fallback.
+    #[test]
+    fn maxpool_bwd_set_matches_zero_then_bwd(
+        n in 1usize..4, c in 1usize..4, h in 2usize..15, w in 2usize..15, k in 1usize..4, s in 1usize..4,
+        even in any::<bool>(), seed: u64,
+    ) {
+        let (h, w, k, s) = if even { (h & !1, w & !1, 2, 2) } else { (h, w, k, s) };
+        prop_assume!(h >= k && w >= k && h > 0 && w > 0);
+        let p = PoolParams { n, c, h, w, k, s };
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        // Few distinct values: ties, so winners sit anywhere in their window.
+        let x: Vec<f32> = (0..p.x_len()).map(|_| (rng.next_u64() % 3) as f32).collect();
+        let (mut y, mut am) = (b.zeros(p.y_len()), b.zeros_idx(p.y_len()));
+        b.maxpool2d_fwd(&mut y, &mut am, &b.upload(&x), &p);
+        let dy = b.upload(&normal_vec(&mut rng, p.y_len(), 1.0));
+        let mut want = b.zeros(p.x_len());
+        b.maxpool2d_bwd(&mut want, &dy, &am, &p);
+        let mut got = b.upload(&vec![f32::NAN; p.x_len()]);
+        b.maxpool2d_bwd_set(&mut got, &dy, &am, &p);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        prop_assert_eq!(bits(b.download(&got)), bits(b.download(&want)), "{:?}", p);
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }

@@ -274,7 +274,10 @@ fn maxpool_fwd_bwd() {
             g.maxpool2d_bwd(&mut gdx, &g.upload(&dy), &ga, &p);
             c.maxpool2d_bwd(&mut cdx, &c.upload(&dy), &ca, &p);
         }
-        close(&format!("maxpool2d_bwd ×2 {p:?}"), &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)
+        close(&format!("maxpool2d_bwd ×2 {p:?}"), &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)?;
+        g.maxpool2d_bwd_set(&mut gdx, &g.upload(&dy), &ga, &p);
+        c.maxpool2d_bwd_set(&mut cdx, &c.upload(&dy), &ca, &p);
+        close(&format!("maxpool2d_bwd_set {p:?}"), &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)
     });
 }
 

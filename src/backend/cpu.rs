@@ -2,9 +2,10 @@
 //! convolutions by Winograd F(2×2,3×3) ([`winograd`]), a direct AVX2 kernel
 //! for the tiny-patch first layer ([`direct`]) or im2col/col2im + sgemm
 //! (see `ConvPath`); rayon over the batch (or over rows/planes) for the rest.
-//! matrixmultiply runs single-threaded: on this 2-vCPU machine its second
-//! thread adds little and fights rayon for the cores
-//! (../shared/MACHINE.md §3), so parallelism lives at the batch level only.
+//! matrixmultiply's own threading stays off (its pool would fight rayon's for
+//! the two cores, ../shared/MACHINE.md §3): convolutions run in parallel over
+//! the batch, and a big single product (a linear layer) is cut into one block
+//! of C per rayon thread.
 //!
 //! Per-thread scratch (im2col columns, transformed tiles, padded planes,
 //! partial weight gradients) is kept in thread-locals and in the backend, so
@@ -159,33 +160,105 @@ fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// `C = alpha·op(A)·op(B) + beta·C` on slices; transposes are free stride swaps.
+/// Runs on the calling thread (the convolutions call it once per image or
+/// tile block, already in parallel); [`gemm_parallel`] splits one big product.
 pub fn gemm_slices(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
-    let Gemm { m, n, k, trans_a, trans_b, alpha, beta } = g;
+    check_gemm(c, a, b, &g);
+    // SAFETY: `check_gemm` guarantees every index of the full product is in
+    // bounds, and `c` does not alias `a` or `b` (&mut vs &).
+    unsafe { gemm_block(c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), &g, 0..g.m, 0..g.n) }
+}
+
+/// Products of at least this many FLOPs are split over the threads by
+/// [`gemm_parallel`] (a linear layer's 2·128·256·3136 is 200 MFLOP; below
+/// ~10 MFLOP the fork costs more than the second core gives).
+const PAR_GEMM_FLOPS: f64 = 1.6e7;
+
+/// [`gemm_slices`] with C cut into one block of rows (or of columns) per
+/// thread: the linear layers' products, which would otherwise run on one
+/// core while the other waits. The longer of C's two sides is cut, so the
+/// operand every block packs in full is the smaller one. Each element of C
+/// sees the same sequence of multiply-adds as on one thread, so the result
+/// is bit-identical to [`gemm_slices`].
+fn gemm_parallel(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || g.flops() < PAR_GEMM_FLOPS {
+        return gemm_slices(c, a, b, g);
+    }
+    check_gemm(c, a, b, &g);
+    let cut_rows = g.m >= g.n;
+    let len = if cut_rows { g.m } else { g.n };
+    // Multiples of 16: whole micro-kernel tiles in every block but the last.
+    let chunk = len.div_ceil(threads).next_multiple_of(16);
+    let (c, a, b) =
+        (SharedPtr(c.as_mut_ptr()), SharedPtr(a.as_ptr() as *mut f32), SharedPtr(b.as_ptr() as *mut f32));
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(|i| {
+        let part = i * chunk..((i + 1) * chunk).min(len);
+        let (rows, cols) = if cut_rows { (part, 0..g.n) } else { (0..g.m, part) };
+        // SAFETY: as in `gemm_slices`; the blocks of C are disjoint, so no
+        // two threads write the same element, and A and B are only read.
+        unsafe { gemm_block(c.get(), a.get(), b.get(), &g, rows, cols) }
+    });
+}
+
+/// A pointer shared by the threads of [`gemm_parallel`], each of which
+/// touches a disjoint part of what it points to.
+#[derive(Clone, Copy)]
+struct SharedPtr(*mut f32);
+// SAFETY: only used where the writers' ranges are disjoint (see above).
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    // A method, so closures capture the whole (Sync) wrapper, not its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn check_gemm(c: &[f32], a: &[f32], b: &[f32], g: &Gemm) {
+    let Gemm { m, n, k, .. } = *g;
     assert!(a.len() >= m * k, "sgemm: A has {} elements, needs {m}×{k}", a.len());
     assert!(b.len() >= k * n, "sgemm: B has {} elements, needs {k}×{n}", b.len());
     assert!(c.len() >= m * n, "sgemm: C has {} elements, needs {m}×{n}", c.len());
-    if m == 0 || n == 0 {
+}
+
+/// Rows `rows` × columns `cols` of `C = alpha·op(A)·op(B) + beta·C`.
+///
+/// # Safety
+/// `c`, `a`, `b` must hold the full product's extents (as [`check_gemm`]
+/// asserts for slices), `c` must not alias `a` or `b`, and no other thread may
+/// touch this block of `c` meanwhile.
+unsafe fn gemm_block(
+    c: *mut f32,
+    a: *const f32,
+    b: *const f32,
+    g: &Gemm,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let Gemm { m, n, k, trans_a, trans_b, alpha, beta } = *g;
+    if rows.is_empty() || cols.is_empty() {
         return;
     }
     // A is logically [m, k]; stored [k, m] when transposed.
-    let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the asserts above guarantee every index m·k, k·n, m·n is in bounds
-    // for the given strides, and `c` does not alias `a` or `b` (&mut vs &).
+    let (rsa, csa) = if trans_a { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if trans_b { (1, k) } else { (n, 1) };
+    // SAFETY: the caller's contract; the offsets stay inside the full product.
     unsafe {
         matrixmultiply::sgemm(
-            m,
+            rows.len(),
             k,
-            n,
+            cols.len(),
             alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
+            a.add(rows.start * rsa),
+            rsa as isize,
+            csa as isize,
+            b.add(cols.start * csb),
+            rsb as isize,
+            csb as isize,
             beta,
-            c.as_mut_ptr(),
+            c.add(rows.start * n + cols.start),
             n as isize,
             1,
         );
@@ -387,7 +460,7 @@ impl Backend for CpuBackend {
     }
 
     fn sgemm(&self, c: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, g: Gemm) {
-        gemm_slices(&mut c.0, &a.0, &b.0, g);
+        gemm_parallel(&mut c.0, &a.0, &b.0, g);
     }
 
     // x: (N, C, H, W), w: (OC, C·KH·KW) → y: (N, OC, OH, OW). Per image:
@@ -519,6 +592,30 @@ impl Backend for CpuBackend {
                 for (g, &i) in dy_p.iter().zip(a_p) {
                     dx_p[i as usize] += g;
                 }
+            });
+    }
+
+    /// Non-overlapping 2×2 windows that cover the plane: one pass writes each
+    /// window's four gradients (the winner's `dy`, zeros), no zero-fill pass.
+    fn maxpool2d_bwd_set(&self, dx: &mut CpuBuf, dy: &CpuBuf, argmax: &CpuIdxBuf, p: &PoolParams) {
+        if p.k != 2 || p.s != 2 || p.h % 2 != 0 || p.w % 2 != 0 {
+            self.fill(dx, 0.0);
+            return self.maxpool2d_bwd(dx, dy, argmax, p);
+        }
+        let (ohw, hw, ow, w) = (p.oh() * p.ow(), p.h * p.w, p.ow(), p.w);
+        dx.0[..p.x_len()]
+            .par_chunks_mut(hw)
+            .zip(dy.0[..p.y_len()].par_chunks(ohw))
+            .zip(argmax.0[..p.y_len()].par_chunks(ohw))
+            .for_each(|((dx_p, dy_p), a_p)| {
+                with_simd!(for (oy, (rows, (dy_r, a_r))) in dx_p
+                    .chunks_exact_mut(2 * w)
+                    .zip(dy_p.chunks_exact(ow).zip(a_p.chunks_exact(ow)))
+                    .enumerate()
+                {
+                    let (top, bot) = rows.split_at_mut(w);
+                    unpool_rows(top, bot, dy_r, a_r, w, 2 * oy * w);
+                });
             });
     }
 
@@ -805,6 +902,24 @@ fn pool_rows(yr: &mut [f32], ar: &mut [u32], top: &[f32], bot: &[f32], w: usize,
         let (v, k) = max4(top[2 * ox], top[2 * ox + 1], bot[2 * ox], bot[2 * ox + 1], w as u32);
         yr[ox] = v;
         ar[ox] = (base + 2 * ox) as u32 + k;
+    }
+}
+
+/// The inverse of [`pool_rows`] for the gradient: each 2×2 window of the two
+/// plane rows `top`, `bot` gets `g` at its winner (`argmax − base`, one of
+/// `0, 1, w, w + 1`) and zero at the other three places.
+#[inline(always)]
+fn unpool_rows(top: &mut [f32], bot: &mut [f32], g: &[f32], argmax: &[u32], w: usize, base: usize) {
+    let n = g.len();
+    let (top, bot, argmax) = (&mut top[..2 * n], &mut bot[..2 * n], &argmax[..n]);
+    let w = w as u32;
+    for ox in 0..n {
+        let (v, o) = (g[ox], argmax[ox].wrapping_sub((base + 2 * ox) as u32));
+        let at = |k: u32| if o == k { v } else { 0.0 };
+        top[2 * ox] = at(0);
+        top[2 * ox + 1] = at(1);
+        bot[2 * ox] = at(w);
+        bot[2 * ox + 1] = at(w + 1);
     }
 }
 
