@@ -598,7 +598,7 @@ impl Backend for CpuBackend {
     /// Non-overlapping 2×2 windows that cover the plane: one pass writes each
     /// window's four gradients (the winner's `dy`, zeros), no zero-fill pass.
     fn maxpool2d_bwd_set(&self, dx: &mut CpuBuf, dy: &CpuBuf, argmax: &CpuIdxBuf, p: &PoolParams) {
-        if p.k != 2 || p.s != 2 || p.h % 2 != 0 || p.w % 2 != 0 {
+        if p.k != 2 || p.s != 2 || !p.h.is_multiple_of(2) || !p.w.is_multiple_of(2) {
             self.fill(dx, 0.0);
             return self.maxpool2d_bwd(dx, dy, argmax, p);
         }
