@@ -583,40 +583,14 @@ impl Backend for CpuBackend {
     }
 
     fn maxpool2d_bwd(&self, dx: &mut CpuBuf, dy: &CpuBuf, argmax: &CpuIdxBuf, p: &PoolParams) {
-        let (ohw, hw) = (p.oh() * p.ow(), p.h * p.w);
-        dx.0[..p.x_len()]
-            .par_chunks_mut(hw)
-            .zip(dy.0.par_chunks(ohw))
-            .zip(argmax.0.par_chunks(ohw))
-            .for_each(|((dx_p, dy_p), a_p)| {
-                for (g, &i) in dy_p.iter().zip(a_p) {
-                    dx_p[i as usize] += g;
-                }
-            });
+        unpool_planes(dx, dy, argmax, p, |_| {});
     }
 
-    /// Non-overlapping 2×2 windows that cover the plane: one pass writes each
-    /// window's four gradients (the winner's `dy`, zeros), no zero-fill pass.
+    /// Each plane is zeroed just before its gradients are scattered into it,
+    /// while it sits in L1: one pass over `dx` instead of a fill pass and a
+    /// scatter pass.
     fn maxpool2d_bwd_set(&self, dx: &mut CpuBuf, dy: &CpuBuf, argmax: &CpuIdxBuf, p: &PoolParams) {
-        if p.k != 2 || p.s != 2 || !p.h.is_multiple_of(2) || !p.w.is_multiple_of(2) {
-            self.fill(dx, 0.0);
-            return self.maxpool2d_bwd(dx, dy, argmax, p);
-        }
-        let (ohw, hw, ow, w) = (p.oh() * p.ow(), p.h * p.w, p.ow(), p.w);
-        dx.0[..p.x_len()]
-            .par_chunks_mut(hw)
-            .zip(dy.0[..p.y_len()].par_chunks(ohw))
-            .zip(argmax.0[..p.y_len()].par_chunks(ohw))
-            .for_each(|((dx_p, dy_p), a_p)| {
-                with_simd!(for (oy, (rows, (dy_r, a_r))) in dx_p
-                    .chunks_exact_mut(2 * w)
-                    .zip(dy_p.chunks_exact(ow).zip(a_p.chunks_exact(ow)))
-                    .enumerate()
-                {
-                    let (top, bot) = rows.split_at_mut(w);
-                    unpool_rows(top, bot, dy_r, a_r, w, 2 * oy * w);
-                });
-            });
+        unpool_planes(dx, dy, argmax, p, |plane| plane.fill(0.0));
     }
 
     fn relu_fwd(&self, y: &mut CpuBuf, x: &CpuBuf) {
@@ -905,22 +879,26 @@ fn pool_rows(yr: &mut [f32], ar: &mut [u32], top: &[f32], bot: &[f32], w: usize,
     }
 }
 
-/// The inverse of [`pool_rows`] for the gradient: each 2×2 window of the two
-/// plane rows `top`, `bot` gets `g` at its winner (`argmax − base`, one of
-/// `0, 1, w, w + 1`) and zero at the other three places.
-#[inline(always)]
-fn unpool_rows(top: &mut [f32], bot: &mut [f32], g: &[f32], argmax: &[u32], w: usize, base: usize) {
-    let n = g.len();
-    let (top, bot, argmax) = (&mut top[..2 * n], &mut bot[..2 * n], &argmax[..n]);
-    let w = w as u32;
-    for ox in 0..n {
-        let (v, o) = (g[ox], argmax[ox].wrapping_sub((base + 2 * ox) as u32));
-        let at = |k: u32| if o == k { v } else { 0.0 };
-        top[2 * ox] = at(0);
-        top[2 * ox + 1] = at(1);
-        bot[2 * ox] = at(w);
-        bot[2 * ox + 1] = at(w + 1);
-    }
+/// `dx[argmax] += dy` plane by plane, in parallel, each plane of `dx` first
+/// handed to `prepare`.
+fn unpool_planes(
+    dx: &mut CpuBuf,
+    dy: &CpuBuf,
+    argmax: &CpuIdxBuf,
+    p: &PoolParams,
+    prepare: impl Fn(&mut [f32]) + Sync,
+) {
+    let (ohw, hw) = (p.oh() * p.ow(), p.h * p.w);
+    dx.0[..p.x_len()]
+        .par_chunks_mut(hw)
+        .zip(dy.0[..p.y_len()].par_chunks(ohw))
+        .zip(argmax.0[..p.y_len()].par_chunks(ohw))
+        .for_each(|((dx_p, dy_p), a_p)| {
+            prepare(dx_p);
+            for (g, &i) in dy_p.iter().zip(a_p) {
+                dx_p[i as usize] += g;
+            }
+        });
 }
 
 /// 2×2 stride-2 max pooling of one plane.

@@ -219,9 +219,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `dx[argmax] += dy`.
     fn maxpool2d_bwd(&self, dx: &mut Self::Buf, dy: &Self::Buf, argmax: &Self::IdxBuf, p: &PoolParams);
     /// `dx = 0, then dx[argmax] += dy`: for a `dx` that nothing else flows
-    /// into (the fused convolution + pooling's), so a backend whose windows
-    /// tile the plane can write each window once instead of zeroing `dx`
-    /// in a pass of its own first. The default is exactly that composition.
+    /// into (the fused convolution + pooling's), so a backend can zero each
+    /// plane as it scatters into it instead of zeroing all of `dx` in a pass
+    /// of its own first. The default is exactly that composition.
     fn maxpool2d_bwd_set(&self, dx: &mut Self::Buf, dy: &Self::Buf, argmax: &Self::IdxBuf, p: &PoolParams) {
         self.fill(dx, 0.0);
         self.maxpool2d_bwd(dx, dy, argmax, p);
