@@ -1035,3 +1035,33 @@ pub mod naive {
         (scale as f64 * loss, grad)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Cutting C over the threads changes no bit of the product, for every
+    /// transpose pair, cut along rows and along columns, with three threads
+    /// (uneven blocks) and accumulation into a non-zero C.
+    #[test]
+    fn parallel_gemm_is_bit_identical() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("thread pool");
+        let mut rng = Rng::new(11);
+        for (m, n, k) in [(300, 70, 400), (70, 300, 400)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let g = Gemm { m, n, k, trans_a: ta, trans_b: tb, alpha: 0.5, beta: 1.0 };
+                assert!(g.flops() >= PAR_GEMM_FLOPS, "{g:?} would not be cut");
+                let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let c0: Vec<f32> = (0..m * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let mut one = c0.clone();
+                gemm_slices(&mut one, &a, &b, g);
+                let mut cut = c0.clone();
+                pool.install(|| gemm_parallel(&mut cut, &a, &b, g));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&one) == bits(&cut), "{g:?}: the cut product differs");
+            }
+        }
+    }
+}
