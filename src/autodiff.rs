@@ -422,7 +422,6 @@ impl<'a, B: Backend> Tape<'a, B> {
     /// `bias_inner` values: `dy` itself, or for a pooled convolution the
     /// pooled gradient, whose sum is the same (pooling's backward only moves
     /// each value to its window's winner) and 4× shorter.
-    #[allow(clippy::too_many_arguments)]
     fn conv_backward(
         &mut self,
         x: Var,
