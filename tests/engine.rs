@@ -164,9 +164,7 @@ proptest! {
         let p = PoolParams { n, c, h, w, k, s };
         let b = B::new();
         let mut rng = Rng::new(seed);
-        let x: Vec<f32> = (0..p.x_len()).map(|_| (rng.next_u64() % 4) as f32).collect();
-        let (mut y, mut am) = (b.zeros(p.y_len()), b.zeros_idx(p.y_len()));
-        b.maxpool2d_fwd(&mut y, &mut am, &b.upload(&x), &p);
+        let (x, y, am) = tied_pooling(&b, &mut rng, &p, 4);
         let (y, am) = (b.download(&y), b.download_idx(&am));
         let want = pool_winners(&x, h, w, k, s);
         prop_assert_eq!(&am, &want, "argmax of {:?}", p);
@@ -234,9 +232,7 @@ proptest! {
         let b = B::new();
         let mut rng = Rng::new(seed);
         // Few distinct values: ties, so winners sit anywhere in their window.
-        let x: Vec<f32> = (0..p.x_len()).map(|_| (rng.next_u64() % 3) as f32).collect();
-        let (mut y, mut am) = (b.zeros(p.y_len()), b.zeros_idx(p.y_len()));
-        b.maxpool2d_fwd(&mut y, &mut am, &b.upload(&x), &p);
+        let (_, _, am) = tied_pooling(&b, &mut rng, &p, 3);
         let dy = b.upload(&normal_vec(&mut rng, p.y_len(), 1.0));
         let mut want = b.zeros(p.x_len());
         b.maxpool2d_bwd(&mut want, &dy, &am, &p);
@@ -245,6 +241,20 @@ proptest! {
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         prop_assert_eq!(bits(b.download(&got)), bits(b.download(&want)), "{:?}", p);
     }
+}
+
+/// An input of `p`'s shape drawn from `levels` small integers (so ties are
+/// common), and its max pooling: `(x, y, argmax)`.
+fn tied_pooling(
+    b: &B,
+    rng: &mut Rng,
+    p: &PoolParams,
+    levels: u64,
+) -> (Vec<f32>, <B as Backend>::Buf, <B as Backend>::IdxBuf) {
+    let x: Vec<f32> = (0..p.x_len()).map(|_| (rng.next_u64() % levels) as f32).collect();
+    let (mut y, mut am) = (b.zeros(p.y_len()), b.zeros_idx(p.y_len()));
+    b.maxpool2d_fwd(&mut y, &mut am, &b.upload(&x), p);
+    (x, y, am)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
