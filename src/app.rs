@@ -8,16 +8,19 @@ use crate::backend::{Backend, CpuBackend};
 use crate::checkpoint::{self, HistoryEntry, Meta};
 use crate::data::{self, Dataset, Normalization, Split, TaskView};
 use crate::error::{Error, Result};
-use crate::incremental::eval::{evaluate, Accuracies};
+use crate::incremental::classifier::{ClassifierKind, FeatureClassifier};
+use crate::incremental::eval::{evaluate, evaluate_with, Accuracies};
 use crate::incremental::methods::{
-    examples_for, learn_task, streams, train_first_task, MethodState, TaskContext,
+    examples_for, learn_task, streams, task_stats, train_first_task, MethodState, TaskContext,
 };
 use crate::incremental::protocol::{run_experiment, ExperimentConfig, MethodRun};
+use crate::incremental::stats::ClassStats;
 use crate::incremental::train::Trainer;
 use crate::incremental::{HeadMode, Hyper, Method, Observer};
 use crate::nn::{Arch, Net};
 use crate::rng::Rng;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -137,19 +140,23 @@ fn train_on<B: Backend>(
         epochs: req.hyper.epochs,
         seed: req.seed,
         train_seconds: report.train_seconds,
+        sdc_sigma: None,
+        sdc_sigma_chosen_by: None,
     });
+    let stats = task_stats(&mut tr, &net, &view, &cx);
     let fisher =
         fisher_after(&mut tr, &mut net, &data.train, data.norm, &view, None, &req.hyper, req.seed, 1);
     let acc =
         evaluate(&mut tr, &net, &data.test, data.norm, &meta.tasks, meta.head_mode, req.hyper.batch_size);
-    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher))?;
+    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     Ok(format!(
-        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}% → {}",
+        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
         data::format_classes(classes),
         b.name(),
         report.train_seconds,
         report.images_per_second(),
         100.0 * acc.task_aware[0],
+        stats.kind().name(),
         req.out.display()
     ))
 }
@@ -198,6 +205,13 @@ pub struct ExtendRequest {
 
 pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
     let method = Method::parse(&req.method)?;
+    if method == Method::JointShared {
+        return Err(Error::Config(
+            "--method joint-shared is for experiments; to extend a shared-head model with its old data use \
+             --method joint on a model trained with --head-mode shared"
+                .into(),
+        ));
+    }
     let data = load_data(&req.data)?;
     on_backend!(choice, b => extend_on(&b, method, &data, req, obs))
 }
@@ -271,7 +285,8 @@ fn extend_on<B: Backend>(
     };
     let t = meta.tasks.len();
     let mut tr = Trainer::new(b.clone());
-    let mut state = MethodState { fisher: ck.fisher };
+    let had_stats = ck.stats.is_some();
+    let mut state = MethodState { fisher: ck.fisher, stats: ck.stats };
     let cx = TaskContext {
         split: &split,
         norm: Normalization { mean: meta.norm_mean, std: meta.norm_std },
@@ -301,6 +316,8 @@ fn extend_on<B: Backend>(
         epochs: req.hyper.epochs,
         seed: req.seed,
         train_seconds: report.train_seconds,
+        sdc_sigma: report.drift.as_ref().map(|d| d.sigma),
+        sdc_sigma_chosen_by: report.drift.as_ref().map(|d| d.how.clone()),
     });
     let fisher = fisher_after(
         &mut tr,
@@ -313,8 +330,9 @@ fn extend_on<B: Backend>(
         req.seed,
         t as u64 + 1,
     );
-    let acc = eval_present(&mut tr, &net, &meta, &data.test, cx.norm, req.hyper.batch_size);
-    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher))?;
+    let stats = state.stats.take();
+    let acc = eval_present(&mut tr, &net, &meta, &data.test, cx.norm, req.hyper.batch_size, stats.as_ref());
+    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), stats.as_ref())?;
     let per: Vec<String> = meta
         .tasks
         .iter()
@@ -327,8 +345,27 @@ fn extend_on<B: Backend>(
             }
         })
         .collect();
+    let stats_note = match (&stats, &report.drift) {
+        (None, _) if !had_stats => {
+            "; the model has no class statistics (saved by an older version): predictions use the heads"
+                .into()
+        }
+        (Some(s), Some(d)) => format!(
+            "; class statistics ({}) of {} classes, old means drift-compensated with σ = {} ({})",
+            s.kind().name(),
+            s.classes.len(),
+            d.sigma,
+            d.how
+        ),
+        (Some(s), None) => format!("; class statistics ({}) of {} classes", s.kind().name(), s.classes.len()),
+        (None, _) => String::new(),
+    };
+    let cil = match acc.of(ClassifierKind::default_for(stats.as_ref())) {
+        Some(c) if !c.overall.is_nan() => format!("; class-IL {:.2}% ({})", 100.0 * c.overall, c.kind),
+        _ => String::new(),
+    };
     Ok(format!(
-        "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}] → {}",
+        "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}]{cil}{stats_note} → {}",
         data::format_classes(&classes),
         b.name(),
         report.train_seconds,
@@ -392,8 +429,29 @@ fn eval_present<B: Backend>(
     test: &Split,
     norm: Normalization,
     bs: usize,
+    stats: Option<&ClassStats>,
 ) -> Accuracies {
-    evaluate(tr, net, test, norm, &meta.tasks, meta.head_mode, bs)
+    evaluate_with(tr, net, test, norm, &meta.tasks, meta.head_mode, bs, stats)
+}
+
+/// The classifier asked for, or the model's default; an error when the
+/// checkpoint lacks what it needs.
+fn choose_classifier(
+    model: &Path,
+    asked: Option<ClassifierKind>,
+    stats: Option<&ClassStats>,
+) -> Result<ClassifierKind> {
+    let kind = asked.unwrap_or_else(|| ClassifierKind::default_for(stats));
+    if !ClassifierKind::available(stats).contains(&kind) {
+        let why = if stats.is_none() {
+            "has no class statistics (saved by an older version; only heads and aligned-heads work)"
+                .to_string()
+        } else {
+            format!("has no {}", kind.needs().unwrap_or("statistics"))
+        };
+        return Err(Error::checkpoint(model, format!("--classifier {kind}: the model {why}")));
+    }
+    Ok(kind)
 }
 
 /// `eval`: accuracies of a saved model on a test split.
@@ -405,8 +463,12 @@ pub struct EvalReport {
     pub tasks: Vec<Vec<u32>>,
     /// Per task; null where the data has no test image of that task.
     pub task_aware: Vec<Option<f64>>,
+    /// The classifier behind `class_il` and `class_il_per_task`.
+    pub classifier: String,
     pub class_il: f64,
     pub class_il_per_task: Vec<Option<f64>>,
+    /// Every classifier the checkpoint allows: class-IL over all images.
+    pub class_il_by_classifier: BTreeMap<String, f64>,
     pub images: usize,
     pub seconds: f64,
 }
@@ -431,23 +493,44 @@ impl EvalReport {
                 pct(&self.class_il_per_task[j])
             );
         }
-        s += &format!("class-incremental accuracy over all seen classes: {:.2}%", 100.0 * self.class_il);
+        s += &format!(
+            "class-incremental accuracy over all seen classes: {:.2}% ({})",
+            100.0 * self.class_il,
+            self.classifier
+        );
+        let others: Vec<String> =
+            self.class_il_by_classifier.iter().map(|(k, v)| format!("{k} {:.2}%", 100.0 * v)).collect();
+        s += &format!("\nby classifier: {}", others.join(", "));
         s
     }
 }
 
-pub fn eval(choice: BackendChoice, model: &Path, data_spec: &str) -> Result<EvalReport> {
+/// `classifier`: the one behind the headline class-IL (default: the model's,
+/// ncm when it holds class statistics, else heads).
+pub fn eval(
+    choice: BackendChoice,
+    model: &Path,
+    data_spec: &str,
+    classifier: Option<ClassifierKind>,
+) -> Result<EvalReport> {
     let data = load_data(data_spec)?;
-    on_backend!(choice, b => eval_on(&b, model, &data))
+    on_backend!(choice, b => eval_on(&b, model, &data, classifier))
 }
 
-fn eval_on<B: Backend>(b: &B, model: &Path, data: &Dataset) -> Result<EvalReport> {
+fn eval_on<B: Backend>(
+    b: &B,
+    model: &Path,
+    data: &Dataset,
+    classifier: Option<ClassifierKind>,
+) -> Result<EvalReport> {
     let ck = checkpoint::load(model, b)?;
     check_input(model, &ck.meta.arch, &data.test, &data.root)?;
+    let kind = choose_classifier(model, classifier, ck.stats.as_ref())?;
     let mut tr = Trainer::new(b.clone());
     let norm = Normalization { mean: ck.meta.norm_mean, std: ck.meta.norm_std };
     let start = Instant::now();
-    let acc = eval_present(&mut tr, &ck.net, &ck.meta, &data.test, norm, 128);
+    let acc = eval_present(&mut tr, &ck.net, &ck.meta, &data.test, norm, 128, ck.stats.as_ref());
+    let chosen = acc.of(kind).expect("an available classifier is evaluated");
     let known = ck.meta.classes();
     let images = data.test.labels.iter().filter(|l| known.contains(l)).count();
     let opt = |v: &[f64]| v.iter().map(|a| if a.is_nan() { None } else { Some(*a) }).collect();
@@ -457,8 +540,10 @@ fn eval_on<B: Backend>(b: &B, model: &Path, data: &Dataset) -> Result<EvalReport
         backend: b.name(),
         tasks: ck.meta.tasks.clone(),
         task_aware: opt(&acc.task_aware),
-        class_il: acc.class_il,
-        class_il_per_task: opt(&acc.class_il_per_task),
+        classifier: kind.name().into(),
+        class_il: chosen.overall,
+        class_il_per_task: opt(&chosen.per_task),
+        class_il_by_classifier: acc.by_classifier.iter().map(|c| (c.kind.name().into(), c.overall)).collect(),
         images,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -476,6 +561,9 @@ pub struct Prediction {
 pub struct Predictions {
     pub model: String,
     pub input: String,
+    /// Which classifier scored the classes (see `incremental::classifier`
+    /// for how its scores become probabilities).
+    pub classifier: String,
     pub predictions: Vec<Prediction>,
 }
 
@@ -500,13 +588,14 @@ pub fn predict(
     input: &Path,
     top_k: usize,
     limit: Option<usize>,
+    classifier: Option<ClassifierKind>,
 ) -> Result<Predictions> {
     let mut images = data::load_images(input)?;
     if let Some(n) = limit {
         let keep: Vec<usize> = (0..images.len().min(n)).collect();
         images = images.subset(&keep);
     }
-    on_backend!(choice, b => predict_on(&b, model, input, &images, top_k))
+    on_backend!(choice, b => predict_on(&b, model, input, &images, top_k, classifier))
 }
 
 fn predict_on<B: Backend>(
@@ -515,35 +604,37 @@ fn predict_on<B: Backend>(
     input: &Path,
     images: &Split,
     top_k: usize,
+    classifier: Option<ClassifierKind>,
 ) -> Result<Predictions> {
     let ck = checkpoint::load(model, b)?;
     check_input(model, &ck.meta.arch, images, input)?;
+    let kind = choose_classifier(model, classifier, ck.stats.as_ref())?;
+    let clf = FeatureClassifier::build(kind, b, &ck.net, &ck.meta.tasks, ck.stats.as_ref())
+        .map_err(|e| Error::checkpoint(model, e))?;
     let norm = Normalization { mean: ck.meta.norm_mean, std: ck.meta.norm_std };
     let mut tr = Trainer::new(b.clone());
-    // Logits of every head, concatenated per image: the class-IL view.
-    let heads: Vec<usize> = (0..ck.net.heads.len()).collect();
     let all: Vec<usize> = (0..images.len()).collect();
-    let probe: Vec<_> =
-        all.iter().map(|&idx| crate::incremental::train::Example { idx, head: 0, label: 0 }).collect();
-    let logits = tr.record_logits(&ck.net, images, norm, &probe, &heads, 128);
-    let classes: Vec<u32> = ck.net.heads.iter().flat_map(|h| h.classes.clone()).collect();
+    let feats = tr.features(&ck.net, images, norm, &all, 128);
+    let scores = clf.scores(&feats, images.len());
+    let nc = clf.classes.len();
     let mut predictions = Vec::with_capacity(images.len());
     for i in 0..images.len() {
-        let z: Vec<f32> =
-            logits.iter().flat_map(|t| t.logits[i * t.cols..(i + 1) * t.cols].to_vec()).collect();
-        let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
-        let s: f32 = e.iter().sum();
-        let mut order: Vec<usize> = (0..z.len()).collect();
-        order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
+        let p = clf.probabilities(&scores[i * nc..(i + 1) * nc]);
+        let mut order: Vec<usize> = (0..nc).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
         let top = order
             .iter()
             .take(top_k.max(1))
-            .map(|&k| (classes[k], ck.meta.class_name(classes[k]), e[k] / s))
+            .map(|&k| (clf.classes[k], ck.meta.class_name(clf.classes[k]), p[k]))
             .collect();
         predictions.push(Prediction { image: i, top });
     }
-    Ok(Predictions { model: model.display().to_string(), input: input.display().to_string(), predictions })
+    Ok(Predictions {
+        model: model.display().to_string(),
+        input: input.display().to_string(),
+        classifier: kind.name().into(),
+        predictions,
+    })
 }
 
 /// `experiment`: methods × seeds on a protocol; writes JSON, CSV and SVG.

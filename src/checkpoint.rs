@@ -3,10 +3,15 @@
 //! `lwf_engine`, a JSON description: architecture, input normalisation, head
 //! mode, heads and their class names, the tasks learnt so far and the history
 //! of verbs and methods. EWC's Fisher, when present, is stored as `fisher.K`.
-//! Written atomically.
+//! Class statistics (see `incremental::stats`), when present, are the tensors
+//! `class_stats.counts` (I64, classes), `class_stats.means` (F32, classes ×
+//! dim) and, with covariances, `class_stats.tukey_means` (classes × dim) and
+//! `class_stats.covs` (classes × dim(dim+1)/2, packed upper triangles), with
+//! `class_stats` in the metadata saying what they are. Written atomically.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::incremental::stats::{packed_len, ClassStats, Gaussian, StatsKind};
 use crate::incremental::HeadMode;
 use crate::nn::{Arch, Net};
 use crate::rng::Rng;
@@ -30,7 +35,30 @@ pub struct HistoryEntry {
     pub epochs: usize,
     pub seed: u64,
     pub train_seconds: f64,
+    /// σ that drift compensation used for the old class means (null: none ran).
+    #[serde(default)]
+    pub sdc_sigma: Option<f32>,
+    /// How that σ was chosen.
+    #[serde(default)]
+    pub sdc_sigma_chosen_by: Option<String>,
 }
+
+/// What the `class_stats.*` tensors hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsMeta {
+    /// Plain words for a reader of the file.
+    pub description: String,
+    /// Feature width (the trunk's output).
+    pub dim: usize,
+    /// The class of each row, in the order the classes were learnt.
+    pub classes: Vec<u32>,
+    pub kind: StatsKind,
+}
+
+const STATS_DESCRIPTION: &str = "per class: image count and mean of the L2-normalised trunk features \
+(fc1 output after ReLU), measured on the task's training images and moved by drift compensation; \
+with kind 'cov' also the mean and covariance (packed upper triangle) of the Tukey-transformed \
+(sqrt, then L2-normalised) features. No image is stored.";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadMeta {
@@ -51,6 +79,9 @@ pub struct Meta {
     /// The tasks learnt so far, in order (their class lists).
     pub tasks: Vec<Vec<u32>>,
     pub history: Vec<HistoryEntry>,
+    /// Present when the checkpoint holds class statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_stats: Option<StatsMeta>,
 }
 
 impl Meta {
@@ -65,6 +96,7 @@ impl Meta {
             heads: Vec::new(),
             tasks: Vec::new(),
             history: Vec::new(),
+            class_stats: None,
         }
     }
 
@@ -84,22 +116,32 @@ impl Meta {
     }
 }
 
-/// A loaded checkpoint: the net, its description and EWC's Fisher if saved.
+/// A loaded checkpoint: the net, its description, EWC's Fisher and the class
+/// statistics if saved.
 pub struct Checkpoint<B: Backend> {
     pub net: Net<B>,
     pub meta: Meta,
     pub fisher: Option<Vec<B::Buf>>,
+    pub stats: Option<ClassStats>,
 }
 
-/// Write `net` with `meta` (and the optional Fisher) to `path`, atomically.
+/// Write `net` with `meta` (and the optional Fisher and class statistics) to
+/// `path`, atomically.
 pub fn save<B: Backend>(
     path: &Path,
     b: &B,
     net: &Net<B>,
     meta: &Meta,
     fisher: Option<&[B::Buf]>,
+    stats: Option<&ClassStats>,
 ) -> Result<()> {
     let mut meta = meta.clone();
+    meta.class_stats = stats.map(|s| StatsMeta {
+        description: STATS_DESCRIPTION.into(),
+        dim: s.dim,
+        classes: s.classes.clone(),
+        kind: s.kind(),
+    });
     meta.heads = net
         .heads
         .iter()
@@ -119,7 +161,17 @@ pub fn save<B: Backend>(
             tensors.push((format!("fisher.{k}"), vec![b.len(buf)], f32_bytes(&b.download(buf))));
         }
     }
-    let views = tensors
+    let mut counts = None;
+    if let Some(s) = stats {
+        let c = s.classes.len();
+        counts = Some(s.counts.iter().flat_map(|n| (*n as i64).to_le_bytes()).collect::<Vec<u8>>());
+        tensors.push(("class_stats.means".into(), vec![c, s.dim], f32_bytes(&s.means)));
+        if let Some(g) = &s.gauss {
+            tensors.push(("class_stats.tukey_means".into(), vec![c, s.dim], f32_bytes(&g.means)));
+            tensors.push(("class_stats.covs".into(), vec![c, packed_len(s.dim)], f32_bytes(&g.covs)));
+        }
+    }
+    let mut views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
             TensorView::new(Dtype::F32, shape.clone(), bytes)
@@ -127,6 +179,11 @@ pub fn save<B: Backend>(
                 .map_err(|e| Error::checkpoint(path, e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
+    if let (Some(bytes), Some(s)) = (&counts, stats) {
+        let v = TensorView::new(Dtype::I64, vec![s.classes.len()], bytes)
+            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        views.push(("class_stats.counts".into(), v));
+    }
     let json = serde_json::to_string(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     let info = HashMap::from([(META_KEY.to_string(), json)]);
     let bytes = safetensors::tensor::serialize(views, Some(info))
@@ -181,7 +238,12 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
     while let Ok(view) = st.tensor(&format!("fisher.{}", fisher.len())) {
         fisher.push(b.upload(&f32_from_bytes(view.data())));
     }
-    let extra = st.names().len() - used - fisher.len();
+    let stats = match &meta.class_stats {
+        Some(sm) => Some(load_stats(&st, sm, &meta, path)?),
+        None => None,
+    };
+    let stats_tensors = stats.as_ref().map_or(0, |s| if s.gauss.is_some() { 4 } else { 2 });
+    let extra = st.names().len() - used - fisher.len() - stats_tensors;
     if extra > 0 {
         return Err(bad(format!(
             "{extra} tensors do not belong to a {} net: the checkpoint is from another architecture",
@@ -189,7 +251,59 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
         )));
     }
     let fisher = if fisher.is_empty() { None } else { Some(fisher) };
-    Ok(Checkpoint { net, meta, fisher })
+    Ok(Checkpoint { net, meta, fisher, stats })
+}
+
+/// The class statistics, checked against their metadata and the model's tasks.
+fn load_stats(st: &SafeTensors<'_>, sm: &StatsMeta, meta: &Meta, path: &Path) -> Result<ClassStats> {
+    let bad = |m: String| Error::checkpoint(path, m);
+    if sm.dim != meta.arch.hidden {
+        return Err(bad(format!(
+            "class statistics are {}-wide but the model's features are {}",
+            sm.dim, meta.arch.hidden
+        )));
+    }
+    if sm.classes != meta.classes() {
+        return Err(bad(format!(
+            "class statistics cover classes {:?} but the model knows {:?}",
+            sm.classes,
+            meta.classes()
+        )));
+    }
+    let c = sm.classes.len();
+    let tensor = |name: &str, dtype: Dtype, shape: &[usize]| {
+        let v = st
+            .tensor(name)
+            .map_err(|_| bad(format!("tensor '{name}' is missing (the metadata lists class statistics)")))?;
+        if v.dtype() != dtype || v.shape() != shape {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?} {:?}, expected {dtype:?} {shape:?}",
+                v.dtype(),
+                v.shape()
+            )));
+        }
+        Ok(v)
+    };
+    let counts = tensor("class_stats.counts", Dtype::I64, &[c])?
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .map(|n| {
+            u64::try_from(n).map_err(|_| bad(format!("class_stats.counts holds a negative count ({n})")))
+        })
+        .collect::<Result<Vec<u64>>>()?;
+    let means = f32_from_bytes(tensor("class_stats.means", Dtype::F32, &[c, sm.dim])?.data());
+    let gauss = match sm.kind {
+        StatsKind::Mean => None,
+        StatsKind::Cov => Some(Gaussian {
+            means: f32_from_bytes(tensor("class_stats.tukey_means", Dtype::F32, &[c, sm.dim])?.data()),
+            covs: f32_from_bytes(tensor("class_stats.covs", Dtype::F32, &[c, packed_len(sm.dim)])?.data()),
+        }),
+    };
+    if means.iter().chain(gauss.iter().flat_map(|g| g.means.iter().chain(&g.covs))).any(|v| !v.is_finite()) {
+        return Err(bad("class statistics hold a NaN or infinite value".into()));
+    }
+    Ok(ClassStats { dim: sm.dim, classes: sm.classes.clone(), counts, means, gauss })
 }
 
 fn f32_bytes(xs: &[f32]) -> Vec<u8> {

@@ -4,6 +4,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lwf_engine::app::{self, BackendChoice};
+use lwf_engine::incremental::classifier::ClassifierKind;
+use lwf_engine::incremental::stats::{Sigma, StatsKind};
 use lwf_engine::incremental::{HeadMode, Hyper, Observer};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -53,6 +55,38 @@ enum Backend {
     Wgpu,
 }
 
+/// How `eval` and `predict` choose among all the classes the model knows.
+#[derive(Clone, Copy, ValueEnum)]
+enum Classifier {
+    /// argmax over the concatenated heads' logits.
+    Heads,
+    /// The heads with weight aligning (each task's rows scaled to the first task's mean norm).
+    AlignedHeads,
+    /// Nearest class mean (cosine) over the stored, drift-compensated class means.
+    Ncm,
+    /// FeCAM's Mahalanobis distance (needs statistics kept with --class-stats cov).
+    Mahalanobis,
+}
+
+impl From<Classifier> for ClassifierKind {
+    fn from(c: Classifier) -> Self {
+        match c {
+            Classifier::Heads => ClassifierKind::Heads,
+            Classifier::AlignedHeads => ClassifierKind::AlignedHeads,
+            Classifier::Ncm => ClassifierKind::Ncm,
+            Classifier::Mahalanobis => ClassifierKind::Mahalanobis,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClassStatsArg {
+    /// Count and mean per class (about 1 KB a class).
+    Mean,
+    /// Also the covariance, for --classifier mahalanobis (about 130 KB a class).
+    Cov,
+}
+
 #[derive(Args, Clone)]
 struct HyperArgs {
     /// Epochs per task.
@@ -94,6 +128,13 @@ struct HyperArgs {
     /// per-task: one head per task (the paper); shared: one softmax grown with the new classes.
     #[arg(long, default_value = "per-task")]
     head_mode: String,
+    /// Class statistics kept in the model after each task (no image is kept).
+    #[arg(long, value_enum, default_value_t = ClassStatsArg::Mean)]
+    class_stats: ClassStatsArg,
+    /// σ of drift compensation of the old class means: auto (chosen by leaving
+    /// one new class out at a time), off, or a number.
+    #[arg(long, default_value = "auto")]
+    sdc_sigma: String,
 }
 
 impl HyperArgs {
@@ -113,6 +154,11 @@ impl HyperArgs {
             ewc_samples: self.ewc_samples,
             freeze_layers: self.freeze_layers,
             head_mode: HeadMode::parse(&self.head_mode)?,
+            class_stats: match self.class_stats {
+                ClassStatsArg::Mean => StatsKind::Mean,
+                ClassStatsArg::Cov => StatsKind::Cov,
+            },
+            sdc_sigma: Sigma::parse(&self.sdc_sigma).map_err(lwf_engine::Error::Config)?,
         };
         h.validate()?;
         Ok(h)
@@ -177,6 +223,10 @@ struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Classifier of the headline class-IL accuracy (default: ncm when the
+    /// model holds class statistics, else heads); every available one is listed.
+    #[arg(long, value_enum)]
+    classifier: Option<Classifier>,
     #[command(flatten)]
     common: Common,
 }
@@ -196,6 +246,10 @@ struct PredictArgs {
     limit: Option<usize>,
     #[arg(long)]
     json: bool,
+    /// How classes are scored (default: ncm when the model holds class
+    /// statistics, else heads).
+    #[arg(long, value_enum)]
+    classifier: Option<Classifier>,
     #[command(flatten)]
     common: Common,
 }
@@ -325,12 +379,12 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
         }
         Cmd::Eval(a) => {
             let be = setup(&a.common)?;
-            let r = app::eval(be, &a.model, &a.data)?;
+            let r = app::eval(be, &a.model, &a.data, a.classifier.map(Into::into))?;
             println!("{}", if a.json { r.to_json() } else { r.to_table() });
         }
         Cmd::Predict(a) => {
             let be = setup(&a.common)?;
-            let p = app::predict(be, &a.model, &a.input, a.top_k, a.limit)?;
+            let p = app::predict(be, &a.model, &a.input, a.top_k, a.limit, a.classifier.map(Into::into))?;
             println!("{}", if a.json { p.to_json() } else { p.to_table() });
         }
         Cmd::Experiment(a) => {

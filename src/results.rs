@@ -5,8 +5,11 @@
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::fsio::create_dir_all;
+use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::protocol::{ExperimentConfig, MethodRun};
-use crate::metrics::{self, AccMatrix, EngineInfo, RunParts, RunResult, TaskTiming};
+use crate::metrics::{
+    self, AccMatrix, ClassifierCurve, EngineInfo, RunParts, RunResult, StatsRecord, TaskTiming,
+};
 use std::path::Path;
 
 /// Build the report of one run.
@@ -33,7 +36,7 @@ pub fn run_result(
         threads: (backend == "cpu").then(rayon::current_num_threads),
     };
     let versions = engine.versions();
-    RunResult::from_parts(RunParts {
+    let mut result = RunResult::from_parts(RunParts {
         method: run.method.name().into(),
         protocol: cfg.protocol.clone(),
         seed: run.seed,
@@ -55,7 +58,39 @@ pub fn run_result(
             .collect(),
         engine,
         versions,
-    })
+    })?;
+    // A classifier enters the table when every task of the run evaluated it.
+    for kind in ClassifierKind::ALL {
+        let curve: Option<Vec<&crate::incremental::eval::ClassIl>> =
+            run.records.iter().map(|r| r.acc.of(kind)).collect();
+        if let Some(c) = curve {
+            let after: Vec<f64> = c.iter().map(|x| x.overall).collect();
+            let last = c.last().map(|x| x.per_task.clone()).unwrap_or_default();
+            result.class_il_by_classifier.insert(kind.name().into(), ClassifierCurve::new(after, last));
+        }
+    }
+    if run.records.iter().any(|r| r.acc.of(ClassifierKind::Ncm).is_some()) {
+        result.class_stats_per_task = run
+            .records
+            .iter()
+            .map(|r| {
+                let d = r.report.drift.as_ref();
+                let c = r.drift_check.as_ref();
+                StatsRecord {
+                    sdc_sigma: d.map(|d| d.sigma),
+                    sdc_sigma_tukey: d.and_then(|d| d.sigma_tukey),
+                    sdc_sigma_chosen_by: d.map(|d| d.how.clone()),
+                    sdc_sigma_trials: d.map(|d| d.trials.clone()).unwrap_or_default(),
+                    sdc_mean_shift: d.map(|d| d.mean_shift),
+                    old_mean_cosine_compensated: c.map(|c| c.compensated_cosine),
+                    old_mean_cosine_uncompensated: c.map(|c| c.uncompensated_cosine),
+                    ncm_recomputed_class_il: c.map(|c| c.ncm_recomputed_class_il),
+                }
+            })
+            .collect();
+        result.timings.class_stats_seconds = run.records.iter().map(|r| r.report.stats_seconds).collect();
+    }
+    Ok(result)
 }
 
 /// Write every report of an experiment under `out` and return the text to
@@ -75,6 +110,7 @@ pub fn write_experiment(
     }
     metrics::write_csv(&out.join(format!("{p}_accuracies.csv")), &results)?;
     metrics::write_summary_csv(&out.join(format!("{p}_summary.csv")), &results)?;
+    metrics::write_classifier_csv(&out.join(format!("{p}_class_il_by_classifier.csv")), &results)?;
     metrics::write_plot_svg(&out.join(format!("{p}_accuracy.svg")), p, &results)?;
     let mut text = format!(
         "{p} on {} ({}), seeds {:?}; accuracies in %, mean ± std over seeds\n\n{}\n",
@@ -83,6 +119,13 @@ pub fn write_experiment(
         cfg.seeds,
         metrics::comparison_table(&results)
     );
+    if results.iter().any(|r| !r.class_il_by_classifier.is_empty()) {
+        text += &format!(
+            "\nclass-IL after the last task by classifier, % (old tasks' / new task's images); \
+             ncm and mahalanobis use the stored class statistics, drift-compensated\n\n{}",
+            metrics::classifier_table(&results)
+        );
+    }
     for r in &results {
         text += &format!(
             "\n{} seed {}: task-aware accuracy (rows: after task t)\n{}\n",

@@ -257,6 +257,9 @@ fn train_extend_eval_predict_with_new_data_only() {
     assert!(s.contains("extended with classes 5-9 by lwf") && s.contains(p(&m2)), "{s}");
     // The new-only data has no test image of task 1: its accuracy is "-".
     assert!(s.contains("0-4: -"), "{s}");
+    // Class statistics were carried and the old means moved by drift
+    // compensation, with σ chosen from the new data alone.
+    assert!(s.contains("class statistics (mean) of 10 classes") && s.contains("σ = "), "{s}");
     assert_eq!(models.entries(), ["new.safetensors", "old.safetensors"], "no temporary files remain");
 
     let e = json(&ok(&["eval", "--model", p(&m2), "--data", "fashion-mnist", "--json"]));
@@ -274,6 +277,21 @@ fn train_extend_eval_predict_with_new_data_only() {
     for (j, a) in e["class_il_per_task"].as_array().unwrap().iter().enumerate() {
         frac(a, &format!("class-IL accuracy of task {j}"));
     }
+    // The statistics make nearest-class-mean the default; every classifier
+    // the checkpoint allows is reported (no covariances: no mahalanobis).
+    assert_eq!(e["classifier"], "ncm", "{e}");
+    let by = e["class_il_by_classifier"].as_object().expect("class_il_by_classifier");
+    let names: Vec<&str> = by.keys().map(String::as_str).collect();
+    assert_eq!(names, ["aligned-heads", "heads", "ncm"], "{e}");
+    assert_eq!(by["ncm"], e["class_il"], "{e}");
+    let heads =
+        json(&ok(&["eval", "--model", p(&m2), "--data", "fashion-mnist", "--json", "--classifier", "heads"]));
+    assert_eq!(heads["classifier"], "heads");
+    assert_eq!(heads["class_il"], by["heads"], "{heads}");
+    fails(
+        &["eval", "--model", p(&m2), "--data", "fashion-mnist", "--classifier", "mahalanobis"],
+        &[p(&m2), "--classifier mahalanobis", "class covariances"],
+    );
 
     let input = shipped().join("t10k-images-idx3-ubyte.gz");
     let args = ["predict", "--model", p(&m2), "--input", p(&input), "--top-k", "2", "--limit", "3", "--json"];
@@ -283,6 +301,26 @@ fn train_extend_eval_predict_with_new_data_only() {
         std::fs::read_to_string(shipped().join("classes.txt")).unwrap().lines().map(str::to_string).collect();
     let preds = pr["predictions"].as_array().expect("predictions list");
     assert_eq!(preds.len(), 3, "{pr}");
+    assert_eq!(pr["classifier"], "ncm", "{pr}");
+    // Over all ten classes the probabilities sum to 1.
+    let all = json(&ok(&[
+        "predict",
+        "--model",
+        p(&m2),
+        "--input",
+        p(&input),
+        "--top-k",
+        "10",
+        "--limit",
+        "2",
+        "--json",
+    ]));
+    for pred in all["predictions"].as_array().unwrap() {
+        let top = pred["top"].as_array().unwrap();
+        assert_eq!(top.len(), 10, "{all}");
+        let sum: f64 = top.iter().map(|t| t[2].as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}: {all}");
+    }
     for (i, pred) in preds.iter().enumerate() {
         assert_eq!(pred["image"], i, "{pr}");
         let top = pred["top"].as_array().expect("top list");
@@ -360,6 +398,7 @@ fn experiment_writes_reports_and_repeats_bit_for_bit() {
         [
             "two-task_accuracies.csv",
             "two-task_accuracy.svg",
+            "two-task_class_il_by_classifier.csv",
             "two-task_finetune_seed0.json",
             "two-task_lwf_seed0.json",
             "two-task_summary.csv",
@@ -394,6 +433,18 @@ fn experiment_writes_reports_and_repeats_bit_for_bit() {
         }
         assert_eq!(r["old_tasks_acc_final"], a[1][0]);
         assert_eq!(r["new_task_acc_final"], a[1][1]);
+        // Every classifier side by side; heads repeats the reference's field.
+        let by = &r["class_il_by_classifier"];
+        assert_eq!(by["heads"]["after_each_task"], r["class_il_acc_after_each_task"], "{by}");
+        for k in ["aligned-heads", "ncm"] {
+            frac(&by[k]["after_each_task"][1], &format!("{method} {k} class-IL"));
+            frac(&by[k]["final_old_tasks"], &format!("{method} {k} old-task class-IL"));
+        }
+        // Drift compensation ran after task 2 and its check against the old images is recorded.
+        let st = &r["class_stats_per_task"][1];
+        assert!(st["sdc_sigma"].as_f64().is_some_and(|s| s > 0.0), "{st}");
+        let cos = st["old_mean_cosine_compensated"].as_f64().unwrap();
+        assert!(cos > 0.0 && cos <= 1.0 + 1e-9, "{st}");
         let forgetting = a[0][0].as_f64().unwrap() - a[1][0].as_f64().unwrap();
         assert!((r["avg_forgetting_task_aware"].as_f64().unwrap() - forgetting).abs() < 1e-12, "{r}");
         let t = &r["timings"];
@@ -526,6 +577,37 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     let good = std::fs::read(&m28).unwrap();
     let out = dir.path("out.safetensors");
 
+    // A checkpoint without class statistics (as older versions wrote them):
+    // eval and predict fall back to the heads, ncm is refused by name, and
+    // extend still works and says what the model lacks.
+    let b = lwf_engine::backend::CpuBackend::new();
+    let ck = lwf_engine::checkpoint::load(&m28, &b).unwrap();
+    assert!(ck.stats.is_some(), "train stores class statistics");
+    let bare = dir.path("bare.safetensors");
+    lwf_engine::checkpoint::save(&bare, &b, &ck.net, &ck.meta, ck.fisher.as_deref(), None).unwrap();
+    let e = json(&ok(&["eval", "--model", p(&bare), "--data", old.s(), "--json"]));
+    assert_eq!(e["classifier"], "heads", "{e}");
+    frac(&e["class_il"], "heads class-IL of a checkpoint without statistics");
+    fails(
+        &[
+            "predict",
+            "--model",
+            p(&bare),
+            "--input",
+            old.path("test_images.npy").to_str().unwrap(),
+            "--classifier",
+            "ncm",
+        ],
+        &[p(&bare), "no class statistics"],
+    );
+    let ext = dir.path("bare-ext.safetensors");
+    let s = ok(&with(
+        &["extend", "--model", p(&bare), "--data", new.s(), "--classes", "5-9", "--out", p(&ext)],
+        &QUICK,
+    ));
+    assert!(s.contains("no class statistics"), "{s}");
+    std::fs::remove_file(&ext).unwrap();
+
     // A 14×14 model meets 28×28 data.
     fails(&["eval", "--model", p(&m14), "--data", "fashion-mnist"], &[p(&m14), "1×14×14", "1×28×28"]);
     fails(
@@ -597,7 +679,7 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     );
     assert_eq!(
         dir.entries(),
-        ["cut.safetensors", "junk.safetensors", "m14.safetensors", "m28.safetensors"],
+        ["bare.safetensors", "cut.safetensors", "junk.safetensors", "m14.safetensors", "m28.safetensors"],
         "no output and no temporary file may remain"
     );
 }

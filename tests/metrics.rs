@@ -104,7 +104,7 @@ fn json_has_the_reference_field_names_and_nulls() {
         "avg_forgetting_class_il",
         "timings",
     ];
-    let ours = ["backward_transfer", "versions", "engine"];
+    let ours = ["backward_transfer", "versions", "engine", "class_il_by_classifier", "class_stats_per_task"];
     let obj = v.as_object().unwrap();
     for k in reference_keys.iter().chain(&ours) {
         assert!(obj.contains_key(*k), "missing key {k}");
@@ -208,12 +208,14 @@ fn svg_plot_has_one_line_per_method_and_task() {
     assert!(svg.trim_start().starts_with("<svg"), "{}", &svg[..100]);
     assert!(svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("split3"), "title names the protocol");
-    // 2 methods × 3 tasks = 6 data lines, drawn 2 px wide in a method colour
-    // (the axes are 1 px black), plus one 2 px legend segment per method.
+    // Left panel: 2 methods × 3 tasks = 6 data lines, drawn 2 px wide in a
+    // method colour (the axes are 1 px black), plus one 2 px legend segment
+    // per method. Right (class-IL) panel: these runs carry only the heads'
+    // class-IL, so one line and one legend segment per method.
     let data_lines = svg.matches("<polyline").count();
     let wide = svg.split("<polyline").skip(1).filter(|p| p.contains(r#"stroke-width="2""#)).count();
-    assert!(data_lines >= 6, "{data_lines} polylines");
-    assert_eq!(wide, 6 + 2, "data lines + legend segments");
+    assert!(data_lines >= 6 + 2, "{data_lines} polylines");
+    assert_eq!(wide, (6 + 2) + (2 + 2), "data lines + legend segments, both panels");
     // Legend: one entry per method (colour) and per task (marker).
     let texts: Vec<String> = svg
         .split("<text")

@@ -5,7 +5,8 @@
 //! called twice on pre-filled outputs); and a whole cnn-s training step.
 //!
 //! These run for real on Mesa's software Vulkan (lavapipe). Without an
-//! adapter they fail, unless `LWF_SKIP_GPU_TESTS=1` (then they say SKIPPED).
+//! adapter they are skipped, each saying SKIPPED, unless `LWF_REQUIRE_GPU=1`
+//! (CI's setting), which makes a missing adapter fail them.
 //! Tolerances are `atol + rtol·|cpu|`, per test below.
 
 #[path = "common/gpu.rs"]

@@ -1,8 +1,12 @@
 //! Evaluation: task-aware accuracy (argmax within each task's own outputs)
 //! and class-incremental accuracy (argmax over all outputs of all tasks seen).
 //! Per batch the device returns only each head's row maxima and their
-//! positions; the comparison across heads happens on the host.
+//! positions; the comparison across heads happens on the host. The other
+//! class-incremental classifiers ([`super::classifier`]) score the trunk's
+//! features, read back per batch, on the host.
 
+use super::classifier::{ClassifierKind, FeatureClassifier};
+use super::stats::ClassStats;
 use super::train::Trainer;
 use super::HeadMode;
 use crate::autodiff::Tape;
@@ -19,6 +23,24 @@ pub struct Accuracies {
     pub class_il: f64,
     /// Class-IL accuracy restricted to each task's test images.
     pub class_il_per_task: Vec<f64>,
+    /// Class-IL accuracy of every classifier the model allows (`heads` is
+    /// the same as `class_il`).
+    pub by_classifier: Vec<ClassIl>,
+}
+
+/// Class-incremental accuracy of one classifier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassIl {
+    pub kind: ClassifierKind,
+    pub overall: f64,
+    pub per_task: Vec<f64>,
+}
+
+impl Accuracies {
+    /// The class-IL figures of `kind`, when it was evaluated.
+    pub fn of(&self, kind: ClassifierKind) -> Option<&ClassIl> {
+        self.by_classifier.iter().find(|c| c.kind == kind)
+    }
 }
 
 /// One evaluation output block per task, with the global class of each output.
@@ -57,7 +79,7 @@ fn task_heads<B: Backend>(
     }
 }
 
-/// Evaluate `net` on the test images of the seen `tasks`.
+/// Evaluate `net` on the test images of the seen `tasks` with the heads.
 pub fn evaluate<B: Backend>(
     tr: &mut Trainer<B>,
     net: &Net<B>,
@@ -67,8 +89,31 @@ pub fn evaluate<B: Backend>(
     mode: HeadMode,
     batch_size: usize,
 ) -> Accuracies {
+    evaluate_with(tr, net, test, norm, tasks, mode, batch_size, None)
+}
+
+/// Evaluate `net` on the test images of the seen `tasks`, with every
+/// classifier that `stats` allows beside the heads.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    test: &Split,
+    norm: Normalization,
+    tasks: &[Vec<u32>],
+    mode: HeadMode,
+    batch_size: usize,
+    stats: Option<&ClassStats>,
+) -> Accuracies {
     let b = tr.b.clone();
     let heads = task_heads(&b, net, tasks, mode);
+    let others: Vec<FeatureClassifier> = ClassifierKind::available(stats)
+        .into_iter()
+        .filter(|&k| k != ClassifierKind::Heads)
+        .map(|k| FeatureClassifier::build(k, &b, net, tasks, stats).expect("available classifier"))
+        .collect();
+    let mut other_ok = vec![vec![0usize; tasks.len()]; others.len()];
+    let dim = net.arch.hidden;
     let task_of = |label: u32| tasks.iter().position(|t| t.contains(&label));
     let examples: Vec<(usize, usize)> =
         (0..test.len()).filter_map(|i| task_of(test.labels[i]).map(|t| (i, t))).collect();
@@ -93,6 +138,17 @@ pub fn evaluate<B: Backend>(
                 b.max_rows(&mut vals, &mut idx, tape.value(z), n, classes.len());
                 best.push((b.download(&vals), b.download_idx(&idx)));
             }
+            if !others.is_empty() {
+                let feats = b.download(tape.value(f));
+                for (c, ok) in others.iter().zip(other_ok.iter_mut()) {
+                    let top = c.argmax(&c.scores(&feats[..n * dim], n));
+                    for (r, &(i, t)) in batch.iter().enumerate() {
+                        if c.classes[top[r]] == test.labels[i] {
+                            ok[t] += 1;
+                        }
+                    }
+                }
+            }
         }
         for (r, &(i, t)) in batch.iter().enumerate() {
             let label = test.labels[i];
@@ -114,9 +170,17 @@ pub fn evaluate<B: Backend>(
     }
     // NaN marks a task with no test image here (e.g. `eval` on data lacking it).
     let frac = |ok: usize, n: usize| if n == 0 { f64::NAN } else { ok as f64 / n as f64 };
+    let class_il = |kind, ok: &[usize]| ClassIl {
+        kind,
+        overall: frac(ok.iter().sum(), seen.iter().sum()),
+        per_task: (0..nt).map(|t| frac(ok[t], seen[t])).collect(),
+    };
+    let mut by_classifier = vec![class_il(ClassifierKind::Heads, &cil_ok)];
+    by_classifier.extend(others.iter().zip(&other_ok).map(|(c, ok)| class_il(c.kind, ok)));
     Accuracies {
         task_aware: (0..nt).map(|t| frac(ta_ok[t], seen[t])).collect(),
         class_il: frac(cil_ok.iter().sum(), seen.iter().sum()),
         class_il_per_task: (0..nt).map(|t| frac(cil_ok[t], seen[t])).collect(),
+        by_classifier,
     }
 }

@@ -5,6 +5,7 @@
 //! `λ_o·Σ KD + CE + R`. The baselines differ only in which parameters train
 //! and which loss terms exist, so each is a few lines here.
 
+use super::stats::{ClassStats, DriftReport, Sigma};
 use super::train::{Anchors, Example, LossPlan, PhaseStats, Teacher, Trainer};
 use super::{HeadMode, Hyper, Method, Observer};
 use crate::backend::Backend;
@@ -36,6 +37,11 @@ pub struct TaskReport {
     pub images: usize,
     pub yo_record_seconds: f64,
     pub last_loss: f32,
+    /// Class statistics of the task and drift compensation of the old ones
+    /// (outside `train_seconds`).
+    pub stats_seconds: f64,
+    /// What drift compensation did, when it ran.
+    pub drift: Option<DriftReport>,
 }
 
 impl TaskReport {
@@ -57,11 +63,14 @@ impl TaskReport {
 pub struct MethodState<B: Backend> {
     /// EWC: the summed diagonal Fisher of θs over finished tasks.
     pub fisher: Option<Vec<B::Buf>>,
+    /// Statistics of every class learnt so far; when present, the new
+    /// task's classes are added and the old ones drift-compensated.
+    pub stats: Option<ClassStats>,
 }
 
 impl<B: Backend> Default for MethodState<B> {
     fn default() -> Self {
-        MethodState { fisher: None }
+        MethodState { fisher: None, stats: None }
     }
 }
 
@@ -87,6 +96,19 @@ pub fn examples_for(view: &TaskView, split: &Split, head: usize, head_classes: &
             Example { idx, head, label }
         })
         .collect()
+}
+
+/// Class statistics of a task's classes from its training images under the
+/// current trunk (kind from the hyper-parameters).
+pub fn task_stats<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    view: &TaskView,
+    cx: &TaskContext<'_>,
+) -> ClassStats {
+    let feats = tr.features(net, cx.split, cx.norm, &view.indices, cx.hyper.batch_size);
+    let labels: Vec<u32> = view.indices.iter().map(|&i| cx.split.labels[i]).collect();
+    ClassStats::compute(&feats, &labels, &view.classes, net.arch.hidden, cx.hyper.class_stats)
 }
 
 /// Task 1: a fresh head on a fresh (or given) trunk, all trained with CE.
@@ -138,17 +160,30 @@ pub fn learn_task<B: Backend>(
     let start = Instant::now();
     let hyper = cx.hyper;
     let b = tr.b.clone();
-    let mode = hyper.head_mode;
+    let mode = method.head_mode(hyper.head_mode);
     let old_heads: Vec<usize> = (0..net.heads.len()).collect();
     let mut report = TaskReport::default();
 
-    // (1) LwF: the old model's outputs on the new images, before any change.
+    // (1) LwF: the old model's outputs on the new images, before any change;
+    // in the same pass, the old trunk's features of the new images (drift
+    // compensation of the class statistics).
+    let compensate = state.stats.is_some()
+        && method.moves_trunk()
+        && !method.needs_old_data()
+        && hyper.sdc_sigma != Sigma::Off;
     let mut teachers: Vec<Teacher> = Vec::new();
-    if method == Method::Lwf {
+    let mut old_features = Vec::new();
+    if method == Method::Lwf || compensate {
         let t0 = Instant::now();
         let probe = examples_for(new, cx.split, 0, &new.classes); // labels unused
-        teachers = tr.record_logits(net, cx.split, cx.norm, &probe, &old_heads, hyper.batch_size);
-        report.yo_record_seconds = t0.elapsed().as_secs_f64();
+        let heads: &[usize] = if method == Method::Lwf { &old_heads } else { &[] };
+        (teachers, old_features) =
+            tr.record_outputs(net, cx.split, cx.norm, &probe, heads, hyper.batch_size, compensate);
+        if method == Method::Lwf {
+            report.yo_record_seconds = t0.elapsed().as_secs_f64();
+        } else {
+            report.stats_seconds = t0.elapsed().as_secs_f64();
+        }
     }
 
     // EWC: Fisher of the task just finished, at the parameters it ended with.
@@ -227,12 +262,12 @@ pub fn learn_task<B: Backend>(
     // (4) The main phase.
     let mut ce_heads = vec![new_head];
     match method {
-        Method::Lwf | Method::Joint => net.set_trainable(true, 0, &all_heads),
+        Method::Lwf | Method::Joint | Method::JointShared => net.set_trainable(true, 0, &all_heads),
         Method::Finetune | Method::L2 | Method::Ewc => net.set_trainable(true, 0, &[new_head]),
         Method::Freeze => net.set_trainable(true, hyper.freeze_layers, &[new_head]),
         Method::FeatureExtraction => net.set_trainable(false, 0, &[new_head]),
     }
-    if method == Method::Joint {
+    if method.needs_old_data() {
         for view in old {
             let (head, classes) = head_of(net, mode, view);
             examples.extend(examples_for(view, cx.split, head, &classes));
@@ -257,7 +292,28 @@ pub fn learn_task<B: Backend>(
     )?;
     report.add(s);
     net.set_trainable(true, 0, &all_heads);
-    report.train_seconds = start.elapsed().as_secs_f64();
+    report.train_seconds = start.elapsed().as_secs_f64() - report.stats_seconds;
+
+    // The class statistics: the old classes' moved (or, by joint, recomputed
+    // on the old images it keeps), the new classes' measured.
+    if let Some(stats) = state.stats.as_mut() {
+        let t0 = Instant::now();
+        let kind = stats.kind();
+        let cx = TaskContext { hyper: &Hyper { class_stats: kind, ..hyper.clone() }, ..*cx };
+        let new_features = tr.features(net, cx.split, cx.norm, &new.indices, hyper.batch_size);
+        let labels: Vec<u32> = new.indices.iter().map(|&i| cx.split.labels[i]).collect();
+        if method.needs_old_data() && old.len() >= t {
+            let mut fresh = ClassStats::empty(net.arch.hidden, kind);
+            for view in &old[..t] {
+                fresh.append(task_stats(tr, net, view, &cx));
+            }
+            *stats = fresh;
+        } else if compensate {
+            report.drift = stats.compensate(&old_features, &new_features, &labels, hyper.sdc_sigma);
+        }
+        stats.append(ClassStats::compute(&new_features, &labels, &new.classes, net.arch.hidden, kind));
+        report.stats_seconds += t0.elapsed().as_secs_f64();
+    }
     Ok(report)
 }
 

@@ -6,10 +6,14 @@
 //! - [`eval`]: task-aware and class-incremental accuracy
 //! - [`methods`]: what each method does to learn a new task
 //! - [`protocol`]: the task loop of an experiment (two-task, splitN, explicit)
+//! - [`stats`]: per-class feature statistics and their drift compensation
+//! - [`classifier`]: class-incremental classifiers (heads, ncm, mahalanobis)
 
+pub mod classifier;
 pub mod eval;
 pub mod methods;
 pub mod protocol;
+pub mod stats;
 pub mod train;
 
 use crate::backend::SgdHyper;
@@ -36,10 +40,13 @@ pub enum Method {
     Ewc,
     /// Old data kept: train on the union (the upper bound).
     Joint,
+    /// `joint` with one softmax over every class seen (the class-IL upper
+    /// bound), whatever `--head-mode` says; experiments only.
+    JointShared,
 }
 
 impl Method {
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::Lwf,
         Method::Finetune,
         Method::Freeze,
@@ -47,6 +54,7 @@ impl Method {
         Method::L2,
         Method::Ewc,
         Method::Joint,
+        Method::JointShared,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +66,7 @@ impl Method {
             Method::L2 => "l2",
             Method::Ewc => "ewc",
             Method::Joint => "joint",
+            Method::JointShared => "joint-shared",
         }
     }
 
@@ -73,9 +82,23 @@ impl Method {
         s.split(',').filter(|p| !p.trim().is_empty()).map(Method::parse).collect()
     }
 
+    /// Whether training changes the trunk (and so the old classes' features).
+    pub fn moves_trunk(self) -> bool {
+        self != Method::FeatureExtraction
+    }
+
     /// Whether the method needs the old tasks' training data.
     pub fn needs_old_data(self) -> bool {
-        self == Method::Joint
+        matches!(self, Method::Joint | Method::JointShared)
+    }
+
+    /// The head mode the method runs with (`joint-shared` always shares).
+    pub fn head_mode(self, configured: HeadMode) -> HeadMode {
+        if self == Method::JointShared {
+            HeadMode::Shared
+        } else {
+            configured
+        }
     }
 }
 
@@ -134,6 +157,12 @@ pub struct Hyper {
     /// Trunk layers (with parameters) frozen by `freeze`.
     pub freeze_layers: usize,
     pub head_mode: HeadMode,
+    /// Class statistics kept after each task (means; `cov` adds covariances).
+    #[serde(default)]
+    pub class_stats: stats::StatsKind,
+    /// σ of drift compensation for the old class means.
+    #[serde(default)]
+    pub sdc_sigma: stats::Sigma,
 }
 
 impl Default for Hyper {
@@ -153,6 +182,8 @@ impl Default for Hyper {
             ewc_samples: 1000,
             freeze_layers: 2,
             head_mode: HeadMode::PerTask,
+            class_stats: stats::StatsKind::Mean,
+            sdc_sigma: stats::Sigma::Auto,
         }
     }
 }

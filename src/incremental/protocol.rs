@@ -2,8 +2,12 @@
 //! same for every method, as in the reference), then for each method copy
 //! that model and learn the remaining tasks one by one, evaluating after each.
 
-use super::eval::{evaluate, Accuracies};
-use super::methods::{learn_task, streams, train_first_task, MethodState, TaskContext, TaskReport};
+use super::classifier::ClassifierKind;
+use super::eval::{evaluate_with, Accuracies};
+use super::methods::{
+    learn_task, streams, task_stats, train_first_task, MethodState, TaskContext, TaskReport,
+};
+use super::stats::{mean_cosine, ClassStats, StatsKind};
 use super::train::Trainer;
 use super::{Hyper, Method, Observer};
 use crate::backend::Backend;
@@ -35,6 +39,22 @@ pub struct TaskRecord {
     pub acc: Accuracies,
     pub report: TaskReport,
     pub eval_seconds: f64,
+    /// How far the stored old-class means are from the truth (after tasks ≥ 2).
+    pub drift_check: Option<DriftCheck>,
+}
+
+/// A measurement only an experiment can make, because it still has the old
+/// tasks' images: the old classes' means recomputed on them under the new
+/// trunk, against the stored ones. No classifier ever reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriftCheck {
+    /// Mean over old classes of cos(stored mean after compensation, recomputed mean).
+    pub compensated_cosine: f64,
+    /// The same for the means as they were before this task (no compensation).
+    pub uncompensated_cosine: f64,
+    /// Class-IL of NCM with the old means recomputed on the old images: the
+    /// ceiling of the statistics route.
+    pub ncm_recomputed_class_il: f64,
 }
 
 /// One method under one seed: a record per task.
@@ -80,22 +100,36 @@ pub fn run_experiment<B: Backend>(
         let mut tr = Trainer::new(b.clone());
         let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &cfg.hyper, seed, obs };
         let mut base = Net::new(b, arch.clone(), &mut Rng::derive(seed, streams::TRUNK));
-        let report = train_first_task(&mut tr, &mut base, &views[0], &cx)?;
-        let first = record(&mut tr, &base, &test, data, &cfg.tasks[..1], &cfg.hyper, report);
+        let mut report = train_first_task(&mut tr, &mut base, &views[0], &cx)?;
+        let t0 = Instant::now();
+        let base_stats = task_stats(&mut tr, &base, &views[0], &cx);
+        report.stats_seconds = t0.elapsed().as_secs_f64();
+        let first =
+            record(&mut tr, &base, &test, data, &cfg.tasks[..1], &cfg.hyper, report, Some(&base_stats));
         obs.note(&format!("[seed {seed}] task 1: accuracy {:.4}", first.acc.task_aware[0]));
         for &method in &cfg.methods {
+            let hyper = Hyper { head_mode: method.head_mode(cfg.hyper.head_mode), ..cfg.hyper.clone() };
             let mut net = base.duplicate(b);
-            let mut state = MethodState::default();
+            let mut state = MethodState { stats: Some(base_stats.clone()), ..MethodState::default() };
             let mut records = vec![first.clone()];
             for t in 1..cfg.tasks.len() {
+                let before = state.stats.clone();
                 let report =
                     learn_task(&mut tr, &mut net, method, t, &views[t], &views[..t], &mut state, &cx)?;
-                let rec = record(&mut tr, &net, &test, data, &cfg.tasks[..=t], &cfg.hyper, report);
+                let stats = state.stats.as_ref();
+                let mut rec = record(&mut tr, &net, &test, data, &cfg.tasks[..=t], &hyper, report, stats);
+                if let (Some(before), Some(after)) = (before, stats) {
+                    let (old, hyper) = (&views[..t], &hyper);
+                    rec.drift_check =
+                        Some(drift_check(&mut tr, &net, old, &test, data, cfg, hyper, &before, after, &cx));
+                }
+                let ncm = rec.acc.of(ClassifierKind::Ncm).map_or(f64::NAN, |c| c.overall);
                 obs.note(&format!(
-                    "[seed {seed} {method}] after task {}: task-aware {:?} class-IL {:.4} ({:.1}s, {:.0} img/s)",
+                    "[seed {seed} {method}] after task {}: task-aware {:?} class-IL heads {:.4} ncm {:.4} ({:.1}s, {:.0} img/s)",
                     t + 1,
                     rec.acc.task_aware.iter().map(|a| (a * 1e4).round() / 1e4).collect::<Vec<_>>(),
                     rec.acc.class_il,
+                    ncm,
                     rec.report.train_seconds,
                     rec.report.images_per_second()
                 ));
@@ -107,6 +141,7 @@ pub fn run_experiment<B: Backend>(
     Ok(runs)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record<B: Backend>(
     tr: &mut Trainer<B>,
     net: &Net<B>,
@@ -115,10 +150,52 @@ fn record<B: Backend>(
     seen: &[Vec<u32>],
     hyper: &Hyper,
     report: TaskReport,
+    stats: Option<&ClassStats>,
 ) -> TaskRecord {
     let start = Instant::now();
-    let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size);
-    TaskRecord { acc, report, eval_seconds: start.elapsed().as_secs_f64() }
+    let acc = evaluate_with(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats);
+    TaskRecord { acc, report, eval_seconds: start.elapsed().as_secs_f64(), drift_check: None }
+}
+
+/// Compare the stored old-class means with means recomputed on the old
+/// tasks' training images under the current trunk (see [`DriftCheck`]).
+#[allow(clippy::too_many_arguments)]
+fn drift_check<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    old: &[TaskView],
+    test: &crate::data::Split,
+    data: &Dataset,
+    cfg: &ExperimentConfig,
+    hyper: &Hyper,
+    before: &ClassStats,
+    after: &ClassStats,
+    cx: &TaskContext<'_>,
+) -> DriftCheck {
+    let mean_only = Hyper { class_stats: StatsKind::Mean, ..hyper.clone() };
+    let cx = TaskContext { hyper: &mean_only, ..*cx };
+    let mut oracle = ClassStats::empty(after.dim, StatsKind::Mean);
+    for v in old {
+        oracle.append(task_stats(tr, net, v, &cx));
+    }
+    let n_old = oracle.classes.len();
+    let avg_cos = |s: &ClassStats| {
+        (0..n_old).map(|k| mean_cosine(s.mean(k), oracle.mean(k))).sum::<f64>() / n_old as f64
+    };
+    let (compensated_cosine, uncompensated_cosine) = (avg_cos(after), avg_cos(before));
+    // The new classes' means as stored (they were measured on their images).
+    let new_part = ClassStats {
+        dim: after.dim,
+        classes: after.classes[n_old..].to_vec(),
+        counts: after.counts[n_old..].to_vec(),
+        means: after.means[n_old * after.dim..].to_vec(),
+        gauss: None,
+    };
+    oracle.append(new_part);
+    let seen = &cfg.tasks[..=old.len()];
+    let acc = evaluate_with(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, Some(&oracle));
+    let ncm_recomputed_class_il = acc.of(ClassifierKind::Ncm).map_or(f64::NAN, |c| c.overall);
+    DriftCheck { compensated_cosine, uncompensated_cosine, ncm_recomputed_class_il }
 }
 
 /// The first `n` test images of each class, in data order.

@@ -210,6 +210,38 @@ impl<B: Backend> Trainer<B> {
         heads: &[usize],
         batch_size: usize,
     ) -> Vec<Teacher> {
+        self.record_outputs(net, split, norm, examples, heads, batch_size, false).0
+    }
+
+    /// The trunk's output features (rows of `net.arch.hidden`) of the images
+    /// `indices` of `split`, in order.
+    pub fn features(
+        &mut self,
+        net: &Net<B>,
+        split: &Split,
+        norm: Normalization,
+        indices: &[usize],
+        batch_size: usize,
+    ) -> Vec<f32> {
+        let probe: Vec<Example> = indices.iter().map(|&idx| Example { idx, head: 0, label: 0 }).collect();
+        self.record_outputs(net, split, norm, &probe, &[], batch_size, true).1
+    }
+
+    /// One forward pass over `examples`: the logits of `heads` and, when
+    /// `want_features`, the trunk's features (else an empty vector). LwF's
+    /// Y_o and the old trunk's features for drift compensation come from the
+    /// same pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_outputs(
+        &mut self,
+        net: &Net<B>,
+        split: &Split,
+        norm: Normalization,
+        examples: &[Example],
+        heads: &[usize],
+        batch_size: usize,
+        want_features: bool,
+    ) -> (Vec<Teacher>, Vec<f32>) {
         let mut out: Vec<Teacher> = heads
             .iter()
             .map(|&h| {
@@ -217,18 +249,25 @@ impl<B: Backend> Trainer<B> {
                 Teacher { head: h, cols, logits: Vec::with_capacity(examples.len() * cols) }
             })
             .collect();
+        let dim = net.arch.hidden;
+        let mut feats = Vec::with_capacity(if want_features { examples.len() * dim } else { 0 });
         let positions: Vec<usize> = (0..examples.len()).collect();
         for batch in positions.chunks(batch_size) {
             self.stage_images(split, norm, examples, batch);
             let mut tape = Tape::new(&self.b, &mut self.ws);
             let x = tape.input(&[batch.len(), split.c, split.h, split.w], &self.xs);
-            let logits = net.forward(&mut tape, x, heads);
-            for (t, z) in out.iter_mut().zip(logits) {
+            let f = net.features(&mut tape, x);
+            if want_features {
+                let v = self.b.download(tape.value(f));
+                feats.extend_from_slice(&v[..batch.len() * dim]);
+            }
+            for t in out.iter_mut() {
+                let z = tape.linear(f, &net.heads[t.head].linear);
                 let v = self.b.download(tape.value(z));
                 t.logits.extend_from_slice(&v[..batch.len() * t.cols]);
             }
         }
-        out
+        (out, feats)
     }
 
     /// EWC's diagonal Fisher of θs, `E[(∂ log p(y|x) / ∂θ)²]`, estimated from

@@ -17,7 +17,10 @@ pub mod plot;
 pub mod report;
 
 pub use plot::{render_plot_svg, write_plot_svg};
-pub use report::{comparison_table, matrix_table, read_json, write_csv, write_json, write_summary_csv};
+pub use report::{
+    classifier_table, comparison_table, matrix_table, read_json, write_classifier_csv, write_csv, write_json,
+    write_summary_csv,
+};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -233,6 +236,10 @@ pub struct Timings {
     /// reference does); absent when no task recorded any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub yo_record_seconds: Option<Vec<f64>>,
+    /// Per task: seconds spent on class statistics and drift compensation
+    /// (outside the train seconds); absent for runs without statistics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_stats_seconds: Vec<f64>,
 }
 
 impl Timings {
@@ -258,6 +265,7 @@ impl Timings {
             eval_seconds: tasks.iter().map(|t| t.eval_seconds).collect(),
             yo_record_seconds: any_yo
                 .then(|| tasks.iter().map(|t| t.yo_record_seconds.unwrap_or(0.0)).collect()),
+            class_stats_seconds: Vec::new(),
         })
     }
 
@@ -364,6 +372,55 @@ pub struct RunResult {
     pub engine: EngineInfo,
     #[serde(default)]
     pub timings: Timings,
+    /// Class-IL accuracy of each class-incremental classifier (`heads` is
+    /// `class_il_acc_after_each_task` again, for side-by-side reading).
+    #[serde(default)]
+    pub class_il_by_classifier: BTreeMap<String, ClassifierCurve>,
+    /// Per task: drift compensation of the class statistics and how close the
+    /// stored means stayed to the truth (empty for runs without statistics).
+    #[serde(default)]
+    pub class_stats_per_task: Vec<StatsRecord>,
+}
+
+/// One classifier's class-IL accuracy over a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierCurve {
+    pub after_each_task: Vec<f64>,
+    /// After the last task, restricted to each task's test images.
+    pub final_per_task: Vec<f64>,
+    /// Mean of `final_per_task` over the old tasks (null with one task).
+    pub final_old_tasks: Option<f64>,
+    pub final_new_task: f64,
+}
+
+impl ClassifierCurve {
+    pub fn new(after_each_task: Vec<f64>, final_per_task: Vec<f64>) -> Self {
+        let n = final_per_task.len();
+        let final_old_tasks = (n > 1).then(|| final_per_task[..n - 1].iter().sum::<f64>() / (n - 1) as f64);
+        let final_new_task = final_per_task.last().copied().unwrap_or(f64::NAN);
+        ClassifierCurve { after_each_task, final_per_task, final_old_tasks, final_new_task }
+    }
+}
+
+/// The class statistics after one task.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsRecord {
+    /// σ of drift compensation (null where it did not run).
+    pub sdc_sigma: Option<f32>,
+    pub sdc_sigma_tukey: Option<f32>,
+    /// How σ was chosen.
+    pub sdc_sigma_chosen_by: Option<String>,
+    /// (σ, mean cosine to the held-out new class's true mean) per σ tried.
+    pub sdc_sigma_trials: Vec<(f32, f64)>,
+    /// Mean length of the moves applied to the old means.
+    pub sdc_mean_shift: Option<f64>,
+    /// Diagnostics that read the old images (an experiment has them; no
+    /// classifier uses them): mean cosine between the stored old means and
+    /// the means recomputed on the old images, with and without compensation.
+    pub old_mean_cosine_compensated: Option<f64>,
+    pub old_mean_cosine_uncompensated: Option<f64>,
+    /// Class-IL of NCM with the old means recomputed on the old images.
+    pub ncm_recomputed_class_il: Option<f64>,
 }
 
 impl RunResult {
@@ -398,6 +455,8 @@ impl RunResult {
             versions: p.versions,
             engine: p.engine,
             timings,
+            class_il_by_classifier: BTreeMap::new(),
+            class_stats_per_task: Vec::new(),
         })
     }
 

@@ -1,9 +1,12 @@
-//! The experiment's SVG plot: task-aware accuracy on each task after each
-//! training step, the picture that shows forgetting at a glance (a line that
-//! falls is a task being forgotten).
+//! The experiment's SVG plot, two panels. Left: task-aware accuracy on each
+//! task after each training step, the picture that shows forgetting at a
+//! glance (a line that falls is a task being forgotten). Right: class-IL
+//! accuracy (over every class seen so far, task unknown) after each step, one
+//! line per method and classifier (heads, ncm, …).
 //!
-//! Lines of one method share a colour and each task has its own marker
-//! shape; the legend lists the methods (colours) and the tasks (markers).
+//! Lines of one method share a colour; each task (left) or classifier
+//! (right) has its own marker shape; the legends list the methods (colours)
+//! and the tasks or classifiers (markers).
 //! Several seeds of a method are averaged. Text is written as SVG `<text>` elements, which needs no font
 //! files (plotters' `ttf` feature is off; the viewer renders the font).
 
@@ -16,8 +19,10 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 
-const WIDTH: u32 = 960;
+const WIDTH: u32 = 1500;
 const HEIGHT: u32 = 600;
+/// Width of the task-aware (left) panel.
+const LEFT: u32 = 780;
 
 /// Method colours (matplotlib's tab10, readable on white).
 const PALETTE: [RGBColor; 8] = [
@@ -34,11 +39,12 @@ const PALETTE: [RGBColor; 8] = [
 /// Colour of the task entries in the legend (the marker alone, no method).
 const NEUTRAL: RGBColor = RGBColor(70, 70, 70);
 
-/// One plotted line: a method's accuracy on one task over the steps.
+/// One plotted line: a method's accuracy on one task (or with one
+/// classifier) over the steps.
 #[derive(Clone, Debug, PartialEq)]
 struct Line {
     method: String,
-    /// The task (0-based); picks the marker shape.
+    /// The task or classifier (0-based); picks the marker shape.
     task: usize,
     colour: RGBColor,
     /// (after task, 1-based; accuracy in %), seeds averaged.
@@ -59,13 +65,59 @@ pub fn render_plot_svg(protocol: &str, results: &[RunResult]) -> Result<String> 
     if lines.is_empty() || n == 0 {
         return Err(Error::Config("no accuracies to plot".to_string()));
     }
+    let (cil_lines, classifiers) = class_il_lines(results);
+    let tasks: Vec<String> = (1..=n).map(|j| format!("task {j}")).collect();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, protocol, n, &lines)?;
+        root.fill(&WHITE).map_err(plot_error)?;
+        let (left, right) = root.split_horizontally(LEFT);
+        let title = format!("Task-aware accuracy per task after each step ({protocol})");
+        draw(&left, &title, "task-aware accuracy (%)", n, &lines, &tasks)?;
+        let title = "Class-IL accuracy over all classes seen (task unknown)";
+        draw(&right, title, "class-IL accuracy (%)", n, &cil_lines, &classifiers)?;
         root.present().map_err(plot_error)?;
     }
     Ok(svg)
+}
+
+/// Per method and classifier, the mean over seeds of the class-IL accuracy
+/// after each step; and the classifiers' names (marker legend). Runs
+/// without per-classifier figures contribute their heads' class-IL.
+fn class_il_lines(results: &[RunResult]) -> (Vec<Line>, Vec<String>) {
+    let curve = |r: &RunResult, c: &str| -> Option<Vec<f64>> {
+        match r.class_il_by_classifier.get(c) {
+            Some(k) => Some(k.after_each_task.clone()),
+            None if c == "heads" => Some(r.class_il_acc_after_each_task.clone()),
+            None => None,
+        }
+    };
+    let mut names: Vec<String> = vec!["heads".into()];
+    for r in results {
+        for k in r.class_il_by_classifier.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for (m, (method, runs)) in group_by_method(results).into_iter().enumerate() {
+        for (c, name) in names.iter().enumerate() {
+            let curves: Vec<Vec<f64>> = runs.iter().filter_map(|r| curve(r, name)).collect();
+            let n = curves.iter().map(Vec::len).max().unwrap_or(0);
+            let points: Vec<(f64, f64)> = (0..n)
+                .filter_map(|t| {
+                    let accs: Vec<f64> = curves.iter().filter_map(|v| v.get(t).copied()).collect();
+                    mean(&accs).map(|a| ((t + 1) as f64, a * 100.0))
+                })
+                .collect();
+            if !points.is_empty() {
+                let colour = PALETTE[m % PALETTE.len()];
+                lines.push(Line { method: method.to_string(), task: c, colour, points });
+            }
+        }
+    }
+    (lines, names)
 }
 
 /// Per method (in order of appearance) and task j, the mean over seeds of
@@ -149,13 +201,14 @@ fn step_label(x: &f64) -> String {
 
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    protocol: &str,
+    title: &str,
+    y_desc: &str,
     n: usize,
     lines: &[Line],
+    markers: &[String],
 ) -> Result<()> {
-    root.fill(&WHITE).map_err(plot_error)?;
     let mut chart = ChartBuilder::on(root)
-        .caption(format!("Task-aware accuracy per task after each step ({protocol})"), ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -169,12 +222,12 @@ fn draw<DB: DrawingBackend>(
         .y_max_light_lines(1)
         .y_label_formatter(&|y| format!("{y:.0}"))
         .x_desc("after training task")
-        .y_desc("task-aware accuracy (%)")
+        .y_desc(y_desc)
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(plot_error)?;
-    draw_lines(&mut chart, lines)?;
+    draw_lines(&mut chart, lines, markers)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerLeft)
@@ -189,9 +242,14 @@ fn draw<DB: DrawingBackend>(
 type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// The lines and their markers, plus the legend entries: one per method
-/// (its colour) and one per task (its marker), rather than one per line,
-/// so split5 with six methods needs 11 entries, not 30.
-fn draw_lines<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, lines: &[Line]) -> Result<()> {
+/// (its colour) and one per task or classifier (its marker, named by
+/// `markers`), rather than one per line, so split5 with six methods needs 11
+/// entries, not 30.
+fn draw_lines<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    lines: &[Line],
+    markers: &[String],
+) -> Result<()> {
     let mut methods_seen: Vec<&str> = Vec::new();
     for line in lines {
         let (colour, shape) = (line.colour, Some(line.task));
@@ -206,12 +264,12 @@ fn draw_lines<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, lines: &[L
             .draw_series(line.points.iter().map(|&p| glyph!(p, shape, colour, false)))
             .map_err(plot_error)?;
     }
-    let tasks = lines.iter().map(|l| l.task + 1).max().unwrap_or(0);
-    for j in 0..tasks {
+    let used = lines.iter().map(|l| l.task + 1).max().unwrap_or(0);
+    for (j, name) in markers.iter().enumerate().take(used) {
         chart
             .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
             .map_err(plot_error)?
-            .label(format!("task {}", j + 1))
+            .label(name.clone())
             .legend(move |(x, y)| glyph!((x + 10, y), Some(j), NEUTRAL, false));
     }
     Ok(())
@@ -246,6 +304,35 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
         assert!(svg.contains("<circle"), "the single point is drawn as a marker");
         assert!(render_plot_svg("none", &[]).is_err());
+    }
+
+    #[test]
+    fn class_il_panel_has_a_line_per_method_and_classifier() {
+        let mut a = sample_run("lwf", 0, 2, |_, _| 0.8);
+        let mut b = sample_run("lwf", 1, 2, |_, _| 0.8);
+        for (r, v) in [(&mut a, 0.6), (&mut b, 0.8)] {
+            r.class_il_by_classifier
+                .insert("ncm".into(), crate::metrics::ClassifierCurve::new(vec![0.9, v], vec![v, v]));
+        }
+        let old = sample_run("finetune", 0, 2, |_, _| 0.5); // no per-classifier figures
+        let (lines, names) = class_il_lines(&[a, b, old]);
+        assert_eq!(names, ["heads", "ncm"]);
+        let labels: Vec<(&str, usize)> = lines.iter().map(|l| (l.method.as_str(), l.task)).collect();
+        assert_eq!(labels, [("lwf", 0), ("lwf", 1), ("finetune", 0)]);
+        assert!((lines[1].points[1].1 - 70.0).abs() < 1e-9, "seeds averaged: {:?}", lines[1].points);
+        assert!((lines[2].points[0].1 - 50.0).abs() < 1e-9, "heads from class_il_acc_after_each_task");
+        let svg = render_plot_svg("p", &lines_fixture()).unwrap();
+        assert!(
+            svg.contains("Class-IL accuracy") && svg.contains("ncm"),
+            "both panels and the legend: {svg}"
+        );
+    }
+
+    fn lines_fixture() -> Vec<RunResult> {
+        let mut r = sample_run("lwf", 0, 2, |_, _| 0.8);
+        r.class_il_by_classifier
+            .insert("ncm".into(), crate::metrics::ClassifierCurve::new(vec![0.9, 0.7], vec![0.6, 0.8]));
+        vec![r]
     }
 
     #[test]

@@ -31,6 +31,76 @@ pub const SUMMARY_CSV_HEADER: &str = "method,seed,protocol,final_task_aware_avg,
 new_task_acc_final,final_class_il_acc,avg_forgetting_task_aware,backward_transfer,\
 train_seconds_total,last_task_train_images_per_second";
 
+/// Header of [`write_classifier_csv`].
+pub const CLASSIFIER_CSV_HEADER: &str =
+    "method,seed,protocol,classifier,final_class_il_acc,final_old_tasks_class_il,final_new_task_class_il";
+
+/// One row per (method, seed, classifier): the final class-IL accuracy over
+/// all classes and restricted to the old tasks' and the new task's images.
+pub fn write_classifier_csv(path: &Path, results: &[RunResult]) -> Result<()> {
+    write_atomic(path, classifier_csv(results).as_bytes())
+}
+
+fn classifier_csv(results: &[RunResult]) -> String {
+    let mut s = format!("{CLASSIFIER_CSV_HEADER}\n");
+    for r in results {
+        for (name, c) in &r.class_il_by_classifier {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{}",
+                csv_field(&r.method),
+                r.seed,
+                csv_field(&r.protocol),
+                csv_field(name),
+                csv_num(c.after_each_task.last().copied()),
+                csv_num(c.final_old_tasks),
+                c.final_new_task,
+            );
+        }
+    }
+    s
+}
+
+/// Class-IL after the last task by classifier: one row per method, a column
+/// per classifier, each cell "class-IL (old / new)" in percent, mean ± std
+/// over seeds for the class-IL and means for the old and new tasks' images.
+pub fn classifier_table(results: &[RunResult]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for r in results {
+        for k in r.class_il_by_classifier.keys() {
+            if !names.contains(&k.as_str()) {
+                names.push(k);
+            }
+        }
+    }
+    let order = |n: &str| ["heads", "aligned-heads", "ncm", "mahalanobis"].iter().position(|k| *k == n);
+    names.sort_by_key(|n| order(n).unwrap_or(usize::MAX));
+    let header: Vec<String> = std::iter::once("method".to_string())
+        .chain(names.iter().map(|n| format!("{n}: class-IL (old / new)")))
+        .collect();
+    let rows: Vec<Vec<String>> = group_by_method(results)
+        .into_iter()
+        .map(|(method, runs)| {
+            std::iter::once(method.to_string())
+                .chain(names.iter().map(|n| {
+                    let curves: Vec<_> =
+                        runs.iter().filter_map(|r| r.class_il_by_classifier.get(*n)).collect();
+                    let all: Vec<f64> =
+                        curves.iter().filter_map(|c| c.after_each_task.last().copied()).collect();
+                    let old: Vec<f64> = curves.iter().filter_map(|c| c.final_old_tasks).collect();
+                    let new: Vec<f64> = curves.iter().map(|c| c.final_new_task).collect();
+                    let m = |v: &[f64]| {
+                        crate::metrics::mean(v).map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
+                    };
+                    format!("{} ({} / {})", mean_pm_std(&all, 100.0, 1), m(&old), m(&new))
+                }))
+                .collect()
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    render_table(&header, &rows)
+}
+
 /// The long ("tidy") CSV: one row per (method, seed, after_task, task) for
 /// every task seen by then (`task <= after_task`), so plotting tools need no
 /// null handling. Task numbers are 1-based, as in the tables and the plot.

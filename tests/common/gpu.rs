@@ -10,21 +10,58 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::io::Write;
 use std::sync::OnceLock;
 
-/// The shared device, or `None` (after a loud SKIPPED line) when there is no
-/// adapter and `LWF_SKIP_GPU_TESTS=1`. Without that variable a missing
-/// adapter fails the test: CI runs these on Mesa's software Vulkan.
+/// The shared device, or `None` (after a loud SKIPPED line) when this
+/// machine has no GPU adapter. With `LWF_REQUIRE_GPU=1` (CI sets it, and CI
+/// installs Mesa's software Vulkan) a missing adapter fails the test instead.
 pub fn gpu() -> Option<&'static WgpuBackend> {
     static GPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
     match GPU.get_or_init(|| WgpuBackend::new().map_err(|e| e.to_string())) {
         Ok(b) => Some(b),
-        Err(e) if skip_requested() => {
-            // Straight to fd 2: the test harness captures eprintln!, and a
-            // skip must be seen.
-            let line = format!("SKIPPED: no GPU adapter (LWF_SKIP_GPU_TESTS=1): {e}\n");
-            let _ = std::io::stderr().write_all(line.as_bytes());
+        Err(e) if !gpu_required() => {
+            report_skip(e);
             None
         }
-        Err(e) => panic!("the wgpu backend did not open: {e}\n(on a machine without Vulkan, LWF_SKIP_GPU_TESTS=1 skips the GPU tests)"),
+        Err(e) => panic!("the wgpu backend did not open: {e}\n(LWF_REQUIRE_GPU=1 is set, so a missing adapter is an error)"),
+    }
+}
+
+/// GPU tests in the parity binary (counted from its source, for the summary line).
+const GPU_TESTS: usize = {
+    let src = include_str!("../parity.rs").as_bytes();
+    let pat = b"#[test]";
+    let mut i = 0;
+    let mut n = 0;
+    while i + pat.len() <= src.len() {
+        let mut j = 0;
+        while j < pat.len() && src[i + j] == pat[j] {
+            j += 1;
+        }
+        if j == pat.len() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
+
+/// One summary line for the binary, then one line per skipped test, straight
+/// to fd 2 (the harness captures eprintln!, and a skip must be seen).
+fn report_skip(e: &str) {
+    static SUMMARY: std::sync::Once = std::sync::Once::new();
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    SUMMARY.call_once(|| {
+        let line = format!(
+            "SKIPPED: all {GPU_TESTS} GPU tests of this binary (no GPU adapter: {e}). To run them, install a \
+             Vulkan driver (Linux without a GPU: apt-get install mesa-vulkan-drivers); LWF_REQUIRE_GPU=1 makes \
+             a missing adapter an error (CI sets it).\n"
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    });
+    let name = std::thread::current().name().unwrap_or("a GPU test").to_string();
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.contains(&name) {
+        let _ = std::io::stderr().write_all(format!("SKIPPED {name}: no GPU adapter\n").as_bytes());
+        seen.push(name);
     }
 }
 
@@ -36,8 +73,8 @@ pub fn gpu_tiled() -> Option<&'static WgpuBackend> {
     Some(TILED.get_or_init(|| g.clone().force_tiled_gemm()))
 }
 
-fn skip_requested() -> bool {
-    std::env::var("LWF_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
+fn gpu_required() -> bool {
+    std::env::var("LWF_REQUIRE_GPU").is_ok_and(|v| v == "1")
 }
 
 /// Run `f` on `cases` random values of `strat` with the shared device.

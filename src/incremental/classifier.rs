@@ -1,0 +1,392 @@
+//! Class-incremental classifiers over the trunk's features: which of all the
+//! classes a model knows an image belongs to, without knowing its task.
+//!
+//! - `heads`: the concatenated heads' logits, argmax (today's behaviour).
+//! - `aligned-heads`: the same with weight aligning (Zhao et al., arXiv
+//!   1911.07053): every task's rows are rescaled so their mean L2 norm equals
+//!   the first task's (later heads, trained with more recent data, otherwise
+//!   have larger rows and win too often). Needs no data.
+//! - `ncm`: nearest class mean by cosine over L2-normalised features, with the
+//!   means of [`ClassStats`] (drift-compensated by SDC).
+//! - `mahalanobis`: FeCAM (Goswami et al., arXiv 2309.14062): Tukey-transformed
+//!   features, per-class covariance shrunk and normalised to a correlation
+//!   matrix, squared Mahalanobis distance to each class mean.
+//!
+//! Scores and probabilities: heads score by logit (softmax of the logits);
+//! ncm by cosine similarity (softmax of [`NCM_SCALE`]·cosine, the scale of
+//! cosine-normalised classifiers); mahalanobis by −d² (softmax of −d²/2, the
+//! posterior of Gaussians with the shared correlation-normalised shape and
+//! equal priors).
+
+use super::stats::{ncm_space, tukey_space, unpack_symmetric, ClassStats};
+use crate::backend::Backend;
+use crate::nn::Net;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Scale of the cosine similarities in NCM's softmax.
+pub const NCM_SCALE: f32 = 16.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassifierKind {
+    Heads,
+    AlignedHeads,
+    Ncm,
+    Mahalanobis,
+}
+
+impl ClassifierKind {
+    pub const ALL: [ClassifierKind; 4] = [
+        ClassifierKind::Heads,
+        ClassifierKind::AlignedHeads,
+        ClassifierKind::Ncm,
+        ClassifierKind::Mahalanobis,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClassifierKind::Heads => "heads",
+            ClassifierKind::AlignedHeads => "aligned-heads",
+            ClassifierKind::Ncm => "ncm",
+            ClassifierKind::Mahalanobis => "mahalanobis",
+        }
+    }
+
+    /// Whether the classifier reads class statistics (and which part).
+    pub fn needs(self) -> Option<&'static str> {
+        match self {
+            ClassifierKind::Heads | ClassifierKind::AlignedHeads => None,
+            ClassifierKind::Ncm => Some("class means"),
+            ClassifierKind::Mahalanobis => Some("class covariances (train or extend with --class-stats cov)"),
+        }
+    }
+
+    /// The classifier a model's predictions use when none is asked for:
+    /// nearest class mean when statistics exist, else the heads.
+    pub fn default_for(stats: Option<&ClassStats>) -> Self {
+        if stats.is_some() {
+            ClassifierKind::Ncm
+        } else {
+            ClassifierKind::Heads
+        }
+    }
+
+    /// Every classifier the statistics allow, in [`ClassifierKind::ALL`] order.
+    pub fn available(stats: Option<&ClassStats>) -> Vec<Self> {
+        ClassifierKind::ALL
+            .into_iter()
+            .filter(|k| match k {
+                ClassifierKind::Heads | ClassifierKind::AlignedHeads => true,
+                ClassifierKind::Ncm => stats.is_some(),
+                ClassifierKind::Mahalanobis => stats.is_some_and(|s| s.gauss.is_some()),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for ClassifierKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A classifier ready to score host-side feature rows.
+pub struct FeatureClassifier {
+    pub kind: ClassifierKind,
+    /// The global class of each score column.
+    pub classes: Vec<u32>,
+    dim: usize,
+    model: Model,
+}
+
+enum Model {
+    /// Rows of W (classes × dim) and the biases.
+    Linear { w: Vec<f32>, b: Vec<f32> },
+    /// Unit-length class means (classes × dim).
+    Ncm { means: Vec<f32> },
+    /// Tukey-space means and inverse correlation-normalised covariances.
+    Maha { means: Vec<f32>, inv: Vec<f32> },
+}
+
+impl FeatureClassifier {
+    /// The heads of `net` (in head order, each head's rows in order), with
+    /// weight aligning when `aligned`: rows grouped by the task of their class
+    /// in `tasks`, each group scaled to the first group's mean row norm.
+    pub fn heads<B: Backend>(b: &B, net: &Net<B>, tasks: &[Vec<u32>], aligned: bool) -> Self {
+        let dim = net.arch.hidden;
+        let (mut w, mut bias, mut classes) = (Vec::new(), Vec::new(), Vec::new());
+        for h in &net.heads {
+            let hw = h.linear.w.value.to_vec(b);
+            let hb = h.linear.b.value.to_vec(b);
+            w.extend_from_slice(&hw[..h.classes.len() * dim]);
+            bias.extend_from_slice(&hb[..h.classes.len()]);
+            classes.extend_from_slice(&h.classes);
+        }
+        if aligned {
+            align_rows(&mut w, &mut bias, &classes, tasks, dim);
+        }
+        let kind = if aligned { ClassifierKind::AlignedHeads } else { ClassifierKind::Heads };
+        FeatureClassifier { kind, classes, dim, model: Model::Linear { w, b: bias } }
+    }
+
+    /// Nearest class mean (cosine) over the statistics' classes.
+    pub fn ncm(stats: &ClassStats) -> Self {
+        let mut means = stats.means.clone();
+        super::stats::l2_rows(&mut means, stats.dim);
+        FeatureClassifier {
+            kind: ClassifierKind::Ncm,
+            classes: stats.classes.clone(),
+            dim: stats.dim,
+            model: Model::Ncm { means },
+        }
+    }
+
+    /// FeCAM's Mahalanobis classifier; `None` without covariances.
+    pub fn mahalanobis(stats: &ClassStats) -> Option<Self> {
+        let g = stats.gauss.as_ref()?;
+        let dim = stats.dim;
+        let plen = super::stats::packed_len(dim);
+        let inv: Vec<f32> = (0..stats.classes.len())
+            .into_par_iter()
+            .flat_map_iter(|k| {
+                let cov = unpack_symmetric(&g.covs[k * plen..(k + 1) * plen], dim);
+                let corr = correlation(&shrink(&cov, dim), dim);
+                sym_inverse(&corr, dim).into_iter().map(|v| v as f32)
+            })
+            .collect();
+        // FeCAM compares L2-normalised features with L2-normalised means.
+        let mut means = g.means.clone();
+        super::stats::l2_rows(&mut means, dim);
+        Some(FeatureClassifier {
+            kind: ClassifierKind::Mahalanobis,
+            classes: stats.classes.clone(),
+            dim,
+            model: Model::Maha { means, inv },
+        })
+    }
+
+    /// Build `kind` from a net and its statistics; `Err` names what is missing.
+    pub fn build<B: Backend>(
+        kind: ClassifierKind,
+        b: &B,
+        net: &Net<B>,
+        tasks: &[Vec<u32>],
+        stats: Option<&ClassStats>,
+    ) -> Result<Self, String> {
+        let missing = || format!("the {kind} classifier needs {}", kind.needs().unwrap_or("nothing"));
+        match kind {
+            ClassifierKind::Heads => Ok(Self::heads(b, net, tasks, false)),
+            ClassifierKind::AlignedHeads => Ok(Self::heads(b, net, tasks, true)),
+            ClassifierKind::Ncm => stats.map(Self::ncm).ok_or_else(missing),
+            ClassifierKind::Mahalanobis => stats.and_then(Self::mahalanobis).ok_or_else(missing),
+        }
+    }
+
+    /// Scores (n × classes, higher is better) of `n` rows of raw features.
+    pub fn scores(&self, raw: &[f32], n: usize) -> Vec<f32> {
+        let d = self.dim;
+        assert_eq!(raw.len(), n * d, "FeatureClassifier::scores: {n} rows of {d}");
+        let nc = self.classes.len();
+        let mut out = vec![0f32; n * nc];
+        match &self.model {
+            Model::Linear { w, b } => {
+                out.par_chunks_mut(nc).zip(raw.par_chunks(d)).for_each(|(o, x)| {
+                    for (k, o) in o.iter_mut().enumerate() {
+                        *o = dot(&w[k * d..(k + 1) * d], x) + b[k];
+                    }
+                });
+            }
+            Model::Ncm { means } => {
+                let x = ncm_space(raw, d);
+                out.par_chunks_mut(nc).zip(x.par_chunks(d)).for_each(|(o, x)| {
+                    for (k, o) in o.iter_mut().enumerate() {
+                        *o = dot(&means[k * d..(k + 1) * d], x);
+                    }
+                });
+            }
+            Model::Maha { means, inv } => {
+                let x = tukey_space(raw, d);
+                let cols: Vec<Vec<f32>> = (0..nc)
+                    .into_par_iter()
+                    .map(|k| {
+                        mahalanobis_sq(&x, n, &means[k * d..(k + 1) * d], &inv[k * d * d..(k + 1) * d * d], d)
+                    })
+                    .collect();
+                for (k, col) in cols.iter().enumerate() {
+                    for i in 0..n {
+                        out[i * nc + k] = -col[i];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Index (into `classes`) of the best score of each row; the first on ties.
+    pub fn argmax(&self, scores: &[f32]) -> Vec<usize> {
+        scores
+            .chunks(self.classes.len())
+            .map(|row| row.iter().enumerate().fold(0, |best, (k, v)| if *v > row[best] { k } else { best }))
+            .collect()
+    }
+
+    /// Probabilities of one row of scores (see the module's note on scales).
+    pub fn probabilities(&self, scores: &[f32]) -> Vec<f32> {
+        let scale = match self.model {
+            Model::Linear { .. } => 1.0,
+            Model::Ncm { .. } => NCM_SCALE,
+            Model::Maha { .. } => 0.5,
+        };
+        let z: Vec<f32> = scores.iter().map(|s| s * scale).collect();
+        let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+        let s: f32 = e.iter().sum();
+        e.iter().map(|v| v / s).collect()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Weight aligning: scale each task's rows (and biases) so their mean row
+/// norm equals the first task's.
+fn align_rows(w: &mut [f32], b: &mut [f32], classes: &[u32], tasks: &[Vec<u32>], dim: usize) {
+    let norm = |r: usize, w: &[f32]| dot(&w[r * dim..(r + 1) * dim], &w[r * dim..(r + 1) * dim]).sqrt();
+    let mean_norm = |t: &Vec<u32>, w: &[f32]| {
+        let rows: Vec<usize> = (0..classes.len()).filter(|&r| t.contains(&classes[r])).collect();
+        rows.iter().map(|&r| norm(r, w)).sum::<f32>() / rows.len().max(1) as f32
+    };
+    let Some(first) = tasks.first() else { return };
+    let target = mean_norm(first, w);
+    for t in &tasks[1..] {
+        let m = mean_norm(t, w);
+        if m <= 0.0 {
+            continue;
+        }
+        let gamma = target / m;
+        for r in (0..classes.len()).filter(|&r| t.contains(&classes[r])) {
+            w[r * dim..(r + 1) * dim].iter_mut().for_each(|v| *v *= gamma);
+            b[r] *= gamma;
+        }
+    }
+}
+
+/// FeCAM's covariance shrinkage: add the mean diagonal value to the diagonal
+/// and the mean off-diagonal value off it (both with weight 1).
+pub fn shrink(cov: &[f64], dim: usize) -> Vec<f64> {
+    let diag_mean = (0..dim).map(|i| cov[i * dim + i]).sum::<f64>() / dim as f64;
+    let (mut off_sum, mut off_n) = (0f64, 0usize);
+    for i in 0..dim {
+        for j in 0..dim {
+            if i != j && cov[i * dim + j] != 0.0 {
+                off_sum += cov[i * dim + j];
+                off_n += 1;
+            }
+        }
+    }
+    let off_mean = if off_n > 0 { off_sum / off_n as f64 } else { 0.0 };
+    let mut s = cov.to_vec();
+    for i in 0..dim {
+        for j in 0..dim {
+            s[i * dim + j] += if i == j { diag_mean } else { off_mean };
+        }
+    }
+    s
+}
+
+/// `D^{-1/2} Σ D^{-1/2}`: the covariance normalised to unit diagonal.
+pub fn correlation(cov: &[f64], dim: usize) -> Vec<f64> {
+    let sd: Vec<f64> = (0..dim).map(|i| cov[i * dim + i].max(1e-30).sqrt()).collect();
+    let mut c = cov.to_vec();
+    for i in 0..dim {
+        for j in 0..dim {
+            c[i * dim + j] /= sd[i] * sd[j];
+        }
+    }
+    c
+}
+
+/// Inverse of a symmetric matrix (FeCAM's pseudo-inverse, which for the
+/// shrunk correlation matrices met in practice is the plain inverse; the
+/// shrinkage can leave them indefinite, so no Cholesky), by Gauss–Jordan
+/// elimination with partial pivoting in f64. Should a pivot vanish (a
+/// singular matrix), a ridge of 1e-6·mean |diagonal| is added and it is tried
+/// again, growing tenfold each time.
+pub fn sym_inverse(a: &[f64], dim: usize) -> Vec<f64> {
+    let scale = (0..dim).map(|i| a[i * dim + i].abs()).sum::<f64>() / dim.max(1) as f64;
+    let mut ridge = 0.0;
+    loop {
+        if let Some(inv) = gauss_jordan(a, dim, ridge, 1e-12 * scale.max(1e-300)) {
+            return inv;
+        }
+        ridge = if ridge == 0.0 { 1e-6 * scale.max(1e-30) } else { ridge * 10.0 };
+    }
+}
+
+/// (A + ridge·I)⁻¹, or None when a pivot is below `tiny`.
+fn gauss_jordan(a: &[f64], n: usize, ridge: f64, tiny: f64) -> Option<Vec<f64>> {
+    let mut m = a.to_vec();
+    for i in 0..n {
+        m[i * n + i] += ridge;
+    }
+    let mut inv: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
+    for c in 0..n {
+        let p = (c..n).max_by(|&x, &y| m[x * n + c].abs().total_cmp(&m[y * n + c].abs()))?;
+        if m[p * n + c].is_nan() || m[p * n + c].abs() <= tiny {
+            return None;
+        }
+        if p != c {
+            for k in 0..n {
+                m.swap(c * n + k, p * n + k);
+                inv.swap(c * n + k, p * n + k);
+            }
+        }
+        let d = 1.0 / m[c * n + c];
+        for k in 0..n {
+            m[c * n + k] *= d;
+            inv[c * n + k] *= d;
+        }
+        let (pivot_m, pivot_inv) = (m[c * n..(c + 1) * n].to_vec(), inv[c * n..(c + 1) * n].to_vec());
+        for r in (0..n).filter(|&r| r != c) {
+            let f = m[r * n + c];
+            if f != 0.0 {
+                for k in 0..n {
+                    m[r * n + k] -= f * pivot_m[k];
+                    inv[r * n + k] -= f * pivot_inv[k];
+                }
+            }
+        }
+    }
+    inv.iter().all(|v| v.is_finite()).then_some(inv)
+}
+
+/// Squared Mahalanobis distances of `n` rows of `x` to `mean` under the
+/// inverse `inv` (dim × dim): centre, one sgemm, row-wise dot.
+fn mahalanobis_sq(x: &[f32], n: usize, mean: &[f32], inv: &[f32], dim: usize) -> Vec<f32> {
+    let centred: Vec<f32> = x.chunks(dim).flat_map(|r| r.iter().zip(mean).map(|(a, b)| a - b)).collect();
+    let mut prod = vec![0f32; n * dim];
+    // SAFETY: centred is n × dim, inv dim × dim, prod n × dim, all row-major
+    // with the strides given; every index they reach is inside its vector.
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            dim,
+            dim,
+            1.0,
+            centred.as_ptr(),
+            dim as isize,
+            1,
+            inv.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            prod.as_mut_ptr(),
+            dim as isize,
+            1,
+        );
+    }
+    prod.chunks(dim).zip(centred.chunks(dim)).map(|(p, c)| dot(p, c)).collect()
+}
