@@ -572,7 +572,12 @@ impl Predictions {
         serde_json::to_string(self).expect("serialisable")
     }
     pub fn to_table(&self) -> String {
-        let mut lines = Vec::new();
+        let how = match self.classifier.as_str() {
+            "ncm" => "nearest class mean; probabilities: softmax of 16 × cosine similarity",
+            "mahalanobis" => "Mahalanobis distance (FeCAM); probabilities: softmax of −d²/2",
+            _ => "the heads' logits; probabilities: softmax of the logits",
+        };
+        let mut lines = vec![format!("classifier {} ({how})", self.classifier)];
         for p in &self.predictions {
             let tops: Vec<String> =
                 p.top.iter().map(|(c, n, pr)| format!("{n} ({c}) {:.1}%", 100.0 * pr)).collect();

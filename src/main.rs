@@ -131,9 +131,10 @@ struct HyperArgs {
     /// Class statistics kept in the model after each task (no image is kept).
     #[arg(long, value_enum, default_value_t = ClassStatsArg::Mean)]
     class_stats: ClassStatsArg,
-    /// σ of drift compensation of the old class means: auto (chosen by leaving
-    /// one new class out at a time), off, or a number.
-    #[arg(long, default_value = "auto")]
+    /// σ of drift compensation of the old class means: a number (the default
+    /// was chosen on a validation split of training images), auto (chosen from
+    /// the new data by leaving one new class out at a time) or off.
+    #[arg(long, default_value = "0.1")]
     sdc_sigma: String,
 }
 

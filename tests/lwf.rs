@@ -350,4 +350,17 @@ fn split5_run_fills_the_lower_triangle() {
     assert_eq!(r.class_il_acc_after_each_task.len(), 5);
     assert!(r.class_il_acc_after_each_task.iter().all(|&a| in_unit(a)));
     assert_eq!(r.timings.task_train_seconds.len(), 5);
+    // Class statistics grow by two classes a task and the old means are
+    // drift-compensated at every task after the first, each σ chosen anew;
+    // the stored means stay closer to the truth than uncompensated ones.
+    for t in 0..5 {
+        let st = &r.class_stats_per_task[t];
+        assert_eq!(st.sdc_sigma.is_some(), t > 0, "task {t}: {st:?}");
+        if t > 0 {
+            let (c, u) = (st.old_mean_cosine_compensated.unwrap(), st.old_mean_cosine_uncompensated.unwrap());
+            assert!(c > u, "task {t}: compensated cosine {c} not above uncompensated {u}");
+        }
+        let ncm = &r.class_il_by_classifier["ncm"];
+        assert!(in_unit(ncm.after_each_task[t]), "{ncm:?}");
+    }
 }

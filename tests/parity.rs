@@ -575,3 +575,46 @@ fn cnn_s_training_step() {
         }
     }
 }
+
+/// Class statistics come from features computed on the device: the trunk's
+/// features of a small split (several batches, a partial last one), the
+/// logits recorded in the same pass, and the class means built from them
+/// agree with the CPU backend.
+#[test]
+fn features_and_class_statistics() {
+    use lwf_engine::data::{Normalization, Pixels, Split};
+    use lwf_engine::incremental::stats::{ClassStats, StatsKind};
+    use lwf_engine::incremental::train::{Example, Trainer};
+    let Some(g) = gpu() else { return };
+    let n = 11;
+    let split = Split::new(
+        Pixels::F32(rand_vec(9, n * 144, 0.0, 1.0)),
+        (0..n as u32).map(|i| i % 3).collect(),
+        1,
+        12,
+        12,
+    );
+    let norm = Normalization { mean: 0.5, std: 0.25 };
+    fn outputs<B: Backend>(b: &B, split: &Split, norm: Normalization) -> (Vec<f32>, Vec<f32>) {
+        let arch = Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16 };
+        let mut rng = Rng::new(42);
+        let mut net = Net::new(b, arch, &mut rng);
+        net.add_head(b, &mut rng, &[0, 1, 2]);
+        let probe: Vec<Example> = (0..split.len()).map(|idx| Example { idx, head: 0, label: 0 }).collect();
+        let mut tr = Trainer::new(b.clone());
+        let (teachers, feats) = tr.record_outputs(&net, split, norm, &probe, &[0], 4, true);
+        (feats, teachers[0].logits.clone())
+    }
+    let (cf, cz) = outputs(&cpu(), &split, norm);
+    let (gf, gz) = outputs(g, &split, norm);
+    assert_eq!(cf.len(), n * 16);
+    assert_close("features", &gf, &cf, 1e-5, 1e-4);
+    assert_close("logits recorded in the same pass", &gz, &cz, 1e-5, 1e-4);
+    let stats = |f: &[f32]| ClassStats::compute(f, &split.labels, &[0, 1, 2], 16, StatsKind::Cov);
+    let (cs, gs) = (stats(&cf), stats(&gf));
+    assert_eq!(cs.counts, gs.counts);
+    assert_close("class means", &gs.means, &cs.means, 1e-5, 1e-4);
+    let (cg, gg) = (cs.gauss.unwrap(), gs.gauss.unwrap());
+    assert_close("Tukey-space means", &gg.means, &cg.means, 1e-5, 1e-4);
+    assert_close("covariances", &gg.covs, &cg.covs, 1e-5, 1e-3);
+}

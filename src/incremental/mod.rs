@@ -183,7 +183,7 @@ impl Default for Hyper {
             freeze_layers: 2,
             head_mode: HeadMode::PerTask,
             class_stats: stats::StatsKind::Mean,
-            sdc_sigma: stats::Sigma::Auto,
+            sdc_sigma: stats::Sigma::default(),
         }
     }
 }

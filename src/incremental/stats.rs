@@ -14,11 +14,16 @@
 //! `Δμ = Σ_i w_i (f_new(x_i) − f_old(x_i)) / Σ_i w_i`,
 //! `w_i = exp(−‖f_old(x_i) − μ‖² / 2σ²)`. The covariances are not moved.
 //!
-//! σ is chosen without old data by leaving one new class out at a time: that
-//! class plays an old class whose images are gone, its mean under the old
-//! trunk is compensated with the drift of the *other* new classes' images, and
-//! the σ whose estimate lands closest (cosine) to the class's true mean under
-//! the new trunk wins.
+//! σ defaults to [`DEFAULT_SIGMA`], chosen once on a validation split of
+//! Fashion-MNIST's training images (never its test set; see its note).
+//! `Sigma::Auto` chooses σ from the new data alone by leaving one new class
+//! out at a time: that class plays an old class whose images are gone, its
+//! mean under the old trunk is compensated with the drift of the *other* new
+//! classes' images, and the σ whose estimate lands closest (cosine) to the
+//! class's true mean under the new trunk wins. Measured, that rule prefers
+//! wide σ (0.5–2) where the old classes are served best by narrow ones: new
+//! classes drift idiosyncratically as the trunk learns them, old ones do not.
+//! So it is offered, not the default.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -43,17 +48,29 @@ impl StatsKind {
     }
 }
 
+/// σ of drift compensation unless told otherwise. Chosen on a validation
+/// split made of training images only (`tools/validation_split.py`: 10 % of
+/// each class's training images held out as the test split): LwF, two-task,
+/// seeds 0–2, NCM class-IL on the held-out images for σ = 0.05 / 0.1 / 0.2 /
+/// 0.3 / 0.5 was 81.2 / 81.4 / 80.9 / 80.5 / 75.2 %.
+pub const DEFAULT_SIGMA: f32 = 0.1;
+
 /// How drift compensation chooses σ.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Sigma {
     /// Leave-one-new-class-out over [`SIGMA_GRID`].
-    #[default]
     Auto,
     /// This σ.
     Fixed(f32),
     /// No compensation: old means stay where they were measured.
     Off,
+}
+
+impl Default for Sigma {
+    fn default() -> Self {
+        Sigma::Fixed(DEFAULT_SIGMA)
+    }
 }
 
 impl Sigma {
