@@ -9,7 +9,7 @@ use crate::checkpoint::{self, HistoryEntry, Meta};
 use crate::data::{self, Dataset, Normalization, Split, TaskView};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::{ClassifierKind, FeatureClassifier};
-use crate::incremental::eval::{evaluate, evaluate_with, Accuracies};
+use crate::incremental::eval::{evaluate, Accuracies};
 use crate::incremental::methods::{
     examples_for, learn_task, streams, task_stats, train_first_task, MethodState, TaskContext,
 };
@@ -108,6 +108,7 @@ pub struct TrainRequest {
 }
 
 pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> Result<String> {
+    crate::fsio::check_output_file(&req.out)?;
     let data = load_data(&req.data)?;
     let classes = data::parse_classes(&req.classes)?;
     data::check_classes_present(&data.train, &classes, &data.root.display().to_string())?;
@@ -146,8 +147,16 @@ fn train_on<B: Backend>(
     let stats = task_stats(&mut tr, &net, &view, &cx);
     let fisher =
         fisher_after(&mut tr, &mut net, &data.train, data.norm, &view, None, &req.hyper, req.seed, 1);
-    let acc =
-        evaluate(&mut tr, &net, &data.test, data.norm, &meta.tasks, meta.head_mode, req.hyper.batch_size);
+    let acc = evaluate(
+        &mut tr,
+        &net,
+        &data.test,
+        data.norm,
+        &meta.tasks,
+        meta.head_mode,
+        req.hyper.batch_size,
+        None,
+    );
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     Ok(format!(
         "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
@@ -205,6 +214,7 @@ pub struct ExtendRequest {
 
 pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
     let method = Method::parse(&req.method)?;
+    crate::fsio::check_output_file(&req.out)?;
     if method == Method::JointShared {
         return Err(Error::Config(
             "--method joint-shared is for experiments; to extend a shared-head model with its old data use \
@@ -431,7 +441,7 @@ fn eval_present<B: Backend>(
     bs: usize,
     stats: Option<&ClassStats>,
 ) -> Accuracies {
-    evaluate_with(tr, net, test, norm, &meta.tasks, meta.head_mode, bs, stats)
+    evaluate(tr, net, test, norm, &meta.tasks, meta.head_mode, bs, stats)
 }
 
 /// The classifier asked for, or the model's default; an error when the
@@ -688,6 +698,7 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
 }
 
 pub fn experiment(choice: BackendChoice, req: &ExperimentRequest, obs: &dyn Observer) -> Result<String> {
+    crate::fsio::check_output_dir(&req.out)?;
     let data = load_data(&req.data)?;
     let cfg = experiment_config(req, &data)?;
     let (runs, device) = on_backend!(choice, b => (run_experiment(&b, &data, &cfg, obs)?, b.name()));
@@ -788,7 +799,7 @@ fn bench_on<B: Backend>(
     let lwf =
         learn_task(&mut tr, &mut net, Method::Lwf, 1, &views[1], &[], &mut MethodState::default(), &cx)?;
     let start = Instant::now();
-    let _ = evaluate(&mut tr, &net, &data.test, data.norm, &tasks, hyper.head_mode, hyper.batch_size);
+    let _ = evaluate(&mut tr, &net, &data.test, data.norm, &tasks, hyper.head_mode, hyper.batch_size, None);
     let eval_seconds = start.elapsed().as_secs_f64();
     Ok(BenchReport {
         backend: b.name(),

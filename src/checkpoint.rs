@@ -105,6 +105,44 @@ impl Meta {
         self.tasks.iter().flatten().copied().collect()
     }
 
+    /// The heads, the tasks and the class names must describe one model: a
+    /// checkpoint whose metadata disagrees with itself is refused on load
+    /// instead of failing later, deep inside evaluation.
+    pub fn check_consistent(&self) -> std::result::Result<(), String> {
+        if self.tasks.is_empty() || self.tasks.iter().any(|t| t.is_empty()) {
+            return Err("the metadata lists no task, or an empty one".into());
+        }
+        let all = self.classes();
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != all.len() {
+            return Err(format!("the metadata's tasks {:?} repeat a class", self.tasks));
+        }
+        let heads: Vec<&Vec<u32>> = self.heads.iter().map(|h| &h.classes).collect();
+        let ok = match self.head_mode {
+            HeadMode::PerTask => {
+                heads.len() == self.tasks.len() && heads.iter().zip(&self.tasks).all(|(h, t)| *h == t)
+            }
+            HeadMode::Shared => heads.len() == 1 && *heads[0] == all,
+        };
+        if !ok {
+            return Err(format!(
+                "the metadata's heads {heads:?} do not match its tasks {:?} ({} heads)",
+                self.tasks,
+                self.head_mode.name()
+            ));
+        }
+        if let Some(h) = self.heads.iter().find(|h| h.class_names.len() > h.classes.len()) {
+            return Err(format!(
+                "a head names {} classes but holds {}",
+                h.class_names.len(),
+                h.classes.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The name of a global class, as recorded in the heads.
     pub fn class_name(&self, class: u32) -> String {
         for h in &self.heads {
@@ -213,6 +251,7 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
         )));
     }
     meta.arch.validate().map_err(bad)?;
+    meta.check_consistent().map_err(bad)?;
     let mut net = Net::new(b, meta.arch.clone(), &mut Rng::new(0));
     for h in &meta.heads {
         net.add_head(b, &mut Rng::new(0), &h.classes);

@@ -264,7 +264,7 @@ struct ExperimentArgs {
     #[arg(long)]
     tasks: Option<String>,
     /// Comma-separated methods.
-    #[arg(long, default_value = "lwf,finetune,feature-extraction,l2,joint")]
+    #[arg(long, default_value = "lwf,finetune,feature-extraction,l2,joint,joint-shared")]
     methods: String,
     /// Comma-separated seeds.
     #[arg(long, default_value = "0")]

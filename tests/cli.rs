@@ -608,6 +608,22 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     assert!(s.contains("no class statistics"), "{s}");
     std::fs::remove_file(&ext).unwrap();
 
+    // Metadata that disagrees with itself (a head's classes against the task
+    // list): a one-line error on load, not a panic in evaluation.
+    let mut meta = ck.meta.clone();
+    meta.tasks = vec![vec![0, 1, 2]];
+    let odd = dir.path("odd.safetensors");
+    lwf_engine::checkpoint::save(&odd, &b, &ck.net, &meta, None, None).unwrap();
+    fails(&["eval", "--model", p(&odd), "--data", old.s()], &[p(&odd), "do not match its tasks"]);
+
+    // An output path that cannot be written fails before any training.
+    let nowhere = dir.path("no-such-dir").join("x.safetensors");
+    fails(
+        &with(&["train", "--data", old.s(), "--classes", "0-4", "--out", p(&nowhere)], &QUICK),
+        &[p(&nowhere), "does not exist"],
+    );
+    fails(&with(&["train", "--data", old.s(), "--out", p(&m28)], &["--epochs", "0"]), &["--epochs"]);
+
     // A 14×14 model meets 28×28 data.
     fails(&["eval", "--model", p(&m14), "--data", "fashion-mnist"], &[p(&m14), "1×14×14", "1×28×28"]);
     fails(
@@ -679,7 +695,14 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     );
     assert_eq!(
         dir.entries(),
-        ["bare.safetensors", "cut.safetensors", "junk.safetensors", "m14.safetensors", "m28.safetensors"],
+        [
+            "bare.safetensors",
+            "cut.safetensors",
+            "junk.safetensors",
+            "m14.safetensors",
+            "m28.safetensors",
+            "odd.safetensors"
+        ],
         "no output and no temporary file may remain"
     );
 }

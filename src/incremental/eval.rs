@@ -79,23 +79,10 @@ fn task_heads<B: Backend>(
     }
 }
 
-/// Evaluate `net` on the test images of the seen `tasks` with the heads.
-pub fn evaluate<B: Backend>(
-    tr: &mut Trainer<B>,
-    net: &Net<B>,
-    test: &Split,
-    norm: Normalization,
-    tasks: &[Vec<u32>],
-    mode: HeadMode,
-    batch_size: usize,
-) -> Accuracies {
-    evaluate_with(tr, net, test, norm, tasks, mode, batch_size, None)
-}
-
-/// Evaluate `net` on the test images of the seen `tasks`, with every
-/// classifier that `stats` allows beside the heads.
+/// Evaluate `net` on the test images of the seen `tasks`, with the heads and
+/// every classifier that `stats` allows beside them.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_with<B: Backend>(
+pub fn evaluate<B: Backend>(
     tr: &mut Trainer<B>,
     net: &Net<B>,
     test: &Split,

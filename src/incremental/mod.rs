@@ -198,6 +198,9 @@ impl Hyper {
         if self.batch_size == 0 {
             return bad("--batch-size must be at least 1");
         }
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1 (0 would train nothing)");
+        }
         if self.temperature < 1.0 || !self.temperature.is_finite() {
             return bad("--temperature must be a finite number ≥ 1");
         }

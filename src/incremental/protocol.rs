@@ -3,7 +3,7 @@
 //! that model and learn the remaining tasks one by one, evaluating after each.
 
 use super::classifier::ClassifierKind;
-use super::eval::{evaluate_with, Accuracies};
+use super::eval::{evaluate, Accuracies};
 use super::methods::{
     learn_task, streams, task_stats, train_first_task, MethodState, TaskContext, TaskReport,
 };
@@ -153,7 +153,7 @@ fn record<B: Backend>(
     stats: Option<&ClassStats>,
 ) -> TaskRecord {
     let start = Instant::now();
-    let acc = evaluate_with(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats);
+    let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats);
     TaskRecord { acc, report, eval_seconds: start.elapsed().as_secs_f64(), drift_check: None }
 }
 
@@ -193,7 +193,7 @@ fn drift_check<B: Backend>(
     };
     oracle.append(new_part);
     let seen = &cfg.tasks[..=old.len()];
-    let acc = evaluate_with(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, Some(&oracle));
+    let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, Some(&oracle));
     let ncm_recomputed_class_il = acc.of(ClassifierKind::Ncm).map_or(f64::NAN, |c| c.overall);
     DriftCheck { compensated_cosine, uncompensated_cosine, ncm_recomputed_class_il }
 }

@@ -199,20 +199,6 @@ impl<B: Backend> Trainer<B> {
         split.fill_batch(&self.idx, norm, &mut self.xs);
     }
 
-    /// Logits of `heads` for every example, in order, batch by batch (LwF's
-    /// Y_o recording: the old model's outputs, no augmentation, so exact).
-    pub fn record_logits(
-        &mut self,
-        net: &Net<B>,
-        split: &Split,
-        norm: Normalization,
-        examples: &[Example],
-        heads: &[usize],
-        batch_size: usize,
-    ) -> Vec<Teacher> {
-        self.record_outputs(net, split, norm, examples, heads, batch_size, false).0
-    }
-
     /// The trunk's output features (rows of `net.arch.hidden`) of the images
     /// `indices` of `split`, in order.
     pub fn features(
@@ -227,7 +213,9 @@ impl<B: Backend> Trainer<B> {
         self.record_outputs(net, split, norm, &probe, &[], batch_size, true).1
     }
 
-    /// One forward pass over `examples`: the logits of `heads` and, when
+    /// One forward pass over `examples`, batch by batch: the logits of `heads`
+    /// (LwF's Y_o recording: the old model's outputs, no augmentation, so
+    /// exact) and, when
     /// `want_features`, the trunk's features (else an empty vector). LwF's
     /// Y_o and the old trunk's features for drift compensation come from the
     /// same pass.
