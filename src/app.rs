@@ -585,6 +585,9 @@ impl Predictions {
         let how = match self.classifier.as_str() {
             "ncm" => "nearest class mean; probabilities: softmax of 16 × cosine similarity",
             "mahalanobis" => "Mahalanobis distance (FeCAM); probabilities: softmax of −d²/2",
+            "ncm-task" => {
+                "nearest class mean picks the task, its head the class; probabilities: their product"
+            }
             _ => "the heads' logits; probabilities: softmax of the logits",
         };
         let mut lines = vec![format!("classifier {} ({how})", self.classifier)];

@@ -66,6 +66,8 @@ enum Classifier {
     Ncm,
     /// FeCAM's Mahalanobis distance (needs statistics kept with --class-stats cov).
     Mahalanobis,
+    /// Nearest class mean picks the task, that task's head the class.
+    NcmTask,
 }
 
 impl From<Classifier> for ClassifierKind {
@@ -75,6 +77,7 @@ impl From<Classifier> for ClassifierKind {
             Classifier::AlignedHeads => ClassifierKind::AlignedHeads,
             Classifier::Ncm => ClassifierKind::Ncm,
             Classifier::Mahalanobis => ClassifierKind::Mahalanobis,
+            Classifier::NcmTask => ClassifierKind::NcmTask,
         }
     }
 }
@@ -224,7 +227,7 @@ struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Classifier of the headline class-IL accuracy (default: ncm when the
+    /// Classifier of the headline class-IL accuracy (default: ncm-task when the
     /// model holds class statistics, else heads); every available one is listed.
     #[arg(long, value_enum)]
     classifier: Option<Classifier>,
@@ -247,7 +250,7 @@ struct PredictArgs {
     limit: Option<usize>,
     #[arg(long)]
     json: bool,
-    /// How classes are scored (default: ncm when the model holds class
+    /// How classes are scored (default: ncm-task when the model holds class
     /// statistics, else heads).
     #[arg(long, value_enum)]
     classifier: Option<Classifier>,

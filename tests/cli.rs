@@ -277,13 +277,13 @@ fn train_extend_eval_predict_with_new_data_only() {
     for (j, a) in e["class_il_per_task"].as_array().unwrap().iter().enumerate() {
         frac(a, &format!("class-IL accuracy of task {j}"));
     }
-    // The statistics make nearest-class-mean the default; every classifier
+    // The statistics make ncm-task the default; every classifier
     // the checkpoint allows is reported (no covariances: no mahalanobis).
-    assert_eq!(e["classifier"], "ncm", "{e}");
+    assert_eq!(e["classifier"], "ncm-task", "{e}");
     let by = e["class_il_by_classifier"].as_object().expect("class_il_by_classifier");
     let names: Vec<&str> = by.keys().map(String::as_str).collect();
-    assert_eq!(names, ["aligned-heads", "heads", "ncm"], "{e}");
-    assert_eq!(by["ncm"], e["class_il"], "{e}");
+    assert_eq!(names, ["aligned-heads", "heads", "ncm", "ncm-task"], "{e}");
+    assert_eq!(by["ncm-task"], e["class_il"], "{e}");
     let heads =
         json(&ok(&["eval", "--model", p(&m2), "--data", "fashion-mnist", "--json", "--classifier", "heads"]));
     assert_eq!(heads["classifier"], "heads");
@@ -301,7 +301,7 @@ fn train_extend_eval_predict_with_new_data_only() {
         std::fs::read_to_string(shipped().join("classes.txt")).unwrap().lines().map(str::to_string).collect();
     let preds = pr["predictions"].as_array().expect("predictions list");
     assert_eq!(preds.len(), 3, "{pr}");
-    assert_eq!(pr["classifier"], "ncm", "{pr}");
+    assert_eq!(pr["classifier"], "ncm-task", "{pr}");
     // Over all ten classes the probabilities sum to 1.
     let all = json(&ok(&[
         "predict",
@@ -436,7 +436,7 @@ fn experiment_writes_reports_and_repeats_bit_for_bit() {
         // Every classifier side by side; heads repeats the reference's field.
         let by = &r["class_il_by_classifier"];
         assert_eq!(by["heads"]["after_each_task"], r["class_il_acc_after_each_task"], "{by}");
-        for k in ["aligned-heads", "ncm"] {
+        for k in ["aligned-heads", "ncm", "ncm-task"] {
             frac(&by[k]["after_each_task"][1], &format!("{method} {k} class-IL"));
             frac(&by[k]["final_old_tasks"], &format!("{method} {k} old-task class-IL"));
         }

@@ -411,3 +411,40 @@ fn aligned_heads_rescale_later_tasks() {
     let gamma = (norm(&w0[..5]) + norm(&w0[5..10])) / 2.0 / norm(&w1[..5]);
     assert!((a[2] - gamma * p[2]).abs() < 1e-5, "{} vs {}·{}", a[2], gamma, p[2]);
 }
+
+/// `ncm-task`: the NCM probabilities summed over each task's classes, times
+/// the softmax of that task's own head, computed by hand; rows sum to 1.
+#[test]
+fn ncm_task_is_task_probability_times_the_tasks_head() {
+    let b = CpuBackend::new();
+    let (net, meta) = small_model(&b);
+    let mut rng = Rng::new(9);
+    let (raw, labels) = features(&mut rng, 4, &[2, 0, 1], 5); // statistics in another class order
+    let stats = ClassStats::compute(&raw, &labels, &[2, 0, 1], 5, StatsKind::Mean);
+    let clf = FeatureClassifier::build(ClassifierKind::NcmTask, &b, &net, &meta.tasks, Some(&stats)).unwrap();
+    assert_eq!(clf.classes, [2, 0, 1]);
+    let ncm = FeatureClassifier::ncm(&stats);
+    let heads = FeatureClassifier::heads(&b, &net, &meta.tasks, false); // columns 0, 1, 2
+    let n = 7;
+    let x = uniform_vec(&mut rng, n * 5, 0.0, 2.0);
+    let (got, ns, hs) = (clf.scores(&x, n), ncm.scores(&x, n), heads.scores(&x, n));
+    for i in 0..n {
+        let p = ncm.probabilities(&ns[i * 3..(i + 1) * 3]); // order 2, 0, 1
+        let (p_task0, p_task1) = (p[1] + p[2], p[0]);
+        let h = &hs[i * 3..(i + 1) * 3];
+        let (e0, e1) = ((h[0] - h[0].max(h[1])).exp(), (h[1] - h[0].max(h[1])).exp());
+        let want = [p_task1, p_task0 * e0 / (e0 + e1), p_task0 * e1 / (e0 + e1)]; // classes 2, 0, 1
+        for k in 0..3 {
+            assert!(
+                (got[i * 3 + k] - want[k]).abs() < 1e-6,
+                "row {i} class {}: {} vs {}",
+                clf.classes[k],
+                got[i * 3 + k],
+                want[k]
+            );
+        }
+        let row = &got[i * 3..(i + 1) * 3];
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_eq!(clf.probabilities(row), row.to_vec(), "its scores are the probabilities");
+    }
+}

@@ -11,6 +11,11 @@
 //! - `mahalanobis`: FeCAM (Goswami et al., arXiv 2309.14062): Tukey-transformed
 //!   features, per-class covariance shrunk and normalised to a correlation
 //!   matrix, squared Mahalanobis distance to each class mean.
+//! - `ncm-task`: NCM infers the task, that task's own head the class:
+//!   `p(c) = p_ncm(task of c) · softmax of that task's logits (c)`, with
+//!   `p_ncm(task)` the NCM probabilities of the task's classes summed. The
+//!   heads are good within a task (that is task-aware accuracy), NCM across
+//!   tasks; this keeps each for what it does well.
 //!
 //! Scores and probabilities: heads score by logit (softmax of the logits);
 //! ncm by cosine similarity (softmax of [`NCM_SCALE`]·cosine, the scale of
@@ -35,14 +40,16 @@ pub enum ClassifierKind {
     AlignedHeads,
     Ncm,
     Mahalanobis,
+    NcmTask,
 }
 
 impl ClassifierKind {
-    pub const ALL: [ClassifierKind; 4] = [
+    pub const ALL: [ClassifierKind; 5] = [
         ClassifierKind::Heads,
         ClassifierKind::AlignedHeads,
         ClassifierKind::Ncm,
         ClassifierKind::Mahalanobis,
+        ClassifierKind::NcmTask,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +58,7 @@ impl ClassifierKind {
             ClassifierKind::AlignedHeads => "aligned-heads",
             ClassifierKind::Ncm => "ncm",
             ClassifierKind::Mahalanobis => "mahalanobis",
+            ClassifierKind::NcmTask => "ncm-task",
         }
     }
 
@@ -58,16 +66,19 @@ impl ClassifierKind {
     pub fn needs(self) -> Option<&'static str> {
         match self {
             ClassifierKind::Heads | ClassifierKind::AlignedHeads => None,
-            ClassifierKind::Ncm => Some("class means"),
+            ClassifierKind::Ncm | ClassifierKind::NcmTask => Some("class means"),
             ClassifierKind::Mahalanobis => Some("class covariances (train or extend with --class-stats cov)"),
         }
     }
 
     /// The classifier a model's predictions use when none is asked for:
-    /// nearest class mean when statistics exist, else the heads.
+    /// `ncm-task` when statistics exist, else the heads. Chosen on the
+    /// validation split of `tools/validation_split.py` (training images only):
+    /// LwF and finetune, two-task, seeds 0–2, class-IL ncm-task 82.4 / 82.2 %
+    /// against ncm 81.4 / 81.4 %.
     pub fn default_for(stats: Option<&ClassStats>) -> Self {
         if stats.is_some() {
-            ClassifierKind::Ncm
+            ClassifierKind::NcmTask
         } else {
             ClassifierKind::Heads
         }
@@ -79,7 +90,7 @@ impl ClassifierKind {
             .into_iter()
             .filter(|k| match k {
                 ClassifierKind::Heads | ClassifierKind::AlignedHeads => true,
-                ClassifierKind::Ncm => stats.is_some(),
+                ClassifierKind::Ncm | ClassifierKind::NcmTask => stats.is_some(),
                 ClassifierKind::Mahalanobis => stats.is_some_and(|s| s.gauss.is_some()),
             })
             .collect()
@@ -104,6 +115,9 @@ pub struct FeatureClassifier {
 enum Model {
     /// Rows of W (classes × dim) and the biases.
     Linear { w: Vec<f32>, b: Vec<f32> },
+    /// NCM over the tasks, then the task's head: both over `classes`, with
+    /// the task (index into the model's tasks) of each class.
+    NcmTask { ncm: Box<FeatureClassifier>, heads: Box<FeatureClassifier>, task_of: Vec<usize> },
     /// Unit-length class means (classes × dim).
     Ncm { means: Vec<f32> },
     /// Tukey-space means and inverse correlation-normalised covariances.
@@ -181,6 +195,32 @@ impl FeatureClassifier {
             ClassifierKind::AlignedHeads => Ok(Self::heads(b, net, tasks, true)),
             ClassifierKind::Ncm => stats.map(Self::ncm).ok_or_else(missing),
             ClassifierKind::Mahalanobis => stats.and_then(Self::mahalanobis).ok_or_else(missing),
+            ClassifierKind::NcmTask => {
+                let stats = stats.ok_or_else(missing)?;
+                Ok(Self::ncm_task(Self::ncm(stats), Self::heads(b, net, tasks, false), tasks))
+            }
+        }
+    }
+
+    /// `ncm-task` from an NCM and a heads classifier over the same classes
+    /// (in any order: the heads' columns are put in NCM's order).
+    pub fn ncm_task(ncm: FeatureClassifier, heads: FeatureClassifier, tasks: &[Vec<u32>]) -> Self {
+        let task_of: Vec<usize> = ncm
+            .classes
+            .iter()
+            .map(|c| tasks.iter().position(|t| t.contains(c)).expect("every class belongs to a task"))
+            .collect();
+        assert!(
+            ncm.classes.iter().all(|c| heads.classes.contains(c)) && ncm.classes.len() == heads.classes.len(),
+            "ncm-task: the statistics' classes {:?} are not the heads' {:?}",
+            ncm.classes,
+            heads.classes
+        );
+        FeatureClassifier {
+            kind: ClassifierKind::NcmTask,
+            classes: ncm.classes.clone(),
+            dim: ncm.dim,
+            model: Model::NcmTask { ncm: Box::new(ncm), heads: Box::new(heads), task_of },
         }
     }
 
@@ -203,6 +243,29 @@ impl FeatureClassifier {
                 out.par_chunks_mut(nc).zip(x.par_chunks(d)).for_each(|(o, x)| {
                     for (k, o) in o.iter_mut().enumerate() {
                         *o = dot(&means[k * d..(k + 1) * d], x);
+                    }
+                });
+            }
+            Model::NcmTask { ncm, heads, task_of } => {
+                let (ns, hs) = (ncm.scores(raw, n), heads.scores(raw, n));
+                // Heads' columns in NCM's class order.
+                let col: Vec<usize> = self
+                    .classes
+                    .iter()
+                    .map(|c| heads.classes.iter().position(|h| h == c).expect("same classes"))
+                    .collect();
+                let n_tasks = task_of.iter().max().map_or(0, |m| m + 1);
+                out.par_chunks_mut(nc).enumerate().for_each(|(i, o)| {
+                    let p = ncm.probabilities(&ns[i * nc..(i + 1) * nc]);
+                    let h = &hs[i * nc..(i + 1) * nc];
+                    for t in 0..n_tasks {
+                        let ks: Vec<usize> = (0..nc).filter(|&k| task_of[k] == t).collect();
+                        let p_task: f32 = ks.iter().map(|&k| p[k]).sum();
+                        let m = ks.iter().map(|&k| h[col[k]]).fold(f32::NEG_INFINITY, f32::max);
+                        let z: f32 = ks.iter().map(|&k| (h[col[k]] - m).exp()).sum();
+                        for &k in &ks {
+                            o[k] = p_task * (h[col[k]] - m).exp() / z;
+                        }
                     }
                 });
             }
@@ -238,6 +301,8 @@ impl FeatureClassifier {
             Model::Linear { .. } => 1.0,
             Model::Ncm { .. } => NCM_SCALE,
             Model::Maha { .. } => 0.5,
+            // Its scores are already probabilities.
+            Model::NcmTask { .. } => return scores.to_vec(),
         };
         let z: Vec<f32> = scores.iter().map(|s| s * scale).collect();
         let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

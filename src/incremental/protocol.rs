@@ -123,13 +123,15 @@ pub fn run_experiment<B: Backend>(
                     rec.drift_check =
                         Some(drift_check(&mut tr, &net, old, &test, data, cfg, hyper, &before, after, &cx));
                 }
-                let ncm = rec.acc.of(ClassifierKind::Ncm).map_or(f64::NAN, |c| c.overall);
+                let of = |k| rec.acc.of(k).map_or(f64::NAN, |c| c.overall);
+                let (ncm, ncm_task) = (of(ClassifierKind::Ncm), of(ClassifierKind::NcmTask));
                 obs.note(&format!(
-                    "[seed {seed} {method}] after task {}: task-aware {:?} class-IL heads {:.4} ncm {:.4} ({:.1}s, {:.0} img/s)",
+                    "[seed {seed} {method}] after task {}: task-aware {:?} class-IL heads {:.4} ncm {:.4} ncm-task {:.4} ({:.1}s, {:.0} img/s)",
                     t + 1,
                     rec.acc.task_aware.iter().map(|a| (a * 1e4).round() / 1e4).collect::<Vec<_>>(),
                     rec.acc.class_il,
                     ncm,
+                    ncm_task,
                     rec.report.train_seconds,
                     rec.report.images_per_second()
                 ));

@@ -73,7 +73,8 @@ pub fn classifier_table(results: &[RunResult]) -> String {
             }
         }
     }
-    let order = |n: &str| ["heads", "aligned-heads", "ncm", "mahalanobis"].iter().position(|k| *k == n);
+    let order =
+        |n: &str| ["heads", "aligned-heads", "ncm", "mahalanobis", "ncm-task"].iter().position(|k| *k == n);
     names.sort_by_key(|n| order(n).unwrap_or(usize::MAX));
     let header: Vec<String> = std::iter::once("method".to_string())
         .chain(names.iter().map(|n| format!("{n}: class-IL (old / new)")))
