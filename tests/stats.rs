@@ -18,7 +18,7 @@ use lwf_engine::checkpoint::{self, HeadMeta, Meta};
 use lwf_engine::incremental::classifier::{
     correlation, shrink, sym_inverse, ClassifierKind, FeatureClassifier,
 };
-use lwf_engine::incremental::stats::{drift_at, mean_cosine, ClassStats, Sigma, StatsKind};
+use lwf_engine::incremental::stats::{cosine, drift_at, ClassStats, Sigma, StatsKind};
 use lwf_engine::incremental::HeadMode;
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::rng::Rng;
@@ -316,8 +316,8 @@ fn sdc_follows_the_local_drift_of_an_absent_class() {
     }
     let labels: Vec<u32> = (0..2 * n).map(|i| if i < n { 1 } else { 2 }).collect();
     let report = stats.compensate(&old_f, &new_f, &labels, Sigma::Auto).expect("compensation ran");
-    let cos_after = mean_cosine(stats.mean(0), truth.mean(0));
-    let cos_before = mean_cosine(before.mean(0), truth.mean(0));
+    let cos_after = cosine(stats.mean(0), truth.mean(0));
+    let cos_before = cosine(before.mean(0), truth.mean(0));
     assert!(cos_after > 0.99, "compensated mean cosine {cos_after} (σ {}, {report:?})", report.sigma);
     assert!(cos_before < 0.5, "the drift must matter in this case: {cos_before}");
     assert!(report.how.starts_with("auto") && !report.trials.is_empty(), "{report:?}");

@@ -7,7 +7,7 @@ use super::eval::{evaluate, Accuracies};
 use super::methods::{
     learn_task, streams, task_stats, train_first_task, MethodState, TaskContext, TaskReport,
 };
-use super::stats::{mean_cosine, ClassStats, StatsKind};
+use super::stats::{cosine, ClassStats, StatsKind};
 use super::train::Trainer;
 use super::{Hyper, Method, Observer};
 use crate::backend::Backend;
@@ -181,9 +181,8 @@ fn drift_check<B: Backend>(
         oracle.append(task_stats(tr, net, v, &cx));
     }
     let n_old = oracle.classes.len();
-    let avg_cos = |s: &ClassStats| {
-        (0..n_old).map(|k| mean_cosine(s.mean(k), oracle.mean(k))).sum::<f64>() / n_old as f64
-    };
+    let avg_cos =
+        |s: &ClassStats| (0..n_old).map(|k| cosine(s.mean(k), oracle.mean(k))).sum::<f64>() / n_old as f64;
     let (compensated_cosine, uncompensated_cosine) = (avg_cos(after), avg_cos(before));
     // The new classes' means as stored (they were measured on their images).
     let new_part = ClassStats {

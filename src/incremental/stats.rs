@@ -385,7 +385,8 @@ fn shift_means(means: &mut [f32], old: &[f32], new: &[f32], dim: usize, sigma: f
     });
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+/// Cosine of the angle between two vectors (0 when either is zero), in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -394,11 +395,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     } else {
         dot / (na * nb)
     }
-}
-
-/// Cosine between two mean vectors (drift diagnostics, tests).
-pub fn mean_cosine(a: &[f32], b: &[f32]) -> f64 {
-    cosine(a, b)
 }
 
 /// σ for one feature space (`old`, `new` already mapped into it).
