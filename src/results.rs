@@ -122,7 +122,7 @@ pub fn write_experiment(
     if results.iter().any(|r| !r.class_il_by_classifier.is_empty()) {
         text += &format!(
             "\nclass-IL after the last task by classifier, % (old tasks' / new task's images); \
-             ncm and mahalanobis use the stored class statistics, drift-compensated\n\n{}",
+             ncm, mahalanobis and ncm-task use the stored class statistics, drift-compensated\n\n{}",
             metrics::classifier_table(&results)
         );
     }

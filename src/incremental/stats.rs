@@ -91,9 +91,6 @@ impl Sigma {
 /// non-negative features lie in [0, √2]).
 pub const SIGMA_GRID: [f32; 8] = [0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0];
 
-/// σ when `Auto` has fewer than two new classes to leave out.
-pub const FALLBACK_SIGMA: f32 = 0.3;
-
 /// Rows scaled to unit L2 norm (an all-zero row stays zero).
 pub fn l2_rows(x: &mut [f32], dim: usize) {
     x.par_chunks_mut(dim).for_each(|row| {
@@ -413,10 +410,10 @@ fn pick_sigma(
             classes.sort_unstable();
             classes.dedup();
             if classes.len() < 2 {
-                return (FALLBACK_SIGMA, "auto fallback (fewer than 2 new classes)".into(), Vec::new());
+                return (DEFAULT_SIGMA, "auto fallback (fewer than 2 new classes)".into(), Vec::new());
             }
             let trials = leave_one_class_out(old, new, labels, &classes, dim);
-            let best = trials.iter().cloned().fold((FALLBACK_SIGMA, f64::NEG_INFINITY), |b, t| {
+            let best = trials.iter().cloned().fold((DEFAULT_SIGMA, f64::NEG_INFINITY), |b, t| {
                 if t.1 > b.1 {
                     t
                 } else {
