@@ -364,3 +364,20 @@ fn split5_run_fills_the_lower_triangle() {
         assert!(in_unit(ncm.after_each_task[t]), "{ncm:?}");
     }
 }
+
+/// For a given thread count the same seed gives the same bits, on one
+/// thread as on two. (Across thread counts the last bits differ: the
+/// convolutions' weight gradients are summed from one partial per thread, in
+/// chunk order; the README says so.)
+#[test]
+fn a_fixed_thread_count_gives_the_same_bits() {
+    let hyper = Hyper { epochs: 1, batch_size: 64, ..Hyper::default() };
+    let cfg = experiment("two-task", &[Method::Lwf], &[5], hyper);
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| runs(&cfg)).iter().map(fingerprint).collect::<Vec<_>>()
+    };
+    for threads in [1, 2] {
+        assert_eq!(on(threads), on(threads), "two runs on {threads} threads differ");
+    }
+}
