@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """lwf-engine vs the PyTorch reference, side by side on this machine, same run.
 
-Runs, alternating, `lwf-engine bench --threads 2 --json` and the reference
-(../shared/reference/lwf_ref.py, two-task, lwf, --threads 2; eval_speed.py for
-inference), N times each, and prints the medians and the ratios:
+Runs, alternating, `lwf-engine bench --threads 2 --json` and a PyTorch
+reference of the same protocol (`lwf_ref.py`, two-task, lwf, --threads 2;
+`eval_speed.py` for inference; not part of this repository: pass the folder
+that holds them with --reference), N times each, and prints the medians and
+the ratios:
 plain training of task 1, the whole LwF phase of task 2 (Y_o recording +
 warm-up + epochs), evaluation throughput, and each process's peak RSS
 (from wait4, so each process is measured alone).
@@ -16,7 +18,7 @@ Usage (see README "Benchmarks"; torch goes into a throw-away virtualenv):
 import argparse, json, os, re, statistics, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REF = os.path.join(ROOT, "..", "shared", "reference")
+REF = os.path.join(ROOT, "..", "shared", "reference")  # --reference overrides
 
 
 def run(cmd, env=None):
@@ -50,10 +52,15 @@ def reference(threads):
 
 
 def main():
+    global REF
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reference", default=REF, help="folder with lwf_ref.py and eval_speed.py")
     a = ap.parse_args()
+    REF = a.reference
+    if not os.path.isfile(os.path.join(REF, "lwf_ref.py")):
+        sys.exit(f"compare_torch: no lwf_ref.py in {REF}: pass --reference DIR")
     rows = {"ours": [], "torch": []}
     for i in range(a.runs):
         rows["ours"].append(ours(a.threads))

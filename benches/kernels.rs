@@ -25,7 +25,7 @@ use common::{bench, SAMPLES};
 /// the per-image gemms of the CPU backend's im2col convolution (run once per
 /// image, 128 times a step); `_batch` the same work as one gemm over the
 /// whole batch; `_im2col` the batch gemm in PyTorch's orientation
-/// (`cols (N·OH·OW, C·KH·KW) · Wᵀ`), as ../shared/MACHINE.md §3 measured.
+/// (`cols (N·OH·OW, C·KH·KW) · Wᵀ`), the shapes PyTorch's CPU convolution runs.
 const SGEMM_SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
     // name, m, n, k, trans_a, trans_b  (C[m,n] = op(A)[m,k] · op(B)[k,n])
     ("fc1_fwd", 128, 256, 3136, false, true),       // y = x · Wᵀ

@@ -8,8 +8,8 @@ the two outputs can be joined (see benches/README.md):
 
 Threads: OpenBLAS is pinned to ONE thread (OPENBLAS_NUM_THREADS=1, set before
 numpy is imported, since OpenBLAS reads it at load time). Multi-threaded
-OpenBLAS busy-waits and is 10-1000x slower on this 2-vCPU VM
-(../shared/MACHINE.md section 3), so 1 thread is numpy's best count here.
+OpenBLAS busy-waits and was measured 10-1000x slower on a shared 2-vCPU VM,
+so 1 thread is numpy's best count there.
 Pass --threads N to override.
 
 Timing: each shape runs `reps` products per sample, with reps chosen so that

@@ -2,7 +2,7 @@
 //! numeric engine — an autodiff tape, a CPU backend (rayon + matrixmultiply)
 //! and a GPU backend of hand-written WGSL kernels (wgpu).
 //!
-//! Module map (see ../shared/DESIGN.md):
+//! Module map (see DESIGN.md):
 //! - [`backend`]: the `Backend` trait (the op set) and its CPU and wgpu implementations
 //! - [`tensor`], [`autodiff`]: tensors and the define-by-run tape
 //! - [`nn`], [`optim`]: layers, the `Net` of a trunk plus heads, fused SGD

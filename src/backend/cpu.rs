@@ -3,7 +3,8 @@
 //! for the tiny-patch first layer ([`direct`]) or im2col/col2im + sgemm
 //! (see `ConvPath`); rayon over the batch (or over rows/planes) for the rest.
 //! matrixmultiply's own threading stays off (its pool would fight rayon's for
-//! the two cores, ../shared/MACHINE.md §3): convolutions run in parallel over
+//! the cores; on a 2-vCPU machine that was measured to be far slower):
+//! convolutions run in parallel over
 //! the batch, and a big single product (a linear layer) is cut into one block
 //! of C per rayon thread.
 //!
