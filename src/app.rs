@@ -14,6 +14,7 @@ use crate::incremental::methods::{
     examples_for, learn_task, streams, task_stats, train_first_task, MethodState, TaskContext,
 };
 use crate::incremental::protocol::{run_experiment, ExperimentConfig, MethodRun};
+use crate::incremental::session::Session;
 use crate::incremental::stats::ClassStats;
 use crate::incremental::train::Trainer;
 use crate::incremental::{HeadMode, Hyper, Method, Observer};
@@ -105,6 +106,39 @@ pub struct TrainRequest {
     pub out: PathBuf,
     pub seed: u64,
     pub hyper: Hyper,
+    pub resumable: Resumable,
+}
+
+/// `--checkpoint-every N` and `--resume FILE` of the verbs that train.
+#[derive(Clone, Debug, Default)]
+pub struct Resumable {
+    /// Write the training state every N epochs (0: never).
+    pub checkpoint_every: usize,
+    pub resume: Option<PathBuf>,
+}
+
+impl Resumable {
+    /// The session for a run whose output is `out`, or `None` when neither
+    /// flag is given. The state lives beside the output (`OUT.state`) unless
+    /// a resumed file names it.
+    fn session(&self, out: &Path, run: serde_json::Value) -> Result<Option<Session>> {
+        if self.checkpoint_every == 0 && self.resume.is_none() {
+            return Ok(None);
+        }
+        let path = self.resume.clone().unwrap_or_else(|| {
+            let mut name = out.as_os_str().to_owned();
+            name.push(".state");
+            PathBuf::from(name)
+        });
+        Session::new(path, self.checkpoint_every, run, self.resume.as_deref()).map(Some)
+    }
+}
+
+/// The run is complete: its training state is no longer needed.
+fn finish_session<B: Backend>(tr: &Trainer<B>) {
+    if let Some(s) = &tr.session {
+        let _ = std::fs::remove_file(s.state_path());
+    }
 }
 
 pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> Result<String> {
@@ -125,6 +159,10 @@ fn train_on<B: Backend>(
     let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
     arch.validate().map_err(Error::Config)?;
     let mut tr = Trainer::new(b.clone());
+    let run = serde_json::json!({
+        "verb": "train", "data": data.root, "classes": classes, "seed": req.seed, "hyper": req.hyper,
+    });
+    tr.session = req.resumable.session(&req.out, run)?;
     let mut net = Net::new(b, arch.clone(), &mut Rng::derive(req.seed, streams::TRUNK));
     let view = data::task_view(&data.train, classes);
     let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &req.hyper, seed: req.seed, obs };
@@ -158,6 +196,7 @@ fn train_on<B: Backend>(
         None,
     );
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
+    finish_session(&tr);
     Ok(format!(
         "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
         data::format_classes(classes),
@@ -210,6 +249,7 @@ pub struct ExtendRequest {
     pub out: PathBuf,
     pub seed: u64,
     pub hyper: Hyper,
+    pub resumable: Resumable,
 }
 
 pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
@@ -295,6 +335,11 @@ fn extend_on<B: Backend>(
     };
     let t = meta.tasks.len();
     let mut tr = Trainer::new(b.clone());
+    let run = serde_json::json!({
+        "verb": "extend", "model": req.model, "data": data.root, "classes": classes, "method": method,
+        "old_data": req.old_data, "seed": req.seed, "hyper": req.hyper,
+    });
+    tr.session = req.resumable.session(&req.out, run)?;
     let had_stats = ck.stats.is_some();
     let mut state = MethodState { fisher: ck.fisher, stats: ck.stats };
     let cx = TaskContext {
@@ -343,6 +388,7 @@ fn extend_on<B: Backend>(
     let stats = state.stats.take();
     let acc = eval_present(&mut tr, &net, &meta, &data.test, cx.norm, req.hyper.batch_size, stats.as_ref());
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), stats.as_ref())?;
+    finish_session(&tr);
     let per: Vec<String> = meta
         .tasks
         .iter()

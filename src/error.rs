@@ -21,6 +21,9 @@ pub enum Error {
     /// No usable GPU adapter, or the device failed.
     #[error("{0}")]
     Device(String),
+    /// SIGINT or SIGTERM stopped training at the end of a step.
+    #[error("interrupted at epoch {epoch}, step {step} ({context}); {saved}")]
+    Interrupted { epoch: usize, step: usize, context: String, saved: String },
     /// Training diverged; the last good checkpoint is left as it was.
     #[error("loss became {value} at epoch {epoch}, step {step} ({context}); stopped, nothing written — try a lower --lr")]
     NonFiniteLoss { value: f32, epoch: usize, step: usize, context: String },

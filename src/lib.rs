@@ -18,6 +18,7 @@ pub mod data;
 pub mod error;
 pub mod fsio;
 pub mod incremental;
+pub mod interrupt;
 pub mod loss;
 pub mod metrics;
 pub mod nn;

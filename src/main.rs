@@ -169,6 +169,24 @@ impl HyperArgs {
     }
 }
 
+#[derive(Args, Clone)]
+struct ResumeArgs {
+    /// Write the training state (parameters, momentum, RNG) beside --out as
+    /// OUT.state every N epochs, so an interrupted run can continue (0: never).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Continue an interrupted run from its training-state file (give the
+    /// same flags it was started with).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+impl ResumeArgs {
+    fn resumable(&self) -> app::Resumable {
+        app::Resumable { checkpoint_every: self.checkpoint_every, resume: self.resume.clone() }
+    }
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// Data set: `fashion-mnist` (shipped) or a directory of IDX or NPY files.
@@ -183,6 +201,8 @@ struct TrainArgs {
     /// Seed for initialisation and shuffling (same seed, same numbers on the CPU).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    resume: ResumeArgs,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -212,6 +232,8 @@ struct ExtendArgs {
     /// Seed for initialisation and shuffling (same seed, same numbers on the CPU).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    resume: ResumeArgs,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -352,6 +374,9 @@ fn setup(c: &Common) -> lwf_engine::Result<BackendChoice> {
 }
 
 fn run(cli: Cli) -> lwf_engine::Result<()> {
+    if matches!(cli.cmd, Cmd::Train(_) | Cmd::Extend(_) | Cmd::Experiment(_) | Cmd::Bench(_)) {
+        lwf_engine::interrupt::install_handlers();
+    }
     let obs = Bars { bar: RefCell::new(None) };
     match cli.cmd {
         Cmd::Train(a) => {
@@ -362,6 +387,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 out: a.out,
                 seed: a.seed,
                 hyper: a.hyper.hyper()?,
+                resumable: a.resume.resumable(),
             };
             let s = app::train(be, &req, &obs)?;
             println!("{s}");
@@ -377,6 +403,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 out: a.out,
                 seed: a.seed,
                 hyper: a.hyper.hyper()?,
+                resumable: a.resume.resumable(),
             };
             let s = app::extend(be, &req, &obs)?;
             println!("{s}");

@@ -16,6 +16,24 @@ impl<B: Backend> Sgd<B> {
         Sgd { hyper, velocity: Vec::new() }
     }
 
+    /// The momentum buffers that exist, by parameter id (a training-state
+    /// file stores them).
+    pub fn velocities(&self, b: &B) -> Vec<(usize, Vec<f32>)> {
+        self.velocity
+            .iter()
+            .enumerate()
+            .filter_map(|(id, v)| v.as_ref().map(|v| (id, b.download(v))))
+            .collect()
+    }
+
+    /// Restore one parameter's momentum buffer.
+    pub fn set_velocity(&mut self, b: &B, id: usize, values: &[f32]) {
+        if self.velocity.len() <= id {
+            self.velocity.resize_with(id + 1, || None);
+        }
+        self.velocity[id] = Some(b.upload(values));
+    }
+
     /// Update every trainable parameter that has a gradient.
     pub fn step(&mut self, b: &B, net: &mut Net<B>, grads: &Grads<B>) {
         for p in net.params_mut() {

@@ -28,6 +28,16 @@ impl Rng {
         Rng::new(seed.wrapping_mul(1000).wrapping_add(stream))
     }
 
+    /// The generator's state (a training-state file stores it).
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// A generator continuing from a saved [`Rng::state`].
+    pub fn from_state(s: [u64; 4]) -> Self {
+        Rng { s }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;

@@ -763,3 +763,116 @@ fn every_verb_has_help_naming_its_key_flags() {
         }
     }
 }
+
+// ---- interrupted and resumed runs --------------------------------------------------------
+
+/// Parameter, Fisher and class-statistics bits of a checkpoint (the metadata's
+/// timings differ between runs and are left out).
+fn checkpoint_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let b = lwf_engine::backend::CpuBackend::new();
+    let ck = lwf_engine::checkpoint::load(path, &b).unwrap();
+    let mut bits: Vec<(String, Vec<u32>)> = ck
+        .net
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.value.to_vec(&b).iter().map(|v| v.to_bits()).collect()))
+        .collect();
+    let stats = ck.stats.expect("class statistics");
+    bits.push(("class means".into(), stats.means.iter().map(|v| v.to_bits()).collect()));
+    bits
+}
+
+/// SIGINT in the middle of an epoch stops `train` and `extend` at the end of
+/// a step with a one-line message naming the state file; `--resume` then
+/// finishes the run with exactly the numbers of an uninterrupted one, and
+/// the state file is gone once the output exists.
+#[test]
+fn interrupted_runs_resume_to_the_same_numbers() {
+    let data = npy_dir("resume", &[0, 1, 2, 3], 3000, 100, 28);
+    let dir = TempDir::new("resume-out");
+    let base = ["--data", data.s(), "--epochs", "2", "--batch-size", "16", "--seed", "9"];
+    let train = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["train", "--classes", "0-1", "--out", p(out)].iter().map(|s| s.to_string()).collect();
+        v.extend(base.iter().chain(extra).map(|s| s.to_string()));
+        v
+    };
+    let (plain, cut) = (dir.path("plain.safetensors"), dir.path("cut.safetensors"));
+    let args = train(&plain, &[]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let state = dir.path("cut.safetensors.state");
+    let args = train(&cut, &["--checkpoint-every", "1"]);
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !state.exists() {
+        assert!(std::time::Instant::now() < deadline, "no training state appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted at epoch 2") && err.contains("--resume") && err.contains(p(&state)),
+        "{err}"
+    );
+    assert!(!cut.exists(), "no output before the run is complete");
+    assert_eq!(dir.entries(), ["cut.safetensors.state", "plain.safetensors"], "only the state file is left");
+
+    // Another run's flags are refused by name; the same flags finish it.
+    let mut other = train(&cut, &["--resume", p(&state)]);
+    other.iter_mut().filter(|a| a.as_str() == "9").for_each(|a| *a = "10".into());
+    fails(&other.iter().map(String::as_str).collect::<Vec<_>>(), &[p(&state), "another run"]);
+    let args = train(&cut, &["--checkpoint-every", "1", "--resume", p(&state)]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!state.exists(), "the state file is removed once the output is written");
+    assert_eq!(
+        checkpoint_bits(&plain),
+        checkpoint_bits(&cut),
+        "a resumed run differs from an uninterrupted one"
+    );
+
+    // extend with LwF: the state is written after the warm-up phase and the
+    // run is interrupted in the main phase; Y_o is recorded again on resume.
+    let extend = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["extend", "--model", p(&plain), "--classes", "2-3", "--method", "lwf", "--out", p(out)]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        v.extend(base.iter().chain(extra).map(|s| s.to_string()));
+        v
+    };
+    let (whole, parts) = (dir.path("whole.safetensors"), dir.path("parts.safetensors"));
+    ok(&extend(&whole, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let state = dir.path("parts.safetensors.state");
+    let args = extend(&parts, &["--checkpoint-every", "1"]);
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !state.exists() {
+        assert!(std::time::Instant::now() < deadline, "no training state appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains("interrupted") && err.contains("after epoch 1 of phase 1"), "{err}");
+    let args = extend(&parts, &["--checkpoint-every", "1", "--resume", p(&state)]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        checkpoint_bits(&whole),
+        checkpoint_bits(&parts),
+        "a resumed extend differs from an uninterrupted one"
+    );
+}

@@ -13,6 +13,7 @@ pub mod classifier;
 pub mod eval;
 pub mod methods;
 pub mod protocol;
+pub mod session;
 pub mod stats;
 pub mod train;
 

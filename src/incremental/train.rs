@@ -6,6 +6,7 @@
 //! Buffers are recycled through the `Trainer`'s workspace, so the steady state
 //! allocates nothing on the device.
 
+use super::session::{PhaseStart, Session};
 use super::{Hyper, Observer};
 use crate::autodiff::{Grads, Tape, Workspace};
 use crate::backend::{Backend, IGNORE_LABEL};
@@ -63,6 +64,8 @@ pub struct PhaseStats {
 pub struct Trainer<B: Backend> {
     pub b: B,
     pub ws: Workspace<B>,
+    /// Saving and resuming training state (`train`/`extend` only).
+    pub session: Option<Session>,
     grads: Grads<B>,
     xs: Vec<f32>,
     teacher_rows: Vec<f32>,
@@ -75,6 +78,7 @@ impl<B: Backend> Trainer<B> {
         Trainer {
             b,
             ws: Workspace::new(),
+            session: None,
             grads: Grads::new(),
             xs: Vec::new(),
             teacher_rows: Vec::new(),
@@ -103,7 +107,15 @@ impl<B: Backend> Trainer<B> {
         let mut sgd = Sgd::new(hyper.sgd());
         let bs = hyper.batch_size;
         let steps = examples.len().div_ceil(bs);
-        for epoch in 0..epochs {
+        let first = match self.session.as_mut() {
+            None => 0,
+            Some(s) => match s.start_phase(&self.b, net, &mut sgd, rng)? {
+                PhaseStart::Fresh => 0,
+                PhaseStart::Skip => return Ok(stats),
+                PhaseStart::From(e) => e,
+            },
+        };
+        for epoch in first..epochs {
             let start = Instant::now();
             obs.phase(&format!("{label} epoch {}/{epochs}", epoch + 1), steps as u64);
             let order = rng.permutation(examples.len());
@@ -121,9 +133,25 @@ impl<B: Backend> Trainer<B> {
                 stats.images += batch.len();
                 stats.last_loss = loss;
                 obs.step(loss, batch.len());
+                if crate::interrupt::requested() {
+                    obs.phase_done();
+                    let saved = self.session.as_ref().map_or_else(
+                        || "nothing was written (this run is not resumable)".to_string(),
+                        Session::saved_text,
+                    );
+                    return Err(Error::Interrupted {
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        context: label.into(),
+                        saved,
+                    });
+                }
             }
             obs.phase_done();
             stats.epoch_seconds.push(start.elapsed().as_secs_f64());
+            if let Some(s) = self.session.as_mut() {
+                s.end_epoch(&self.b, net, &sgd, rng, epoch + 1)?;
+            }
         }
         Ok(stats)
     }
