@@ -189,44 +189,79 @@ pub fn save<B: Backend>(
             class_names: m.map(|m| m.class_names.clone()).unwrap_or_default(),
         })
         .collect();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = net
+    let mut tensors: Vec<StoredTensor> = net
         .params()
         .iter()
-        .map(|p| (p.name.clone(), p.value.shape.0.clone(), f32_bytes(&p.value.to_vec(b))))
+        .map(|p| f32_tensor(p.name.clone(), p.value.shape.0.clone(), &p.value.to_vec(b)))
         .collect();
     if let Some(f) = fisher {
         for (k, buf) in f.iter().enumerate() {
-            tensors.push((format!("fisher.{k}"), vec![b.len(buf)], f32_bytes(&b.download(buf))));
+            tensors.push(f32_tensor(format!("fisher.{k}"), vec![b.len(buf)], &b.download(buf)));
         }
     }
-    let mut counts = None;
     if let Some(s) = stats {
         let c = s.classes.len();
-        counts = Some(s.counts.iter().flat_map(|n| (*n as i64).to_le_bytes()).collect::<Vec<u8>>());
-        tensors.push(("class_stats.means".into(), vec![c, s.dim], f32_bytes(&s.means)));
+        let counts = s.counts.iter().flat_map(|n| (*n as i64).to_le_bytes()).collect();
+        tensors.push(("class_stats.counts".into(), Dtype::I64, vec![c], counts));
+        tensors.push(f32_tensor("class_stats.means".into(), vec![c, s.dim], &s.means));
         if let Some(g) = &s.gauss {
-            tensors.push(("class_stats.tukey_means".into(), vec![c, s.dim], f32_bytes(&g.means)));
-            tensors.push(("class_stats.covs".into(), vec![c, packed_len(s.dim)], f32_bytes(&g.covs)));
+            tensors.push(f32_tensor("class_stats.tukey_means".into(), vec![c, s.dim], &g.means));
+            tensors.push(f32_tensor("class_stats.covs".into(), vec![c, packed_len(s.dim)], &g.covs));
         }
     }
-    let mut views = tensors
+    let json = serde_json::to_string(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    write_safetensors(path, &tensors, META_KEY, json)
+}
+
+/// A tensor to store: name, dtype, shape, little-endian bytes.
+pub(crate) type StoredTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// An f32 tensor to store.
+pub(crate) fn f32_tensor(name: String, shape: Vec<usize>, values: &[f32]) -> StoredTensor {
+    (name, Dtype::F32, shape, f32_bytes(values))
+}
+
+/// Write `tensors` with the JSON `json` under the metadata key `key` to
+/// `path`, atomically.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[StoredTensor],
+    key: &str,
+    json: String,
+) -> Result<()> {
+    let views = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| Error::checkpoint(path, e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    if let (Some(bytes), Some(s)) = (&counts, stats) {
-        let v = TensorView::new(Dtype::I64, vec![s.classes.len()], bytes)
-            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
-        views.push(("class_stats.counts".into(), v));
-    }
-    let json = serde_json::to_string(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
-    let info = HashMap::from([(META_KEY.to_string(), json)]);
+    let info = HashMap::from([(key.to_string(), json)]);
     let bytes = safetensors::tensor::serialize(views, Some(info))
         .map_err(|e| Error::checkpoint(path, e.to_string()))?;
     crate::fsio::write_atomic(path, &bytes)
+}
+
+/// Parse a safetensors file's bytes and return its tensors and the JSON
+/// stored under the metadata key `key`; `what` names the kind of file in the
+/// errors ("checkpoint", "training-state file").
+pub(crate) fn read_safetensors<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    key: &str,
+    what: &str,
+) -> Result<(SafeTensors<'a>, String)> {
+    let bad = |m: String| Error::checkpoint(path, m);
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors {what} ({e})")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("unreadable header ({e})")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(key))
+        .ok_or_else(|| bad(format!("not an lwf-engine {what} (no '{key}' metadata)")))?;
+    Ok((st, json.clone()))
 }
 
 /// Read a checkpoint, checking that every tensor the architecture needs is
@@ -234,16 +269,8 @@ pub fn save<B: Backend>(
 pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::checkpoint(path, m);
-    let st =
-        SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors checkpoint ({e})")))?;
-    let (_, header) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("unreadable header ({e})")))?;
-    let json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| bad("not an lwf-engine checkpoint (no 'lwf_engine' metadata)".into()))?;
-    let meta: Meta = serde_json::from_str(json).map_err(|e| bad(format!("bad metadata ({e})")))?;
+    let (st, json) = read_safetensors(path, &bytes, META_KEY, "checkpoint")?;
+    let meta: Meta = serde_json::from_str(&json).map_err(|e| bad(format!("bad metadata ({e})")))?;
     if meta.format != FORMAT {
         return Err(bad(format!(
             "checkpoint format '{}' is not supported (expected '{FORMAT}')",
@@ -378,6 +405,6 @@ fn f32_bytes(xs: &[f32]) -> Vec<u8> {
     xs.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }

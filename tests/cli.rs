@@ -782,6 +782,26 @@ fn checkpoint_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
     bits
 }
 
+/// Run the binary with `args` and send it SIGINT as soon as `state` exists
+/// (the first training state is written at the end of an epoch, so the
+/// signal lands in the middle of the next one).
+fn interrupt_once_state_exists(args: &[String], state: &Path) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !state.exists() {
+        assert!(std::time::Instant::now() < deadline, "no training state appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    child.wait_with_output().unwrap()
+}
+
 /// SIGINT in the middle of an epoch stops `train` and `extend` at the end of
 /// a step with a one-line message naming the state file; `--resume` then
 /// finishes the run with exactly the numbers of an uninterrupted one, and
@@ -803,20 +823,7 @@ fn interrupted_runs_resume_to_the_same_numbers() {
 
     let state = dir.path("cut.safetensors.state");
     let args = train(&cut, &["--checkpoint-every", "1"]);
-    let child = Command::new(BIN)
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !state.exists() {
-        assert!(std::time::Instant::now() < deadline, "no training state appeared");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
+    let out = interrupt_once_state_exists(&args, &state);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -854,19 +861,7 @@ fn interrupted_runs_resume_to_the_same_numbers() {
     ok(&extend(&whole, &[]).iter().map(String::as_str).collect::<Vec<_>>());
     let state = dir.path("parts.safetensors.state");
     let args = extend(&parts, &["--checkpoint-every", "1"]);
-    let child = Command::new(BIN)
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while !state.exists() {
-        assert!(std::time::Instant::now() < deadline, "no training state appeared");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = text(&out.stderr);
+    let err = text(&interrupt_once_state_exists(&args, &state).stderr);
     assert!(err.contains("interrupted") && err.contains("after epoch 1 of phase 1"), "{err}");
     let args = extend(&parts, &["--checkpoint-every", "1", "--resume", p(&state)]);
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());

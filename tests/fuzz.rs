@@ -296,3 +296,62 @@ proptest! {
         check_checkpoint(&bytes, &format!("meta{which}.safetensors"));
     }
 }
+
+// ---- training-state files -------------------------------------------------------------
+
+fn small_net(b: &CpuBackend) -> Net<B> {
+    let arch = Arch { name: "cnn-s".into(), input: [1, 4, 4], conv: vec![2], hidden: 3 };
+    let mut net = Net::<B>::new(b, arch, &mut Rng::new(1));
+    net.add_head(b, &mut Rng::new(2), &[0, 1]);
+    net
+}
+
+/// A valid training-state file (parameters, momentum of two of them, RNG).
+fn state_bytes() -> &'static [u8] {
+    use lwf_engine::incremental::session::Session;
+    use lwf_engine::optim::Sgd;
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let b = CpuBackend::new();
+        let mut net = small_net(&b);
+        let hyper = lwf_engine::backend::SgdHyper { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
+        let mut sgd = Sgd::new(hyper);
+        sgd.set_velocity(&b, 0, &[0.25; 18]);
+        sgd.set_velocity(&b, 1, &[0.5; 2]);
+        let mut rng = Rng::new(7);
+        let path = scratch().join("valid.state");
+        let mut s = Session::new(path.clone(), 1, serde_json::json!({"run": 1}), None).unwrap();
+        s.start_phase(&b, &mut net, &mut sgd, &mut rng).unwrap();
+        s.end_epoch(&b, &net, &sgd, &rng, 1).unwrap();
+        std::fs::read(&path).unwrap()
+    })
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(1000))]
+
+    /// A mutated training-state file is refused with one line naming it, or
+    /// restores into a model of the right shape; it never panics.
+    #[test]
+    fn training_state_mutated(m in mutation(), case in any::<u32>()) {
+        use lwf_engine::incremental::session::Session;
+        use lwf_engine::optim::Sgd;
+        let valid = state_bytes();
+        let bytes = apply(valid.to_vec(), &m, safetensors_header_len(valid));
+        let name = format!("s{case}.state");
+        let path = scratch().join(&name);
+        std::fs::write(&path, &bytes).unwrap();
+        let b = CpuBackend::new();
+        let outcome = Session::new(scratch().join("unused.state"), 0, serde_json::json!({"run": 1}), Some(&path))
+            .and_then(|mut s| {
+                let mut net = small_net(&b);
+                let hyper = lwf_engine::backend::SgdHyper { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
+                s.start_phase(&b, &mut net, &mut Sgd::new(hyper), &mut Rng::new(0)).map(|_| ())
+            });
+        if let Err(e) = outcome {
+            let msg = e.to_string();
+            prop_assert!(msg.contains(&name) && !msg.contains('\n'), "one line naming the file: {msg}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -10,12 +10,13 @@
 //! uninterrupted one.
 
 use crate::backend::Backend;
+use crate::checkpoint::{f32_from_bytes, f32_tensor, read_safetensors, write_safetensors, StoredTensor};
 use crate::error::{Error, Result};
 use crate::nn::Net;
 use crate::optim::Sgd;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -147,14 +148,16 @@ impl Session {
         }
         let phase = self.phase - 1;
         let names: HashMap<usize, &str> = net.params().iter().map(|p| (p.id, p.name.as_str())).collect();
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = net
+        let mut tensors: Vec<StoredTensor> = net
             .params()
             .iter()
-            .map(|p| (format!("param.{}", p.name), p.value.shape.dims().to_vec(), bytes(&p.value.to_vec(b))))
+            .map(|p| {
+                f32_tensor(format!("param.{}", p.name), p.value.shape.dims().to_vec(), &p.value.to_vec(b))
+            })
             .collect();
         for (id, v) in sgd.velocities(b) {
             if let Some(name) = names.get(&id) {
-                tensors.push((format!("momentum.{name}"), vec![v.len()], bytes(&v)));
+                tensors.push(f32_tensor(format!("momentum.{name}"), vec![v.len()], &v));
             }
         }
         let meta = StateMeta {
@@ -167,15 +170,8 @@ impl Session {
                 .into(),
         };
         let path = &self.state_path;
-        let views = tensors
-            .iter()
-            .map(|(n, s, d)| TensorView::new(Dtype::F32, s.clone(), d).map(|v| (n.clone(), v)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
         let json = serde_json::to_string(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
-        let out = safetensors::tensor::serialize(views, Some(HashMap::from([(STATE_KEY.to_string(), json)])))
-            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
-        crate::fsio::write_atomic(path, &out)?;
+        write_safetensors(path, &tensors, STATE_KEY, json)?;
         self.last = Some((phase, epochs_done));
         Ok(())
     }
@@ -195,23 +191,12 @@ impl Session {
     }
 }
 
-fn bytes(xs: &[f32]) -> Vec<u8> {
-    xs.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 /// Read a state file and check that it belongs to `run`.
 fn load(path: &Path, run: &serde_json::Value) -> Result<ResumePoint> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::checkpoint(path, m);
-    let st = SafeTensors::deserialize(&data).map_err(|e| bad(format!("not a training-state file ({e})")))?;
-    let (_, header) =
-        SafeTensors::read_metadata(&data).map_err(|e| bad(format!("unreadable header ({e})")))?;
-    let json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(STATE_KEY))
-        .ok_or_else(|| bad("not an lwf-engine training-state file".into()))?;
-    let meta: StateMeta = serde_json::from_str(json).map_err(|e| bad(format!("bad metadata ({e})")))?;
+    let (st, json) = read_safetensors(path, &data, STATE_KEY, "training-state file")?;
+    let meta: StateMeta = serde_json::from_str(&json).map_err(|e| bad(format!("bad metadata ({e})")))?;
     if meta.format != STATE_FORMAT {
         return Err(bad(format!("state format '{}' is not supported", meta.format)));
     }
@@ -227,8 +212,7 @@ fn load(path: &Path, run: &serde_json::Value) -> Result<ResumePoint> {
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
         }
-        let v: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v = f32_from_bytes(view.data());
         if let Some(n) = name.strip_prefix("param.") {
             params.insert(n.to_string(), v);
         } else if let Some(n) = name.strip_prefix("momentum.") {
