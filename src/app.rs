@@ -13,7 +13,7 @@ use crate::incremental::eval::{evaluate, Accuracies};
 use crate::incremental::methods::{
     examples_for, learn_task, streams, task_stats, train_first_task, MethodState, TaskContext,
 };
-use crate::incremental::protocol::{run_experiment, ExperimentConfig, MethodRun};
+use crate::incremental::protocol::{run_experiment, run_experiment_with, ExperimentConfig, MethodRun};
 use crate::incremental::session::Session;
 use crate::incremental::stats::ClassStats;
 use crate::incremental::train::Trainer;
@@ -712,6 +712,8 @@ pub struct ExperimentRequest {
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
     pub hyper: Hyper,
+    /// Keep the runs already in `out` (same settings) and run the rest.
+    pub resume: bool,
 }
 
 /// Parse the request into a config against the loaded data.
@@ -750,8 +752,22 @@ pub fn experiment(choice: BackendChoice, req: &ExperimentRequest, obs: &dyn Obse
     crate::fsio::check_output_dir(&req.out)?;
     let data = load_data(&req.data)?;
     let cfg = experiment_config(req, &data)?;
-    let (runs, device) = on_backend!(choice, b => (run_experiment(&b, &data, &cfg, obs)?, b.name()));
-    crate::results::write_experiment(&req.out, &cfg, &data, &device, &runs)
+    let mut results =
+        if req.resume { crate::results::finished_runs(&req.out, &cfg, &data)? } else { Vec::new() };
+    if req.resume {
+        obs.note(&format!("resuming: {} finished runs kept from {}", results.len(), req.out.display()));
+    }
+    let done: Vec<(String, u64)> = results.iter().map(|r| (r.method.clone(), r.seed)).collect();
+    let skip = |m: Method, seed: u64| done.iter().any(|(name, s)| name == m.name() && *s == seed);
+    let device = on_backend!(choice, b => {
+        let device = b.name();
+        run_experiment_with(&b, &data, &cfg, obs, &skip, &mut |run| {
+            results.push(crate::results::write_run(&req.out, &cfg, &data, &device, &run)?);
+            Ok(())
+        })?;
+        device
+    });
+    crate::results::write_reports(&req.out, &cfg, &data, &device, results)
 }
 
 /// `bench`: throughput of the three things an experiment spends its time on.

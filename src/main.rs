@@ -305,6 +305,10 @@ struct ExperimentArgs {
     /// Keep only the first N test images of each class (quick runs).
     #[arg(long)]
     test_limit: Option<usize>,
+    /// Keep the runs an interrupted experiment already wrote to --out (same
+    /// settings) and run only the missing ones.
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -430,6 +434,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 train_limit: a.train_limit,
                 test_limit: a.test_limit,
                 hyper: a.hyper.hyper()?,
+                resume: a.resume,
             };
             let s = app::experiment(be, &req, &obs)?;
             println!("{s}");

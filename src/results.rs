@@ -1,16 +1,74 @@
 //! Turning an experiment's runs into reports: one JSON per method and seed
-//! (the reference's field names and units), a CSV of every accuracy, a
-//! summary CSV, an SVG plot, and the comparison table printed at the end.
+//! (the reference's field names and units), written as soon as the run is
+//! done; then a CSV of every accuracy, a summary CSV, an SVG plot, and the
+//! comparison table printed at the end. A resumed experiment reads back the
+//! runs it already finished (checked to be of the same settings).
 
 use crate::data::Dataset;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fsio::create_dir_all;
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::protocol::{ExperimentConfig, MethodRun};
 use crate::metrics::{
     self, AccMatrix, ClassifierCurve, EngineInfo, RunParts, RunResult, StatsRecord, TaskTiming,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The settings a run's JSON records under `config`: the hyper-parameters,
+/// the data, the limits and the thread count (which changes the bits).
+pub fn run_config(cfg: &ExperimentConfig, data: &Dataset) -> serde_json::Value {
+    let mut config = serde_json::to_value(&cfg.hyper).expect("serialisable hyper-parameters");
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("data".into(), data.root.display().to_string().into());
+        obj.insert("train_limit".into(), cfg.train_limit.into());
+        obj.insert("test_limit".into(), cfg.test_limit.into());
+        obj.insert("threads".into(), rayon::current_num_threads().into());
+    }
+    config
+}
+
+/// Where the JSON of one run goes.
+pub fn run_path(out: &Path, protocol: &str, method: &str, seed: u64) -> PathBuf {
+    out.join(format!("{protocol}_{method}_seed{seed}.json"))
+}
+
+/// Report one finished run and write its JSON under `out` (atomically).
+pub fn write_run(
+    out: &Path,
+    cfg: &ExperimentConfig,
+    data: &Dataset,
+    device: &str,
+    run: &MethodRun,
+) -> Result<RunResult> {
+    let r = run_result(cfg, data, device, run)?;
+    create_dir_all(out)?;
+    metrics::write_json(&run_path(out, &cfg.protocol, &r.method, r.seed), &r)?;
+    Ok(r)
+}
+
+/// The runs of `cfg` already under `out` (a resumed experiment keeps them).
+/// A run file of other settings is an error naming it.
+pub fn finished_runs(out: &Path, cfg: &ExperimentConfig, data: &Dataset) -> Result<Vec<RunResult>> {
+    let config = run_config(cfg, data);
+    let mut done = Vec::new();
+    for &seed in &cfg.seeds {
+        for m in &cfg.methods {
+            let path = run_path(out, &cfg.protocol, m.name(), seed);
+            if !path.exists() {
+                continue;
+            }
+            let r = metrics::read_json(&path)?;
+            if r.config != config || r.tasks != cfg.tasks || r.protocol != cfg.protocol {
+                return Err(Error::format(
+                    &path,
+                    "was run with other settings (config, tasks or protocol differ): remove it or choose another --out",
+                ));
+            }
+            done.push(r);
+        }
+    }
+    Ok(done)
+}
 
 /// Build the report of one run.
 pub fn run_result(
@@ -22,13 +80,7 @@ pub fn run_result(
     let rows = |f: &dyn Fn(&crate::incremental::eval::Accuracies) -> Vec<f64>| -> Vec<Vec<f64>> {
         run.records.iter().map(|r| f(&r.acc)).collect()
     };
-    let mut config = serde_json::to_value(&cfg.hyper).expect("serialisable hyper-parameters");
-    if let Some(obj) = config.as_object_mut() {
-        obj.insert("data".into(), data.root.display().to_string().into());
-        obj.insert("train_limit".into(), cfg.train_limit.into());
-        obj.insert("test_limit".into(), cfg.test_limit.into());
-        obj.insert("threads".into(), rayon::current_num_threads().into());
-    }
+    let config = run_config(cfg, data);
     let backend = if device.starts_with("cpu") { "cpu" } else { "wgpu" };
     let engine = EngineInfo {
         backend: backend.into(),
@@ -93,21 +145,24 @@ pub fn run_result(
     Ok(result)
 }
 
-/// Write every report of an experiment under `out` and return the text to
+/// Write the reports that combine the runs (CSVs, plot) under `out`, the runs
+/// put in experiment order (seeds, then methods), and return the text to
 /// print: the comparison table, then each run's accuracy matrix.
-pub fn write_experiment(
+pub fn write_reports(
     out: &Path,
     cfg: &ExperimentConfig,
     data: &Dataset,
     device: &str,
-    runs: &[MethodRun],
+    mut results: Vec<RunResult>,
 ) -> Result<String> {
-    let results = runs.iter().map(|r| run_result(cfg, data, device, r)).collect::<Result<Vec<_>>>()?;
+    let order = |r: &RunResult| {
+        let s = cfg.seeds.iter().position(|&s| s == r.seed);
+        let m = cfg.methods.iter().position(|m| m.name() == r.method);
+        (s, m)
+    };
+    results.sort_by_key(order);
     create_dir_all(out)?;
     let p = &cfg.protocol;
-    for r in &results {
-        metrics::write_json(&out.join(format!("{p}_{}_seed{}.json", r.method, r.seed)), r)?;
-    }
     metrics::write_csv(&out.join(format!("{p}_accuracies.csv")), &results)?;
     metrics::write_summary_csv(&out.join(format!("{p}_summary.csv")), &results)?;
     metrics::write_classifier_csv(&out.join(format!("{p}_class_il_by_classifier.csv")), &results)?;

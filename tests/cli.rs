@@ -871,3 +871,46 @@ fn interrupted_runs_resume_to_the_same_numbers() {
         "a resumed extend differs from an uninterrupted one"
     );
 }
+
+/// An experiment writes each run's JSON when the run is done; interrupted,
+/// it keeps those, and `--resume` runs only the missing ones, ending with the
+/// same reports as an uninterrupted experiment. Other settings are refused.
+#[test]
+fn interrupted_experiment_resumes_its_missing_runs() {
+    let dir = TempDir::new("exp-resume");
+    let (full, cut) = (dir.path("full"), dir.path("cut"));
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["experiment", "--methods", "lwf,finetune", "--seeds", "0", "--out", p(out)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let quick = ["--train-limit", "1500", "--test-limit", "50", "--epochs", "1", "--batch-size", "32"];
+        v.extend(quick.iter().chain(extra).map(|s| s.to_string()));
+        v
+    };
+    ok(&args(&full, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let first = cut.join("two-task_lwf_seed0.json");
+    let out = interrupt_once_state_exists(&args(&cut, &[]), &first);
+    let err = text(&out.stderr);
+    assert!(err.contains("interrupted") && err.contains("experiment --resume"), "{err}");
+    assert!(
+        !cut.join("two-task_finetune_seed0.json").exists(),
+        "the experiment was stopped before its last run"
+    );
+    assert!(!cut.join("two-task_summary.csv").exists(), "no combined report from an unfinished experiment");
+
+    let other = args(&cut, &["--resume", "--lr", "0.01"]);
+    fails(&other.iter().map(String::as_str).collect::<Vec<_>>(), &[p(&first), "other settings"]);
+    let s = ok(&args(&cut, &["--resume"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(s.contains("lwf") && s.contains("finetune"), "{s}");
+    for name in ["lwf_seed0", "finetune_seed0"] {
+        let read = |d: &Path| {
+            let mut v = json(&std::fs::read_to_string(d.join(format!("two-task_{name}.json"))).unwrap());
+            v.as_object_mut().unwrap().remove("timings");
+            v
+        };
+        assert_eq!(read(&full), read(&cut), "{name} differs after resuming");
+    }
+    let csv = |d: &Path| std::fs::read_to_string(d.join("two-task_accuracies.csv")).unwrap();
+    assert_eq!(csv(&full), csv(&cut));
+}

@@ -83,6 +83,26 @@ pub fn run_experiment<B: Backend>(
     cfg: &ExperimentConfig,
     obs: &dyn Observer,
 ) -> Result<Vec<MethodRun>> {
+    let mut runs = Vec::new();
+    run_experiment_with(b, data, cfg, obs, &|_, _| false, &mut |run| {
+        runs.push(run);
+        Ok(())
+    })?;
+    Ok(runs)
+}
+
+/// [`run_experiment`], handing each run to `on_run` as soon as it is done
+/// (so an interrupted experiment keeps its finished runs) and leaving out the
+/// runs `skip` names (a resumed experiment); a seed whose runs are all
+/// skipped does not train its first task.
+pub fn run_experiment_with<B: Backend>(
+    b: &B,
+    data: &Dataset,
+    cfg: &ExperimentConfig,
+    obs: &dyn Observer,
+    skip: &dyn Fn(Method, u64) -> bool,
+    on_run: &mut dyn FnMut(MethodRun) -> Result<()>,
+) -> Result<()> {
     cfg.hyper.validate()?;
     check_tasks(data, &cfg.tasks)?;
     let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
@@ -95,8 +115,10 @@ pub fn run_experiment<B: Backend>(
         Some(n) => per_class_prefix(&data.test, n),
         None => data.test.clone(),
     };
-    let mut runs = Vec::new();
     for &seed in &cfg.seeds {
+        if cfg.methods.iter().all(|&m| skip(m, seed)) {
+            continue;
+        }
         let mut tr = Trainer::new(b.clone());
         let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &cfg.hyper, seed, obs };
         let mut base = Net::new(b, arch.clone(), &mut Rng::derive(seed, streams::TRUNK));
@@ -107,7 +129,7 @@ pub fn run_experiment<B: Backend>(
         let first =
             record(&mut tr, &base, &test, data, &cfg.tasks[..1], &cfg.hyper, report, Some(&base_stats));
         obs.note(&format!("[seed {seed}] task 1: accuracy {:.4}", first.acc.task_aware[0]));
-        for &method in &cfg.methods {
+        for &method in cfg.methods.iter().filter(|&&m| !skip(m, seed)) {
             let hyper = Hyper { head_mode: method.head_mode(cfg.hyper.head_mode), ..cfg.hyper.clone() };
             let mut net = base.duplicate(b);
             let mut state = MethodState { stats: Some(base_stats.clone()), ..MethodState::default() };
@@ -137,10 +159,10 @@ pub fn run_experiment<B: Backend>(
                 ));
                 records.push(rec);
             }
-            runs.push(MethodRun { method, seed, records });
+            on_run(MethodRun { method, seed, records })?;
         }
     }
-    Ok(runs)
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

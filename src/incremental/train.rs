@@ -136,7 +136,11 @@ impl<B: Backend> Trainer<B> {
                 if crate::interrupt::requested() {
                     obs.phase_done();
                     let saved = self.session.as_ref().map_or_else(
-                        || "nothing was written (this run is not resumable)".to_string(),
+                        || {
+                            "no training state was kept (train and extend resume with --checkpoint-every N; \
+                             experiment --resume keeps the runs it finished)"
+                                .to_string()
+                        },
                         Session::saved_text,
                     );
                     return Err(Error::Interrupted {
