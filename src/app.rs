@@ -716,6 +716,14 @@ pub struct ExperimentRequest {
     pub resume: bool,
 }
 
+/// A limit of 0 images would train or test on nothing: refused before any work.
+fn check_limits(limits: &[(&str, Option<usize>)]) -> Result<()> {
+    match limits.iter().find(|(_, v)| *v == Some(0)) {
+        Some((flag, _)) => Err(Error::Config(format!("{flag} must be at least 1 (0 keeps no image)"))),
+        None => Ok(()),
+    }
+}
+
 /// Parse the request into a config against the loaded data.
 pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<ExperimentConfig> {
     let (protocol, tasks) = match &req.tasks {
@@ -737,6 +745,7 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
     if seeds.is_empty() {
         return Err(Error::Config("--seeds is empty".into()));
     }
+    check_limits(&[("--train-limit", req.train_limit), ("--test-limit", req.test_limit)])?;
     Ok(ExperimentConfig {
         protocol,
         tasks,
@@ -834,6 +843,7 @@ pub fn bench(
     hyper: &Hyper,
     obs: &dyn Observer,
 ) -> Result<BenchReport> {
+    check_limits(&[("--train-limit", train_limit)])?;
     let data = load_data(data_spec)?;
     on_backend!(choice, b => bench_on(&b, &data, train_limit, hyper, obs))
 }

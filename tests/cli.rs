@@ -623,6 +623,11 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
         &[p(&nowhere), "does not exist"],
     );
     fails(&with(&["train", "--data", old.s(), "--out", p(&m28)], &["--epochs", "0"]), &["--epochs"]);
+    let nothing = dir.path("no-images");
+    for flag in ["--train-limit", "--test-limit"] {
+        fails(&["experiment", flag, "0", "--out", p(&nothing)], &[flag, "at least 1"]);
+    }
+    assert!(!nothing.exists(), "refused before any output");
 
     // A 14×14 model meets 28×28 data.
     fails(&["eval", "--model", p(&m14), "--data", "fashion-mnist"], &[p(&m14), "1×14×14", "1×28×28"]);
