@@ -714,6 +714,33 @@ pub struct ExperimentRequest {
     pub hyper: Hyper,
     /// Keep the runs already in `out` (same settings) and run the rest.
     pub resume: bool,
+    /// `(i, n)`: run only share i of n of the (seed, method) runs.
+    pub shard: Option<(usize, usize)>,
+}
+
+/// `--shard i/n`: i from 0 to n − 1, as Slurm's `SLURM_ARRAY_TASK_ID` (with
+/// `--array=0-N`) and Kubernetes' `JOB_COMPLETION_INDEX` count.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = || Error::Config(format!("--shard '{s}': expected i/n with 0 ≤ i < n, e.g. 0/4"));
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Which shard a run belongs to: the runs in experiment order (seeds, then
+/// methods), dealt round-robin, so every shard gets a similar mix.
+fn shard_of(cfg: &ExperimentConfig, method: Method, seed: u64, n: usize) -> usize {
+    let s = cfg.seeds.iter().position(|&x| x == seed).unwrap_or(0);
+    let m = cfg.methods.iter().position(|&x| x == method).unwrap_or(0);
+    (s * cfg.methods.len() + m) % n
+}
+
+/// `merge`: combine run files from several directories (e.g. shards).
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<String> {
+    crate::results::merge(dirs, out)
 }
 
 /// A limit of 0 images would train or test on nothing: refused before any work.
@@ -767,7 +794,18 @@ pub fn experiment(choice: BackendChoice, req: &ExperimentRequest, obs: &dyn Obse
         obs.note(&format!("resuming: {} finished runs kept from {}", results.len(), req.out.display()));
     }
     let done: Vec<(String, u64)> = results.iter().map(|r| (r.method.clone(), r.seed)).collect();
-    let skip = |m: Method, seed: u64| done.iter().any(|(name, s)| name == m.name() && *s == seed);
+    let elsewhere = |m: Method, seed: u64| req.shard.is_some_and(|(i, n)| shard_of(&cfg, m, seed, n) != i);
+    let skip = |m: Method, seed: u64| {
+        elsewhere(m, seed) || done.iter().any(|(name, s)| name == m.name() && *s == seed)
+    };
+    if let Some((i, n)) = req.shard {
+        let mine = cfg.seeds.iter().flat_map(|&s| cfg.methods.iter().map(move |&m| (m, s)));
+        if mine.filter(|&(m, s)| !elsewhere(m, s)).count() == 0 {
+            return Ok(format!(
+                "shard {i}/{n}: no run falls to this shard (the experiment has fewer runs than shards)"
+            ));
+        }
+    }
     let device = on_backend!(choice, b => {
         let device = b.name();
         run_experiment_with(&b, &data, &cfg, obs, &skip, &mut |run| {

@@ -37,6 +37,18 @@ enum Cmd {
     Experiment(ExperimentArgs),
     /// Training and evaluation throughput (images/s) and peak memory.
     Bench(BenchArgs),
+    /// Combine the run files of several experiment directories (e.g. shards) into one report.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Directories holding run files (PROTOCOL_METHOD_seedN.json).
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Directory for the combined JSON, CSV and SVG.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -309,6 +321,10 @@ struct ExperimentArgs {
     /// settings) and run only the missing ones.
     #[arg(long)]
     resume: bool,
+    /// Run only share i of n of the (seed, method) runs, i from 0 to n-1 (a
+    /// cluster job array's index); combine the shards with `merge`.
+    #[arg(long, value_name = "i/n")]
+    shard: Option<String>,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -435,9 +451,13 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 test_limit: a.test_limit,
                 hyper: a.hyper.hyper()?,
                 resume: a.resume,
+                shard: a.shard.as_deref().map(app::parse_shard).transpose()?,
             };
             let s = app::experiment(be, &req, &obs)?;
             println!("{s}");
+        }
+        Cmd::Merge(a) => {
+            println!("{}", app::merge(&a.dirs, &a.out)?);
         }
         Cmd::Bench(a) => {
             let be = match (setup(&a.common)?, a.im2col_only) {

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::fsio::create_dir_all;
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::protocol::{ExperimentConfig, MethodRun};
+use crate::incremental::Method;
 use crate::metrics::{
     self, AccMatrix, ClassifierCurve, EngineInfo, RunParts, RunResult, StatsRecord, TaskTiming,
 };
@@ -161,17 +162,31 @@ pub fn write_reports(
         (s, m)
     };
     results.sort_by_key(order);
+    combined_reports(out, &cfg.protocol, &data.name, device, &cfg.seeds, &results)
+}
+
+/// The reports that combine runs already in experiment order (an experiment's,
+/// or a merge's): the CSVs and the plot under `out`, and the text to print.
+pub fn combined_reports(
+    out: &Path,
+    protocol: &str,
+    data_name: &str,
+    device: &str,
+    seeds: &[u64],
+    results: &[RunResult],
+) -> Result<String> {
     create_dir_all(out)?;
-    let p = &cfg.protocol;
+    let p = protocol;
+    let results = results.to_vec();
     metrics::write_csv(&out.join(format!("{p}_accuracies.csv")), &results)?;
     metrics::write_summary_csv(&out.join(format!("{p}_summary.csv")), &results)?;
     metrics::write_classifier_csv(&out.join(format!("{p}_class_il_by_classifier.csv")), &results)?;
     metrics::write_plot_svg(&out.join(format!("{p}_accuracy.svg")), p, &results)?;
     let mut text = format!(
         "{p} on {} ({}), seeds {:?}; accuracies in %, mean ± std over seeds\n\n{}\n",
-        data.name,
+        data_name,
         device,
-        cfg.seeds,
+        seeds,
         metrics::comparison_table(&results)
     );
     if results.iter().any(|r| !r.class_il_by_classifier.is_empty()) {
@@ -191,4 +206,101 @@ pub fn write_reports(
     }
     text += &format!("\nwrote {}", out.display());
     Ok(text)
+}
+
+/// Whether `path` looks like a run's JSON (`PROTOCOL_METHOD_seedN.json`).
+fn is_run_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with(".json") && name.contains("_seed")
+}
+
+/// A run without its timings, for comparing two copies of one run.
+fn numbers(r: &RunResult) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).expect("serialisable run");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("timings");
+    }
+    v
+}
+
+/// `merge`: combine the run files found in `dirs` (e.g. the shards of one
+/// experiment) into one set of reports under `out`, and say which runs of
+/// the methods × seeds grid are missing. Runs of different experiments, or
+/// two copies of one run with different numbers, are an error naming both
+/// files.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<String> {
+    crate::fsio::check_output_dir(out)?;
+    let mut runs: Vec<(PathBuf, RunResult)> = Vec::new();
+    for d in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| Error::io(d, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_run_file(p))
+            .collect();
+        files.sort();
+        for f in files {
+            let r = metrics::read_json(&f)?;
+            runs.push((f, r));
+        }
+    }
+    let Some((first_path, first)) = runs.first().cloned() else {
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(Error::Config(format!(
+            "no run files (PROTOCOL_METHOD_seedN.json) in {}",
+            names.join(", ")
+        )));
+    };
+    let mut kept: Vec<(PathBuf, RunResult)> = Vec::new();
+    for (path, r) in runs {
+        if r.protocol != first.protocol || r.tasks != first.tasks || r.config != first.config {
+            return Err(Error::Config(format!(
+                "{} and {} are runs of different experiments (protocol, tasks or config differ)",
+                first_path.display(),
+                path.display()
+            )));
+        }
+        match kept.iter().find(|(_, k)| k.method == r.method && k.seed == r.seed) {
+            Some((other, k)) if numbers(k) != numbers(&r) => {
+                return Err(Error::Config(format!(
+                    "{} and {} hold the same run ({} seed {}) with different numbers",
+                    other.display(),
+                    path.display(),
+                    r.method,
+                    r.seed
+                )))
+            }
+            Some(_) => {}
+            None => kept.push((path, r)),
+        }
+    }
+    let method_rank = |m: &str| Method::ALL.iter().position(|k| k.name() == m).unwrap_or(usize::MAX);
+    let mut methods: Vec<String> = kept.iter().map(|(_, r)| r.method.clone()).collect();
+    methods.sort_by(|a, b| (method_rank(a), a).cmp(&(method_rank(b), b)));
+    methods.dedup();
+    let mut seeds: Vec<u64> = kept.iter().map(|(_, r)| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let sources: Vec<(PathBuf, RunResult)> = kept.clone();
+    let mut results: Vec<RunResult> = kept.into_iter().map(|(_, r)| r).collect();
+    results.sort_by_key(|r| (r.seed, method_rank(&r.method)));
+    let missing: Vec<String> = seeds
+        .iter()
+        .flat_map(|&s| methods.iter().map(move |m| (m, s)))
+        .filter(|(m, s)| !results.iter().any(|r| &r.method == *m && r.seed == *s))
+        .map(|(m, s)| format!("{m} seed {s}"))
+        .collect();
+    create_dir_all(out)?;
+    // Each run file is copied as it is (atomically), not re-serialised.
+    for (path, r) in &sources {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        crate::fsio::write_atomic(&run_path(out, &r.protocol, &r.method, r.seed), &bytes)?;
+    }
+    let data = first.config.get("data").and_then(|d| d.as_str()).unwrap_or("?").to_string();
+    let text = combined_reports(out, &first.protocol, &data, &first.engine.device, &seeds, &results)?;
+    let head = if missing.is_empty() {
+        format!("merged {} runs, none missing\n\n", results.len())
+    } else {
+        format!("merged {} runs; missing: {}\n\n", results.len(), missing.join(", "))
+    };
+    Ok(head + &text)
 }

@@ -908,14 +908,72 @@ fn interrupted_experiment_resumes_its_missing_runs() {
     fails(&other.iter().map(String::as_str).collect::<Vec<_>>(), &[p(&first), "other settings"]);
     let s = ok(&args(&cut, &["--resume"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(s.contains("lwf") && s.contains("finetune"), "{s}");
-    for name in ["lwf_seed0", "finetune_seed0"] {
+    same_reports(&full, &cut, &["lwf_seed0", "finetune_seed0"]);
+}
+
+/// Two experiment directories hold the same runs (their JSON, timings aside)
+/// and the same accuracies CSV.
+fn same_reports(a: &Path, b: &Path, runs: &[&str]) {
+    for name in runs {
         let read = |d: &Path| {
             let mut v = json(&std::fs::read_to_string(d.join(format!("two-task_{name}.json"))).unwrap());
             v.as_object_mut().unwrap().remove("timings");
             v
         };
-        assert_eq!(read(&full), read(&cut), "{name} differs after resuming");
+        assert_eq!(read(a), read(b), "{name} differs between {} and {}", a.display(), b.display());
     }
     let csv = |d: &Path| std::fs::read_to_string(d.join("two-task_accuracies.csv")).unwrap();
-    assert_eq!(csv(&full), csv(&cut));
+    assert_eq!(csv(a), csv(b));
+}
+
+/// `experiment --shard i/n` runs its share of the (seed, method) runs; three
+/// shards run as separate processes and merged give the run files and the
+/// accuracies of one unsharded run. `merge` names missing runs, refuses runs
+/// of another experiment by naming both files, and `--shard` is checked.
+#[test]
+fn shards_merge_into_the_unsharded_experiment() {
+    let dir = TempDir::new("shards");
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["experiment", "--methods", "lwf,finetune", "--seeds", "0,1", "--out", p(out)]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let quick = ["--train-limit", "600", "--test-limit", "30", "--epochs", "1", "--batch-size", "64"];
+        v.extend(quick.iter().chain(extra).map(|s| s.to_string()));
+        v
+    };
+    let run = |v: Vec<String>| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let full = dir.path("full");
+    run(args(&full, &[]));
+    let shards: Vec<PathBuf> = (0..3).map(|i| dir.path(&format!("shard{i}"))).collect();
+    for (i, s) in shards.iter().enumerate() {
+        run(args(s, &["--shard", &format!("{i}/3")]));
+    }
+    let files = |d: &Path| -> usize {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("_seed"))
+            .count()
+    };
+    assert_eq!(shards.iter().map(|s| files(s)).collect::<Vec<_>>(), [2, 1, 1], "4 runs dealt round-robin");
+
+    let partial = ok(&["merge", p(&shards[0]), p(&shards[1]), "--out", p(&dir.path("partial"))]);
+    assert!(partial.contains("missing: lwf seed 1"), "{partial}");
+    let merged = dir.path("merged");
+    let s = ok(&["merge", p(&shards[0]), p(&shards[1]), p(&shards[2]), "--out", p(&merged)]);
+    assert!(s.contains("none missing"), "{s}");
+    same_reports(&full, &merged, &["lwf_seed0", "lwf_seed1", "finetune_seed0", "finetune_seed1"]);
+
+    let other = dir.path("other");
+    run(args(&other, &["--lr", "0.01"]));
+    let err =
+        fails(&["merge", p(&full), p(&other), "--out", p(&dir.path("bad"))], &["different experiments"]);
+    assert!(err.contains("full/") && err.contains("other/"), "names both files: {err}");
+    for bad in ["3/2", "0/0", "x"] {
+        fails(
+            &args(&dir.path("never"), &["--shard", bad]).iter().map(String::as_str).collect::<Vec<_>>(),
+            &["--shard"],
+        );
+    }
 }
