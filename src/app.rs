@@ -182,7 +182,7 @@ fn train_on<B: Backend>(
         sdc_sigma: None,
         sdc_sigma_chosen_by: None,
     });
-    let stats = task_stats(&mut tr, &net, &view, &cx);
+    let stats = task_stats(&mut tr, &net, &view, &cx, req.hyper.class_stats);
     let fisher =
         fisher_after(&mut tr, &mut net, &data.train, data.norm, &view, None, &req.hyper, req.seed, 1);
     let acc = evaluate(
@@ -194,6 +194,7 @@ fn train_on<B: Backend>(
         meta.head_mode,
         req.hyper.batch_size,
         None,
+        &[],
     );
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     finish_session(&tr);
@@ -487,7 +488,7 @@ fn eval_present<B: Backend>(
     bs: usize,
     stats: Option<&ClassStats>,
 ) -> Accuracies {
-    evaluate(tr, net, test, norm, &meta.tasks, meta.head_mode, bs, stats)
+    evaluate(tr, net, test, norm, &meta.tasks, meta.head_mode, bs, stats, &ClassifierKind::available(stats))
 }
 
 /// The classifier asked for, or the model's default; an error when the
@@ -520,7 +521,7 @@ pub struct EvalReport {
     /// Per task; null where the data has no test image of that task.
     pub task_aware: Vec<Option<f64>>,
     /// The classifier behind `class_il` and `class_il_per_task`.
-    pub classifier: String,
+    pub classifier: ClassifierKind,
     pub class_il: f64,
     pub class_il_per_task: Vec<Option<f64>>,
     /// Every classifier the checkpoint allows: class-IL over all images.
@@ -561,8 +562,8 @@ impl EvalReport {
     }
 }
 
-/// `classifier`: the one behind the headline class-IL (default: the model's,
-/// ncm when it holds class statistics, else heads).
+/// `classifier`: the one behind the headline class-IL (default:
+/// `ClassifierKind::default_for` the model's statistics).
 pub fn eval(
     choice: BackendChoice,
     model: &Path,
@@ -596,7 +597,7 @@ fn eval_on<B: Backend>(
         backend: b.name(),
         tasks: ck.meta.tasks.clone(),
         task_aware: opt(&acc.task_aware),
-        classifier: kind.name().into(),
+        classifier: kind,
         class_il: chosen.overall,
         class_il_per_task: opt(&chosen.per_task),
         class_il_by_classifier: acc.by_classifier.iter().map(|c| (c.kind.name().into(), c.overall)).collect(),
@@ -617,9 +618,9 @@ pub struct Prediction {
 pub struct Predictions {
     pub model: String,
     pub input: String,
-    /// Which classifier scored the classes (see `incremental::classifier`
-    /// for how its scores become probabilities).
-    pub classifier: String,
+    /// Which classifier scored the classes (its `probability_rule` says how
+    /// scores became probabilities).
+    pub classifier: ClassifierKind,
     pub predictions: Vec<Prediction>,
 }
 
@@ -628,15 +629,8 @@ impl Predictions {
         serde_json::to_string(self).expect("serialisable")
     }
     pub fn to_table(&self) -> String {
-        let how = match self.classifier.as_str() {
-            "ncm" => "nearest class mean; probabilities: softmax of 16 × cosine similarity",
-            "mahalanobis" => "Mahalanobis distance (FeCAM); probabilities: softmax of −d²/2",
-            "ncm-task" => {
-                "nearest class mean picks the task, its head the class; probabilities: their product"
-            }
-            _ => "the heads' logits; probabilities: softmax of the logits",
-        };
-        let mut lines = vec![format!("classifier {} ({how})", self.classifier)];
+        let rule = self.classifier.probability_rule();
+        let mut lines = vec![format!("classifier {} (probabilities: {rule})", self.classifier)];
         for p in &self.predictions {
             let tops: Vec<String> =
                 p.top.iter().map(|(c, n, pr)| format!("{n} ({c}) {:.1}%", 100.0 * pr)).collect();
@@ -696,7 +690,7 @@ fn predict_on<B: Backend>(
     Ok(Predictions {
         model: model.display().to_string(),
         input: input.display().to_string(),
-        classifier: kind.name().into(),
+        classifier: kind,
         predictions,
     })
 }
@@ -912,7 +906,8 @@ fn bench_on<B: Backend>(
     let lwf =
         learn_task(&mut tr, &mut net, Method::Lwf, 1, &views[1], &[], &mut MethodState::default(), &cx)?;
     let start = Instant::now();
-    let _ = evaluate(&mut tr, &net, &data.test, data.norm, &tasks, hyper.head_mode, hyper.batch_size, None);
+    let _ =
+        evaluate(&mut tr, &net, &data.test, data.norm, &tasks, hyper.head_mode, hyper.batch_size, None, &[]);
     let eval_seconds = start.elapsed().as_secs_f64();
     Ok(BenchReport {
         backend: b.name(),

@@ -281,7 +281,9 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
     meta.check_consistent().map_err(bad)?;
     // The parameters the metadata's architecture needs must fit in the file
     // before any of them is allocated (a header can claim any size).
-    let need = param_count(&meta).filter(|n| n.checked_mul(4).is_some_and(|b| b <= bytes.len()));
+    let head_sizes: Vec<usize> = meta.heads.iter().map(|h| h.classes.len()).collect();
+    let need =
+        meta.arch.param_count(&head_sizes).filter(|n| n.checked_mul(4).is_some_and(|b| b <= bytes.len()));
     if need.is_none() {
         return Err(bad(format!(
             "the metadata describes a {} net larger than the file ({} bytes): the checkpoint is corrupt",
@@ -380,25 +382,6 @@ fn load_stats(st: &SafeTensors<'_>, sm: &StatsMeta, meta: &Meta, path: &Path) ->
         return Err(bad("class statistics hold a NaN or infinite value".into()));
     }
     Ok(ClassStats { dim: sm.dim, classes: sm.classes.clone(), counts, means, gauss })
-}
-
-/// Parameters of the net `meta` describes (trunk and heads), or `None` when
-/// the count overflows. Mirrors `Net::new`: 3×3 convolutions, then the
-/// hidden layer from the flattened conv output, then the heads.
-fn param_count(meta: &Meta) -> Option<usize> {
-    let a = &meta.arch;
-    let mut total = 0usize;
-    let mut c = a.input[0];
-    for &oc in &a.conv {
-        total = total.checked_add(oc.checked_mul(c)?.checked_mul(9)?.checked_add(oc)?)?;
-        c = oc;
-    }
-    let flat = a.conv_out().iter().try_fold(1usize, |p, &d| p.checked_mul(d))?;
-    total = total.checked_add(a.hidden.checked_mul(flat)?.checked_add(a.hidden)?)?;
-    for h in &meta.heads {
-        total = total.checked_add(h.classes.len().checked_mul(a.hidden)?.checked_add(h.classes.len())?)?;
-    }
-    Some(total)
 }
 
 fn f32_bytes(xs: &[f32]) -> Vec<u8> {

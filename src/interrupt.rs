@@ -14,11 +14,6 @@ pub fn requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Ask for a stop (what the signal handler does; also for tests).
-pub fn request() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 #[cfg(unix)]
 extern "C" fn on_signal(_signum: i32) {
     // Async-signal-safe: an atomic swap, and `_exit` on the second signal.

@@ -67,41 +67,6 @@ enum Backend {
     Wgpu,
 }
 
-/// How `eval` and `predict` choose among all the classes the model knows.
-#[derive(Clone, Copy, ValueEnum)]
-enum Classifier {
-    /// argmax over the concatenated heads' logits.
-    Heads,
-    /// The heads with weight aligning (each task's rows scaled to the first task's mean norm).
-    AlignedHeads,
-    /// Nearest class mean (cosine) over the stored, drift-compensated class means.
-    Ncm,
-    /// FeCAM's Mahalanobis distance (needs statistics kept with --class-stats cov).
-    Mahalanobis,
-    /// Nearest class mean picks the task, that task's head the class.
-    NcmTask,
-}
-
-impl From<Classifier> for ClassifierKind {
-    fn from(c: Classifier) -> Self {
-        match c {
-            Classifier::Heads => ClassifierKind::Heads,
-            Classifier::AlignedHeads => ClassifierKind::AlignedHeads,
-            Classifier::Ncm => ClassifierKind::Ncm,
-            Classifier::Mahalanobis => ClassifierKind::Mahalanobis,
-            Classifier::NcmTask => ClassifierKind::NcmTask,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ClassStatsArg {
-    /// Count and mean per class (about 1 KB a class).
-    Mean,
-    /// Also the covariance, for --classifier mahalanobis (about 130 KB a class).
-    Cov,
-}
-
 #[derive(Args, Clone)]
 struct HyperArgs {
     /// Epochs per task.
@@ -144,8 +109,8 @@ struct HyperArgs {
     #[arg(long, default_value = "per-task")]
     head_mode: String,
     /// Class statistics kept in the model after each task (no image is kept).
-    #[arg(long, value_enum, default_value_t = ClassStatsArg::Mean)]
-    class_stats: ClassStatsArg,
+    #[arg(long, value_enum, default_value_t = StatsKind::Mean)]
+    class_stats: StatsKind,
     /// σ of drift compensation of the old class means: a number (the default
     /// was chosen on a validation split of training images), auto (chosen from
     /// the new data by leaving one new class out at a time) or off.
@@ -170,10 +135,7 @@ impl HyperArgs {
             ewc_samples: self.ewc_samples,
             freeze_layers: self.freeze_layers,
             head_mode: HeadMode::parse(&self.head_mode)?,
-            class_stats: match self.class_stats {
-                ClassStatsArg::Mean => StatsKind::Mean,
-                ClassStatsArg::Cov => StatsKind::Cov,
-            },
+            class_stats: self.class_stats,
             sdc_sigma: Sigma::parse(&self.sdc_sigma).map_err(lwf_engine::Error::Config)?,
         };
         h.validate()?;
@@ -264,7 +226,7 @@ struct EvalArgs {
     /// Classifier of the headline class-IL accuracy (default: ncm-task when the
     /// model holds class statistics, else heads); every available one is listed.
     #[arg(long, value_enum)]
-    classifier: Option<Classifier>,
+    classifier: Option<ClassifierKind>,
     #[command(flatten)]
     common: Common,
 }
@@ -287,7 +249,7 @@ struct PredictArgs {
     /// How classes are scored (default: ncm-task when the model holds class
     /// statistics, else heads).
     #[arg(long, value_enum)]
-    classifier: Option<Classifier>,
+    classifier: Option<ClassifierKind>,
     #[command(flatten)]
     common: Common,
 }
@@ -430,12 +392,12 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
         }
         Cmd::Eval(a) => {
             let be = setup(&a.common)?;
-            let r = app::eval(be, &a.model, &a.data, a.classifier.map(Into::into))?;
+            let r = app::eval(be, &a.model, &a.data, a.classifier)?;
             println!("{}", if a.json { r.to_json() } else { r.to_table() });
         }
         Cmd::Predict(a) => {
             let be = setup(&a.common)?;
-            let p = app::predict(be, &a.model, &a.input, a.top_k, a.limit, a.classifier.map(Into::into))?;
+            let p = app::predict(be, &a.model, &a.input, a.top_k, a.limit, a.classifier)?;
             println!("{}", if a.json { p.to_json() } else { p.to_table() });
         }
         Cmd::Experiment(a) => {

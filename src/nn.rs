@@ -162,6 +162,26 @@ impl Arch {
         self.input.iter().product()
     }
 
+    /// Parameters of a net of this architecture with heads of `head_sizes`
+    /// classes, or `None` when the count overflows; computed without building
+    /// it (a checkpoint's header is checked against its file with this before
+    /// anything is allocated). Follows `Net::new`: 3×3 convolutions with
+    /// biases, the hidden layer over the flattened conv output, the heads.
+    pub fn param_count(&self, head_sizes: &[usize]) -> Option<usize> {
+        let mut total = 0usize;
+        let mut c = self.input[0];
+        for &oc in &self.conv {
+            total = total.checked_add(oc.checked_mul(c)?.checked_mul(9)?.checked_add(oc)?)?;
+            c = oc;
+        }
+        let flat = self.conv_out().iter().try_fold(1usize, |p, &d| p.checked_mul(d))?;
+        total = total.checked_add(self.hidden.checked_mul(flat)?.checked_add(self.hidden)?)?;
+        for &n in head_sizes {
+            total = total.checked_add(n.checked_mul(self.hidden)?.checked_add(n)?)?;
+        }
+        Some(total)
+    }
+
     /// Checks that pooling never shrinks the image to nothing.
     pub fn validate(&self) -> Result<(), String> {
         let [c, h, w] = self.conv_out();

@@ -177,26 +177,25 @@ pub fn combined_reports(
 ) -> Result<String> {
     create_dir_all(out)?;
     let p = protocol;
-    let results = results.to_vec();
-    metrics::write_csv(&out.join(format!("{p}_accuracies.csv")), &results)?;
-    metrics::write_summary_csv(&out.join(format!("{p}_summary.csv")), &results)?;
-    metrics::write_classifier_csv(&out.join(format!("{p}_class_il_by_classifier.csv")), &results)?;
-    metrics::write_plot_svg(&out.join(format!("{p}_accuracy.svg")), p, &results)?;
+    metrics::write_csv(&out.join(format!("{p}_accuracies.csv")), results)?;
+    metrics::write_summary_csv(&out.join(format!("{p}_summary.csv")), results)?;
+    metrics::write_classifier_csv(&out.join(format!("{p}_class_il_by_classifier.csv")), results)?;
+    metrics::write_plot_svg(&out.join(format!("{p}_accuracy.svg")), p, results)?;
     let mut text = format!(
         "{p} on {} ({}), seeds {:?}; accuracies in %, mean ± std over seeds\n\n{}\n",
         data_name,
         device,
         seeds,
-        metrics::comparison_table(&results)
+        metrics::comparison_table(results)
     );
     if results.iter().any(|r| !r.class_il_by_classifier.is_empty()) {
         text += &format!(
             "\nclass-IL after the last task by classifier, % (old tasks' / new task's images); \
              ncm, mahalanobis and ncm-task use the stored class statistics, drift-compensated\n\n{}",
-            metrics::classifier_table(&results)
+            metrics::classifier_table(results)
         );
     }
-    for r in &results {
+    for r in results {
         text += &format!(
             "\n{} seed {}: task-aware accuracy (rows: after task t)\n{}\n",
             r.method,
@@ -280,21 +279,20 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<String> {
     let mut seeds: Vec<u64> = kept.iter().map(|(_, r)| r.seed).collect();
     seeds.sort_unstable();
     seeds.dedup();
-    let sources: Vec<(PathBuf, RunResult)> = kept.clone();
-    let mut results: Vec<RunResult> = kept.into_iter().map(|(_, r)| r).collect();
-    results.sort_by_key(|r| (r.seed, method_rank(&r.method)));
+    kept.sort_by_key(|(_, r)| (r.seed, method_rank(&r.method)));
     let missing: Vec<String> = seeds
         .iter()
         .flat_map(|&s| methods.iter().map(move |m| (m, s)))
-        .filter(|(m, s)| !results.iter().any(|r| &r.method == *m && r.seed == *s))
+        .filter(|(m, s)| !kept.iter().any(|(_, r)| &r.method == *m && r.seed == *s))
         .map(|(m, s)| format!("{m} seed {s}"))
         .collect();
     create_dir_all(out)?;
     // Each run file is copied as it is (atomically), not re-serialised.
-    for (path, r) in &sources {
+    for (path, r) in &kept {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         crate::fsio::write_atomic(&run_path(out, &r.protocol, &r.method, r.seed), &bytes)?;
     }
+    let results: Vec<RunResult> = kept.into_iter().map(|(_, r)| r).collect();
     let data = first.config.get("data").and_then(|d| d.as_str()).unwrap_or("?").to_string();
     let text = combined_reports(out, &first.protocol, &data, &first.engine.device, &seeds, &results)?;
     let head = if missing.is_empty() {

@@ -534,3 +534,24 @@ fn frozen_trunk_gives_only_head_gradients() {
     let trunk_after: Vec<Vec<f32>> = tr.net.trunk_params().iter().map(|p| p.value.to_vec(&tr.b)).collect();
     assert!(trunk_before == trunk_after, "a frozen trunk parameter changed");
 }
+
+/// `Arch::param_count` (used to check a checkpoint's header against its file
+/// before allocating) counts exactly the parameters `Net::new` and the heads
+/// create.
+#[test]
+fn param_count_matches_the_built_net() {
+    let b = lwf_engine::backend::CpuBackend::new();
+    for (input, conv, hidden, heads) in [
+        ([1, 28, 28], vec![32, 64], 256, vec![5, 5]),
+        ([3, 12, 10], vec![4], 7, vec![2]),
+        ([2, 8, 8], vec![3, 5, 6], 9, vec![]),
+    ] {
+        let arch = Arch { name: "cnn-s".into(), input, conv, hidden };
+        let mut net = Net::new(&b, arch.clone(), &mut Rng::new(0));
+        for (j, &n) in heads.iter().enumerate() {
+            net.add_head(&b, &mut Rng::new(1), &(0..n as u32).map(|c| c + 10 * j as u32).collect::<Vec<_>>());
+        }
+        let built: usize = net.params().iter().map(|p| p.value.numel()).sum();
+        assert_eq!(arch.param_count(&heads), Some(built), "{arch:?} with heads {heads:?}");
+    }
+}

@@ -101,7 +101,7 @@ fn base_at(offset: usize) -> &'static Base {
         let mut net = Net::new(&b, Arch::cnn_s([1, 28, 28]), &mut Rng::derive(seed, streams::TRUNK));
         train_first_task(&mut tr, &mut net, &view(&tasks()[0], N1), &cx).expect("task 1 trains");
         let test = test_prefix(&d.test, TEST_PER_CLASS);
-        let acc = evaluate(&mut tr, &net, &test, d.norm, &tasks()[..1], HeadMode::PerTask, 256, None);
+        let acc = evaluate(&mut tr, &net, &test, d.norm, &tasks()[..1], HeadMode::PerTask, 256, None, &[]);
         check_accuracies("after task 1", &acc, 1);
         Base { net, acc }
     })
@@ -176,7 +176,7 @@ fn task2_at(offset: usize, method: Method, mode: HeadMode) -> After {
         }
     }
     let test = test_prefix(&d.test, TEST_PER_CLASS);
-    let acc = evaluate(&mut tr, &net, &test, d.norm, &tasks(), mode, 256, None);
+    let acc = evaluate(&mut tr, &net, &test, d.norm, &tasks(), mode, 256, None, &[]);
     check_accuracies(&format!("{method} ({}) after task 2", mode.name()), &acc, 2);
     let old_kl = mean_kl(&y_o, &old_logits(&mut tr, &net, &v2), hyper.temperature as f64);
     After { acc, old_kl }

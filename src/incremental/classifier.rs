@@ -33,13 +33,20 @@ use std::fmt;
 /// Scale of the cosine similarities in NCM's softmax.
 pub const NCM_SCALE: f32 = 16.0;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// How an image's class is chosen among all the classes a model knows (also
+/// the CLI's `--classifier` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClassifierKind {
+    /// argmax over the concatenated heads' logits.
     Heads,
+    /// The heads with weight aligning (each task's rows scaled to the first task's mean norm).
     AlignedHeads,
+    /// Nearest class mean (cosine) over the stored, drift-compensated class means.
     Ncm,
+    /// FeCAM's Mahalanobis distance (needs statistics kept with --class-stats cov).
     Mahalanobis,
+    /// Nearest class mean picks the task, that task's head the class.
     NcmTask,
 }
 
@@ -59,6 +66,16 @@ impl ClassifierKind {
             ClassifierKind::Ncm => "ncm",
             ClassifierKind::Mahalanobis => "mahalanobis",
             ClassifierKind::NcmTask => "ncm-task",
+        }
+    }
+
+    /// How the classifier's scores become the probabilities `predict` prints.
+    pub fn probability_rule(self) -> &'static str {
+        match self {
+            ClassifierKind::Heads | ClassifierKind::AlignedHeads => "softmax of the logits",
+            ClassifierKind::Ncm => "softmax of 16 × cosine similarity",
+            ClassifierKind::Mahalanobis => "softmax of −d²/2",
+            ClassifierKind::NcmTask => "NCM probability of the task × softmax of that task's head",
         }
     }
 
@@ -254,16 +271,18 @@ impl FeatureClassifier {
                     .iter()
                     .map(|c| heads.classes.iter().position(|h| h == c).expect("same classes"))
                     .collect();
+                // The columns of each task, once.
                 let n_tasks = task_of.iter().max().map_or(0, |m| m + 1);
+                let groups: Vec<Vec<usize>> =
+                    (0..n_tasks).map(|t| (0..nc).filter(|&k| task_of[k] == t).collect()).collect();
                 out.par_chunks_mut(nc).enumerate().for_each(|(i, o)| {
                     let p = ncm.probabilities(&ns[i * nc..(i + 1) * nc]);
                     let h = &hs[i * nc..(i + 1) * nc];
-                    for t in 0..n_tasks {
-                        let ks: Vec<usize> = (0..nc).filter(|&k| task_of[k] == t).collect();
+                    for ks in &groups {
                         let p_task: f32 = ks.iter().map(|&k| p[k]).sum();
                         let m = ks.iter().map(|&k| h[col[k]]).fold(f32::NEG_INFINITY, f32::max);
                         let z: f32 = ks.iter().map(|&k| (h[col[k]] - m).exp()).sum();
-                        for &k in &ks {
+                        for &k in ks {
                             o[k] = p_task * (h[col[k]] - m).exp() / z;
                         }
                     }

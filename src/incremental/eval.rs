@@ -80,7 +80,9 @@ fn task_heads<B: Backend>(
 }
 
 /// Evaluate `net` on the test images of the seen `tasks`, with the heads and
-/// every classifier that `stats` allows beside them.
+/// the class-incremental classifiers `kinds` beside them (`&[]`: the heads
+/// alone, which reads no features back; each of `kinds` must be available
+/// from `stats`).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     tr: &mut Trainer<B>,
@@ -91,13 +93,14 @@ pub fn evaluate<B: Backend>(
     mode: HeadMode,
     batch_size: usize,
     stats: Option<&ClassStats>,
+    kinds: &[ClassifierKind],
 ) -> Accuracies {
     let b = tr.b.clone();
     let heads = task_heads(&b, net, tasks, mode);
-    let others: Vec<FeatureClassifier> = ClassifierKind::available(stats)
-        .into_iter()
-        .filter(|&k| k != ClassifierKind::Heads)
-        .map(|k| FeatureClassifier::build(k, &b, net, tasks, stats).expect("available classifier"))
+    let others: Vec<FeatureClassifier> = kinds
+        .iter()
+        .filter(|&&k| k != ClassifierKind::Heads)
+        .map(|&k| FeatureClassifier::build(k, &b, net, tasks, stats).expect("available classifier"))
         .collect();
     let mut other_ok = vec![vec![0usize; tasks.len()]; others.len()];
     let dim = net.arch.hidden;

@@ -5,7 +5,7 @@
 //! `λ_o·Σ KD + CE + R`. The baselines differ only in which parameters train
 //! and which loss terms exist, so each is a few lines here.
 
-use super::stats::{ClassStats, DriftReport, Sigma};
+use super::stats::{ClassStats, DriftReport, Sigma, StatsKind};
 use super::train::{Anchors, Example, LossPlan, PhaseStats, Teacher, Trainer};
 use super::{HeadMode, Hyper, Method, Observer};
 use crate::backend::Backend;
@@ -98,17 +98,18 @@ pub fn examples_for(view: &TaskView, split: &Split, head: usize, head_classes: &
         .collect()
 }
 
-/// Class statistics of a task's classes from its training images under the
-/// current trunk (kind from the hyper-parameters).
+/// Class statistics of `kind` of a task's classes from its training images
+/// under the current trunk.
 pub fn task_stats<B: Backend>(
     tr: &mut Trainer<B>,
     net: &Net<B>,
     view: &TaskView,
     cx: &TaskContext<'_>,
+    kind: StatsKind,
 ) -> ClassStats {
     let feats = tr.features(net, cx.split, cx.norm, &view.indices, cx.hyper.batch_size);
     let labels: Vec<u32> = view.indices.iter().map(|&i| cx.split.labels[i]).collect();
-    ClassStats::compute(&feats, &labels, &view.classes, net.arch.hidden, cx.hyper.class_stats)
+    ClassStats::compute(&feats, &labels, &view.classes, net.arch.hidden, kind)
 }
 
 /// Task 1: a fresh head on a fresh (or given) trunk, all trained with CE.
@@ -299,13 +300,12 @@ pub fn learn_task<B: Backend>(
     if let Some(stats) = state.stats.as_mut() {
         let t0 = Instant::now();
         let kind = stats.kind();
-        let cx = TaskContext { hyper: &Hyper { class_stats: kind, ..hyper.clone() }, ..*cx };
         let new_features = tr.features(net, cx.split, cx.norm, &new.indices, hyper.batch_size);
         let labels: Vec<u32> = new.indices.iter().map(|&i| cx.split.labels[i]).collect();
         if method.needs_old_data() && old.len() >= t {
             let mut fresh = ClassStats::empty(net.arch.hidden, kind);
             for view in &old[..t] {
-                fresh.append(task_stats(tr, net, view, &cx));
+                fresh.append(task_stats(tr, net, view, cx, kind));
             }
             *stats = fresh;
         } else if compensate {

@@ -124,7 +124,7 @@ pub fn run_experiment_with<B: Backend>(
         let mut base = Net::new(b, arch.clone(), &mut Rng::derive(seed, streams::TRUNK));
         let mut report = train_first_task(&mut tr, &mut base, &views[0], &cx)?;
         let t0 = Instant::now();
-        let base_stats = task_stats(&mut tr, &base, &views[0], &cx);
+        let base_stats = task_stats(&mut tr, &base, &views[0], &cx, cfg.hyper.class_stats);
         report.stats_seconds = t0.elapsed().as_secs_f64();
         let first =
             record(&mut tr, &base, &test, data, &cfg.tasks[..1], &cfg.hyper, report, Some(&base_stats));
@@ -177,7 +177,8 @@ fn record<B: Backend>(
     stats: Option<&ClassStats>,
 ) -> TaskRecord {
     let start = Instant::now();
-    let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats);
+    let kinds = ClassifierKind::available(stats);
+    let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats, &kinds);
     TaskRecord { acc, report, eval_seconds: start.elapsed().as_secs_f64(), drift_check: None }
 }
 
@@ -196,11 +197,9 @@ fn drift_check<B: Backend>(
     after: &ClassStats,
     cx: &TaskContext<'_>,
 ) -> DriftCheck {
-    let mean_only = Hyper { class_stats: StatsKind::Mean, ..hyper.clone() };
-    let cx = TaskContext { hyper: &mean_only, ..*cx };
     let mut oracle = ClassStats::empty(after.dim, StatsKind::Mean);
     for v in old {
-        oracle.append(task_stats(tr, net, v, &cx));
+        oracle.append(task_stats(tr, net, v, cx, StatsKind::Mean));
     }
     let n_old = oracle.classes.len();
     let avg_cos =
@@ -216,7 +215,9 @@ fn drift_check<B: Backend>(
     };
     oracle.append(new_part);
     let seen = &cfg.tasks[..=old.len()];
-    let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, Some(&oracle));
+    let ncm = [ClassifierKind::Ncm];
+    let acc =
+        evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, Some(&oracle), &ncm);
     let ncm_recomputed_class_il = acc.of(ClassifierKind::Ncm).map_or(f64::NAN, |c| c.overall);
     DriftCheck { compensated_cosine, uncompensated_cosine, ncm_recomputed_class_il }
 }

@@ -85,11 +85,6 @@ impl Session {
         &self.state_path
     }
 
-    /// Whether a state file was written by this session.
-    pub fn wrote_state(&self) -> bool {
-        self.last.is_some()
-    }
-
     /// Called at the start of each training phase: counts phases and, at the
     /// one the resume point names, restores parameters, momentum and RNG.
     pub fn start_phase<B: Backend>(

@@ -247,10 +247,9 @@ impl<B: Backend> Trainer<B> {
 
     /// One forward pass over `examples`, batch by batch: the logits of `heads`
     /// (LwF's Y_o recording: the old model's outputs, no augmentation, so
-    /// exact) and, when
-    /// `want_features`, the trunk's features (else an empty vector). LwF's
-    /// Y_o and the old trunk's features for drift compensation come from the
-    /// same pass.
+    /// exact) and, when `want_features`, the trunk's features (else an empty
+    /// vector), so Y_o and the old trunk's features for drift compensation
+    /// come from one pass.
     #[allow(clippy::too_many_arguments)]
     pub fn record_outputs(
         &mut self,
