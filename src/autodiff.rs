@@ -3,8 +3,16 @@
 //! Each training step records its ops on a [`Tape`]; a [`Var`] is an index
 //! into it, and the recording order is already a topological order, so
 //! `backward` just walks the nodes in reverse — no graph search. Parameters
-//! live in the modules (`nn.rs`); the tape borrows them and accumulates their
-//! gradients into [`Grads`], indexed by `ParamId`.
+//! live below the tape (`param.rs`); the tape borrows them and accumulates
+//! their gradients into [`Grads`], indexed by `ParamId`. The `Net` (`nn.rs`)
+//! sits above and records its layers here: the dependency runs one way.
+//!
+//! Loss terms are ops too (cross-entropy, distillation, the anchor penalty):
+//! each adds its value to the tape's loss and computes its gradient when it
+//! is recorded, since the gradient of a loss term needs nothing from later
+//! ops. So `loss_value` is complete as soon as the losses are recorded, and
+//! `backward` has one dispatch: each op's arm moves the gradient that reached
+//! it to its inputs and parameters.
 //!
 //! Whether a node needs a gradient is decided when it is recorded: a frozen
 //! parameter launches no dW kernel and a layer whose input needs no gradient
@@ -15,7 +23,7 @@
 //! allocates no new device buffers.
 
 use crate::backend::{Backend, Conv2dParams, Gemm, PoolParams};
-use crate::nn::{Conv2d, Linear, Param, ParamId};
+use crate::param::{Conv2d, Linear, Param, ParamId};
 use crate::tensor::Shape;
 use std::collections::HashMap;
 
@@ -152,54 +160,79 @@ enum Op<'a, B: Backend> {
     Reshape {
         x: Var,
     },
-    /// A quadratic pull of a parameter towards an anchor (l2, ewc); its loss
-    /// and gradient are computed in `backward`.
+    /// Softmax cross-entropy; wrote the logits' gradient when recorded. The
+    /// labels' device buffer stays with the node until the tape is dropped.
+    CrossEntropy {
+        labels: B::IdxBuf,
+    },
+    /// Temperature distillation; wrote the student's gradient when recorded.
+    Distill,
+    /// A quadratic pull of a parameter towards an anchor (l2, ewc). Its
+    /// gradient was computed when recorded; backward adds it to the
+    /// parameter's.
     AnchorPenalty {
         param: &'a Param<B>,
-        anchor: &'a B::Buf,
-        fisher: Option<&'a B::Buf>,
-        scale: f32,
+        grad: B::Buf,
     },
 }
 
 struct Node<'a, B: Backend> {
     op: Op<'a, B>,
     shape: Shape,
-    /// `None` for views (see `Op::Reshape`) and penalties.
+    /// `None` for views (see `Op::Reshape`) and loss terms.
     value: Option<B::Buf>,
     needs_grad: bool,
 }
 
 pub struct Tape<'a, B: Backend> {
-    pub(crate) b: &'a B,
+    b: &'a B,
     ws: &'a mut Workspace<B>,
     nodes: Vec<Node<'a, B>>,
-    /// Gradient of each node's value, allocated (zeroed) on first use.
+    /// Gradient of each node's value, allocated (zeroed) on first use. Kept
+    /// apart from `nodes` so a kernel can read node values while it writes a
+    /// gradient (see [`grad_slot`]).
     grads: Vec<Option<B::Buf>>,
     /// All loss terms accumulate here (a 1-element buffer; `None` only in drop).
     loss: Option<B::Buf>,
-    /// Label buffers of the losses, kept until the tape is dropped.
-    pub(crate) idx_bufs: Vec<B::IdxBuf>,
+}
+
+/// The node that owns the buffer behind `v` (follows views).
+fn root<B: Backend>(nodes: &[Node<'_, B>], mut v: Var) -> Var {
+    while let Op::Reshape { x } = nodes[v.i()].op {
+        v = x;
+    }
+    v
+}
+
+/// The value behind `v` (its root's).
+fn value_of<'n, B: Backend>(nodes: &'n [Node<'_, B>], v: Var) -> &'n B::Buf {
+    nodes[root(nodes, v).i()].value.as_ref().expect("a recorded value")
+}
+
+/// The gradient buffer of `v` (its root's), zeroed on first use. A function
+/// of the tape's parts rather than a method, so that the caller can hold
+/// node values (`nodes`) while it writes the gradient (`grads`).
+fn grad_slot<'g, B: Backend>(
+    b: &B,
+    ws: &mut Workspace<B>,
+    nodes: &[Node<'_, B>],
+    grads: &'g mut [Option<B::Buf>],
+    v: Var,
+) -> &'g mut B::Buf {
+    let r = root(nodes, v).i();
+    grads[r].get_or_insert_with(|| ws.take_zeroed(b, nodes[r].shape.numel()))
 }
 
 impl<'a, B: Backend> Tape<'a, B> {
     pub fn new(b: &'a B, ws: &'a mut Workspace<B>) -> Self {
         let loss = ws.take_zeroed(b, 1);
-        Tape { b, ws, nodes: Vec::new(), grads: Vec::new(), loss: Some(loss), idx_bufs: Vec::new() }
+        Tape { b, ws, nodes: Vec::new(), grads: Vec::new(), loss: Some(loss) }
     }
 
     fn push(&mut self, op: Op<'a, B>, shape: Shape, value: Option<B::Buf>, needs_grad: bool) -> Var {
         self.nodes.push(Node { op, shape, value, needs_grad });
         self.grads.push(None);
         Var((self.nodes.len() - 1) as u32)
-    }
-
-    /// The node that owns the buffer behind `v` (follows views).
-    fn root(&self, mut v: Var) -> Var {
-        while let Op::Reshape { x } = self.nodes[v.i()].op {
-            v = x;
-        }
-        v
     }
 
     pub fn shape(&self, v: Var) -> &Shape {
@@ -211,27 +244,11 @@ impl<'a, B: Backend> Tape<'a, B> {
     }
 
     pub fn value(&self, v: Var) -> &B::Buf {
-        self.nodes[self.root(v).i()].value.as_ref().expect("a recorded value")
+        value_of(&self.nodes, v)
     }
 
-    pub(crate) fn take_buf(&mut self, len: usize) -> B::Buf {
+    fn take_buf(&mut self, len: usize) -> B::Buf {
         self.ws.take(self.b, len)
-    }
-    pub(crate) fn take_idx(&mut self, len: usize) -> B::IdxBuf {
-        self.ws.take_idx(self.b, len)
-    }
-    pub(crate) fn give_buf(&mut self, buf: B::Buf) {
-        self.ws.give(self.b, buf)
-    }
-
-    /// The gradient buffer of `v` (its root), zeroed on first use.
-    pub(crate) fn grad_mut(&mut self, v: Var) -> &mut B::Buf {
-        let r = self.root(v).i();
-        if self.grads[r].is_none() {
-            let len = self.nodes[r].shape.numel();
-            self.grads[r] = Some(self.ws.take_zeroed(self.b, len));
-        }
-        self.grads[r].as_mut().expect("just allocated")
     }
 
     /// Record host data (images, teacher logits) as a constant.
@@ -302,7 +319,7 @@ impl<'a, B: Backend> Tape<'a, B> {
         let p = self.conv_params(x, l);
         let pool = pool_params(&Shape::new(&[p.n, p.oc, p.oh(), p.ow()]), k, s);
         let mut y = self.take_buf(pool.y_len());
-        let mut argmax = self.take_idx(pool.y_len());
+        let mut argmax = self.ws.take_idx(self.b, pool.y_len());
         let mut conv_out = self.take_buf(p.y_len());
         self.b.conv2d_bias_maxpool_fwd(
             &mut y,
@@ -314,7 +331,7 @@ impl<'a, B: Backend> Tape<'a, B> {
             &p,
             &pool,
         );
-        self.give_buf(conv_out);
+        self.ws.give(self.b, conv_out);
         let ng = self.needs_grad(x) || l.w.trainable || l.b.trainable;
         let shape = Shape::new(&[p.n, p.oc, pool.oh(), pool.ow()]);
         self.push(Op::ConvPool { x, l, p, argmax, pool }, shape, Some(y), ng)
@@ -331,7 +348,7 @@ impl<'a, B: Backend> Tape<'a, B> {
     pub fn maxpool2d(&mut self, x: Var, k: usize, s: usize) -> Var {
         let p = pool_params(self.shape(x), k, s);
         let mut y = self.take_buf(p.y_len());
-        let mut argmax = self.take_idx(p.y_len());
+        let mut argmax = self.ws.take_idx(self.b, p.y_len());
         self.b.maxpool2d_fwd(&mut y, &mut argmax, self.value(x), &p);
         let ng = self.needs_grad(x);
         self.push(Op::MaxPool { x, argmax, p }, Shape::new(&[p.n, p.c, p.oh(), p.ow()]), Some(y), ng)
@@ -345,7 +362,66 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.push(Op::Reshape { x }, shape, None, ng)
     }
 
-    /// Add `scale · Σ f (w − anchor)²` to the loss (f = 1 without Fisher).
+    // ---- Loss terms (DESIGN.md "The loss"). Cross-entropy and distillation
+    // run one fused kernel that adds the loss to the tape's accumulator and
+    // writes the gradient straight into the logits' gradient slot.
+
+    /// Add `scale · Σ_rows CE(logits_r, labels_r)` to the loss. For the usual
+    /// mean over a batch, `scale = weight / batch`. Rows labelled
+    /// `IGNORE_LABEL` are skipped (mixed-task batches of `joint`).
+    pub fn cross_entropy(&mut self, logits: Var, labels: &[u32], scale: f32) {
+        let s = self.shape(logits).clone();
+        assert!(
+            s.0.len() == 2 && s.0[0] == labels.len(),
+            "cross_entropy: logits {s} vs {} labels",
+            labels.len()
+        );
+        let (rows, cols) = (s.0[0], s.0[1]);
+        let mut lab = self.ws.take_idx(self.b, rows);
+        self.b.write_idx(&mut lab, labels);
+        self.fused_loss(logits, |b, dz, loss, nodes| {
+            b.softmax_xent(dz, loss, value_of(nodes, logits), &lab, rows, cols, scale)
+        });
+        self.push(Op::CrossEntropy { labels: lab }, Shape::default(), None, false);
+    }
+
+    /// Add `scale · Σ_rows −Σ_i softmax(zt/T)_i log softmax(zs/T)_i` over the
+    /// first `teacher`-width columns of `student` (the old outputs of a grown
+    /// shared head, or a whole old head). Gradient `(q − p)/T` per DESIGN.md;
+    /// pass `scale = λ_o / batch`, times T² for Hinton's scaling.
+    pub fn distill(&mut self, student: Var, teacher: Var, t: f32, scale: f32) {
+        assert!(t >= 1.0, "distill: temperature {t} < 1");
+        let (ss, ts) = (self.shape(student).clone(), self.shape(teacher).clone());
+        assert!(
+            ss.0.len() == 2 && ts.0.len() == 2 && ss.0[0] == ts.0[0] && ts.0[1] <= ss.0[1],
+            "distill: student logits {ss} do not fit teacher logits {ts}"
+        );
+        let (rows, ld, cols) = (ss.0[0], ss.0[1], ts.0[1]);
+        self.fused_loss(student, |b, dz, loss, nodes| {
+            b.kd_loss(dz, loss, value_of(nodes, student), value_of(nodes, teacher), rows, cols, ld, t, scale)
+        });
+        self.push(Op::Distill, Shape::default(), None, false);
+    }
+
+    /// Run a fused loss kernel `f(backend, dlogits, loss, nodes)` on the
+    /// gradient slot of `logits`; if the logits need no gradient, the
+    /// gradient goes to a scratch buffer.
+    fn fused_loss(&mut self, logits: Var, f: impl FnOnce(&B, &mut B::Buf, &mut B::Buf, &[Node<'a, B>])) {
+        let Tape { b, ws, nodes, grads, loss } = self;
+        let (b, ws): (&B, &mut Workspace<B>) = (b, ws);
+        let loss = loss.as_mut().expect("live tape");
+        if nodes[logits.i()].needs_grad {
+            f(b, grad_slot(b, ws, nodes, grads, logits), loss, nodes);
+        } else {
+            let mut scratch = ws.take_zeroed(b, nodes[logits.i()].shape.numel());
+            f(b, &mut scratch, loss, nodes);
+            ws.give(b, scratch);
+        }
+    }
+
+    /// Add `scale · Σ f (w − anchor)²` to the loss (f = 1 without Fisher),
+    /// and keep its gradient for `backward`. A frozen parameter's penalty is
+    /// a constant: it is left out (no loss, no gradient).
     pub fn anchor_penalty(
         &mut self,
         param: &'a Param<B>,
@@ -360,141 +436,134 @@ impl<'a, B: Backend> Tape<'a, B> {
             param.name,
             param.value.shape
         );
-        self.push(
-            Op::AnchorPenalty { param, anchor, fisher, scale },
-            Shape::default(),
-            None,
-            param.trainable,
+        if !param.trainable {
+            return;
+        }
+        let b = self.b;
+        let mut grad = self.ws.take_zeroed(b, param.value.numel());
+        b.anchor_penalty(
+            &mut grad,
+            self.loss.as_mut().expect("live tape"),
+            &param.value.buf,
+            anchor,
+            fisher,
+            scale,
         );
+        self.push(Op::AnchorPenalty { param, grad }, Shape::default(), None, true);
     }
 
-    /// Read the summed loss back (the one sync of a training step). Complete
-    /// only after `backward`, which adds the anchor penalties.
+    /// Read the summed loss back (the one sync of a training step).
     pub fn loss_value(&self) -> f32 {
         self.b.download(self.loss.as_ref().expect("live tape"))[0]
     }
 
-    /// Lend the loss accumulator out (and back) to a fused loss kernel.
-    pub(crate) fn take_loss(&mut self) -> B::Buf {
-        self.loss.take().expect("live tape")
-    }
-    pub(crate) fn put_loss(&mut self, loss: B::Buf) {
-        self.loss = Some(loss);
-    }
-
-    /// Lend a node's value out while the tape is borrowed mutably (e.g. the
-    /// logits while their gradient slot is written).
-    pub(crate) fn take_value(&mut self, v: Var) -> B::Buf {
-        let r = self.root(v).i();
-        self.nodes[r].value.take().expect("a recorded value")
-    }
-    pub(crate) fn put_value(&mut self, v: Var, buf: B::Buf) {
-        let r = self.root(v).i();
-        self.nodes[r].value = Some(buf);
-    }
-
     /// Walk the tape in reverse, accumulating parameter gradients into `grads`
-    /// (prepared with `Grads::prepare`). Losses recorded their gradient already.
+    /// (prepared with `Grads::prepare`). Loss terms wrote their gradients when
+    /// recorded; each layer moves the gradient that reached it to its inputs
+    /// and parameters.
     pub fn backward(&mut self, grads: &mut Grads<B>) {
         for i in (0..self.nodes.len()).rev() {
-            if !self.nodes[i].needs_grad {
-                continue;
+            if self.nodes[i].needs_grad {
+                self.backward_node(i, grads);
             }
-            if let Op::AnchorPenalty { param, anchor, fisher, scale } = self.nodes[i].op {
-                if let Some(dw) = grads.get_mut(param.id) {
-                    let loss = self.loss.as_mut().expect("live tape");
-                    self.b.anchor_penalty(dw, loss, &param.value.buf, anchor, fisher, scale);
+        }
+    }
+
+    /// One node's backward: the single dispatch on its op.
+    fn backward_node(&mut self, i: usize, pgrads: &mut Grads<B>) {
+        let Tape { b, ws, nodes, grads, .. } = self;
+        let (b, ws): (&B, &mut Workspace<B>) = (b, ws);
+        // What flowed into this node: `None` when nothing did (no work), and
+        // always for views and loss terms, which own no gradient slot.
+        let dy = grads[i].take();
+        match (&nodes[i].op, &dy) {
+            (Op::AnchorPenalty { param, grad }, _) => {
+                if let Some(dw) = pgrads.get_mut(param.id) {
+                    b.axpy(dw, 1.0, grad);
                 }
-                continue;
             }
-            if matches!(self.nodes[i].op, Op::Reshape { .. }) {
-                continue; // shares its input's gradient slot
-            }
-            // Nothing flowed into this node: no work.
-            let Some(dy) = self.grads[i].take() else { continue };
-            self.backward_node(i, &dy, grads);
-            self.give_buf(dy);
-        }
-    }
-
-    /// Gradients of a convolution with bias from its output gradient `dy`.
-    /// The bias gradient is the per-channel sum of `bias_dy`, planes of
-    /// `bias_inner` values: `dy` itself, or for a pooled convolution the
-    /// pooled gradient, whose sum is the same (pooling's backward only moves
-    /// each value to its window's winner) and 4× shorter.
-    fn conv_backward(
-        &mut self,
-        x: Var,
-        l: &'a Conv2d<B>,
-        p: &Conv2dParams,
-        dy: &B::Buf,
-        (bias_dy, bias_inner): (&B::Buf, usize),
-        grads: &mut Grads<B>,
-    ) {
-        let b = self.b;
-        if let Some(dw) = grads.get_mut(l.w.id) {
-            b.conv2d_bwd_weight(dw, self.value(x), dy, p);
-        }
-        if let Some(db) = grads.get_mut(l.b.id) {
-            b.bias_grad(db, bias_dy, p.n, p.oc, bias_inner);
-        }
-        if self.needs_grad(x) {
-            let w = &l.w.value.buf;
-            let dx = self.grad_mut(x);
-            b.conv2d_bwd_data(dx, dy, w, p);
-        }
-    }
-
-    fn backward_node(&mut self, i: usize, dy: &B::Buf, grads: &mut Grads<B>) {
-        let b = self.b;
-        match self.nodes[i].op {
-            Op::Input | Op::Reshape { .. } | Op::AnchorPenalty { .. } => {}
-            Op::Linear { x, l } => {
-                let n = self.shape(x).0[0];
-                if let Some(dw) = grads.get_mut(l.w.id) {
+            (Op::Input | Op::Reshape { .. } | Op::CrossEntropy { .. } | Op::Distill, _) | (_, None) => {}
+            (&Op::Linear { x, l }, Some(dy)) => {
+                let n = nodes[x.i()].shape.0[0];
+                if let Some(dw) = pgrads.get_mut(l.w.id) {
                     // dW (out, in) += dYᵀ (out, N) · X (N, in)
-                    b.sgemm(dw, dy, self.value(x), Gemm::nn(l.out_f, l.in_f, n).trans(true, false).acc());
+                    b.sgemm(
+                        dw,
+                        dy,
+                        value_of(nodes, x),
+                        Gemm::nn(l.out_f, l.in_f, n).trans(true, false).acc(),
+                    );
                 }
-                if let Some(db) = grads.get_mut(l.b.id) {
+                if let Some(db) = pgrads.get_mut(l.b.id) {
                     b.bias_grad(db, dy, n, l.out_f, 1);
                 }
-                if self.needs_grad(x) {
-                    // dX (N, in) += dY (N, out) · W (out, in). `l` outlives the tape,
-                    // so its weight can be read while the tape is borrowed mutably.
-                    let w = &l.w.value.buf;
-                    let dx = self.grad_mut(x);
-                    b.sgemm(dx, dy, w, Gemm::nn(n, l.in_f, l.out_f).acc());
+                if nodes[x.i()].needs_grad {
+                    // dX (N, in) += dY (N, out) · W (out, in)
+                    b.sgemm(
+                        grad_slot(b, ws, nodes, grads, x),
+                        dy,
+                        &l.w.value.buf,
+                        Gemm::nn(n, l.in_f, l.out_f).acc(),
+                    );
                 }
             }
-            Op::Conv2d { x, l, p } => self.conv_backward(x, l, &p, dy, (dy, p.oh() * p.ow()), grads),
-            Op::ConvPool { x, l, p, pool, .. } => {
+            (&Op::Conv2d { x, l, p }, Some(dy)) => {
+                let bias = (dy, p.oh() * p.ow());
+                conv_backward(b, ws, nodes, grads, pgrads, x, l, &p, dy, bias);
+            }
+            (Op::ConvPool { x, l, p, argmax, pool }, Some(dy)) => {
                 // The convolution's output gradient: the pooled gradient
                 // routed back to each window's argmax, zero elsewhere.
-                let mut dconv = self.ws.take(b, p.y_len());
-                if let Op::ConvPool { argmax, .. } = &self.nodes[i].op {
-                    b.maxpool2d_bwd_set(&mut dconv, dy, argmax, &pool);
-                }
-                self.conv_backward(x, l, &p, &dconv, (dy, pool.oh() * pool.ow()), grads);
-                self.give_buf(dconv);
+                let mut dconv = ws.take(b, p.y_len());
+                b.maxpool2d_bwd_set(&mut dconv, dy, argmax, pool);
+                let bias = (dy, pool.oh() * pool.ow());
+                conv_backward(b, ws, nodes, grads, pgrads, *x, l, p, &dconv, bias);
+                ws.give(b, dconv);
             }
-            Op::Relu { x } => {
-                if self.needs_grad(x) {
-                    let y = self.nodes[i].value.take().expect("relu output");
-                    b.relu_bwd(self.grad_mut(x), &y, dy);
-                    self.nodes[i].value = Some(y);
+            (&Op::Relu { x }, Some(dy)) => {
+                if nodes[x.i()].needs_grad {
+                    let y = nodes[i].value.as_ref().expect("relu output");
+                    b.relu_bwd(grad_slot(b, ws, nodes, grads, x), y, dy);
                 }
             }
-            Op::MaxPool { x, p, .. } => {
-                if self.needs_grad(x) {
-                    let Op::MaxPool { argmax, .. } = std::mem::replace(&mut self.nodes[i].op, Op::Input)
-                    else {
-                        unreachable!()
-                    };
-                    b.maxpool2d_bwd(self.grad_mut(x), dy, &argmax, &p);
-                    self.nodes[i].op = Op::MaxPool { x, argmax, p };
+            (Op::MaxPool { x, argmax, p }, Some(dy)) => {
+                if nodes[x.i()].needs_grad {
+                    b.maxpool2d_bwd(grad_slot(b, ws, nodes, grads, *x), dy, argmax, p);
                 }
             }
         }
+        if let Some(dy) = dy {
+            ws.give(b, dy);
+        }
+    }
+}
+
+/// Gradients of a convolution with bias from its output gradient `dy`.
+/// The bias gradient is the per-channel sum of `bias_dy`, planes of
+/// `bias_inner` values: `dy` itself, or for a pooled convolution the
+/// pooled gradient, whose sum is the same (pooling's backward only moves
+/// each value to its window's winner) and 4× shorter.
+#[allow(clippy::too_many_arguments)]
+fn conv_backward<B: Backend>(
+    b: &B,
+    ws: &mut Workspace<B>,
+    nodes: &[Node<'_, B>],
+    grads: &mut [Option<B::Buf>],
+    pgrads: &mut Grads<B>,
+    x: Var,
+    l: &Conv2d<B>,
+    p: &Conv2dParams,
+    dy: &B::Buf,
+    (bias_dy, bias_inner): (&B::Buf, usize),
+) {
+    if let Some(dw) = pgrads.get_mut(l.w.id) {
+        b.conv2d_bwd_weight(dw, value_of(nodes, x), dy, p);
+    }
+    if let Some(db) = pgrads.get_mut(l.b.id) {
+        b.bias_grad(db, bias_dy, p.n, p.oc, bias_inner);
+    }
+    if nodes[x.i()].needs_grad {
+        b.conv2d_bwd_data(grad_slot(b, ws, nodes, grads, x), dy, &l.w.value.buf, p);
     }
 }
 
@@ -516,15 +585,15 @@ impl<B: Backend> Drop for Tape<'_, B> {
             if let Some(v) = node.value {
                 self.ws.give(b, v);
             }
-            if let Op::MaxPool { argmax, .. } | Op::ConvPool { argmax, .. } = node.op {
-                self.ws.give_idx(b, argmax);
+            match node.op {
+                Op::MaxPool { argmax, .. } | Op::ConvPool { argmax, .. } => self.ws.give_idx(b, argmax),
+                Op::CrossEntropy { labels } => self.ws.give_idx(b, labels),
+                Op::AnchorPenalty { grad, .. } => self.ws.give(b, grad),
+                _ => {}
             }
         }
         for g in self.grads.drain(..).flatten() {
             self.ws.give(b, g);
-        }
-        for ib in self.idx_bufs.drain(..) {
-            self.ws.give_idx(b, ib);
         }
         if let Some(loss) = self.loss.take() {
             self.ws.give(b, loss);

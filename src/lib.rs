@@ -4,8 +4,9 @@
 //!
 //! Module map (see DESIGN.md):
 //! - [`backend`]: the `Backend` trait (the op set) and its CPU and wgpu implementations
-//! - [`tensor`], [`autodiff`]: tensors and the define-by-run tape
-//! - [`nn`], [`optim`]: layers, the `Net` of a trunk plus heads, fused SGD
+//! - [`tensor`], [`param`]: tensors, parameters and the parameterised layers
+//! - [`autodiff`]: the define-by-run tape, its ops and loss terms
+//! - [`nn`], [`optim`]: the `Net` of a trunk plus heads, fused SGD
 //! - [`data`]: IDX/NPY readers, class splits, seeded batching
 //! - [`incremental`]: methods (lwf, finetune, …), protocols and the task loop
 //! - [`metrics`], [`checkpoint`]: reports and safetensors checkpoints
@@ -19,10 +20,10 @@ pub mod error;
 pub mod fsio;
 pub mod incremental;
 pub mod interrupt;
-pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
+pub mod param;
 pub mod results;
 pub mod rng;
 pub mod tensor;

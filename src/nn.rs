@@ -1,106 +1,14 @@
-//! Layers and the `Net`: a trunk (θs) plus any number of heads (θo, θn).
+//! Layers and the `Net`: a trunk (θs) plus any number of heads (θo, θn),
+//! recorded on the tape by `Net::features` / `Net::forward`.
 //!
-//! Parameters live here, in the modules; the tape refers to them by borrow and
-//! gradients are indexed by [`ParamId`]. Initialisation follows PyTorch's
-//! defaults for `nn.Linear`/`nn.Conv2d`: weights and biases uniform in
-//! ±1/√fan_in (kaiming_uniform with a = √5 reduces to exactly that bound),
-//! drawn from one seeded [`Rng`] so the same seed gives the same net.
+//! The layers with parameters and their initialisation live below the tape
+//! (`param.rs`); this file arranges them and drives the tape, one way.
 
+use crate::autodiff::{Tape, Var};
 use crate::backend::Backend;
+pub use crate::param::{Conv2d, Linear, Param, ParamId};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
-
-/// Index of a parameter in its `Net`, stable for the net's lifetime.
-pub type ParamId = usize;
-
-pub struct Param<B: Backend> {
-    pub id: ParamId,
-    /// Stable name, used as the checkpoint key (e.g. `trunk.0.weight`).
-    pub name: String,
-    pub value: Tensor<B>,
-    /// Frozen parameters get no gradient work at all.
-    pub trainable: bool,
-}
-
-fn uniform_param<B: Backend>(
-    b: &B,
-    rng: &mut Rng,
-    id: ParamId,
-    name: String,
-    dims: &[usize],
-    bound: f32,
-) -> Param<B> {
-    let n: usize = dims.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
-    Param { id, name, value: Tensor::from_vec(b, dims, &data), trainable: true }
-}
-
-/// `y = x · Wᵀ + b`, `W: (out, in)` as PyTorch stores it.
-pub struct Linear<B: Backend> {
-    pub w: Param<B>,
-    pub b: Param<B>,
-    pub in_f: usize,
-    pub out_f: usize,
-}
-
-impl<B: Backend> Linear<B> {
-    pub fn new(b: &B, rng: &mut Rng, ids: &mut ParamId, name: &str, in_f: usize, out_f: usize) -> Self {
-        let bound = 1.0 / (in_f as f32).sqrt();
-        let w = uniform_param(b, rng, next(ids), format!("{name}.weight"), &[out_f, in_f], bound);
-        let bias = uniform_param(b, rng, next(ids), format!("{name}.bias"), &[out_f], bound);
-        Linear { w, b: bias, in_f, out_f }
-    }
-
-    /// Add `extra` output rows (new classes) initialised like a fresh layer;
-    /// the existing rows are kept bit for bit (the shared-head mode).
-    pub fn grow_rows(&mut self, b: &B, rng: &mut Rng, extra: usize) {
-        let bound = 1.0 / (self.in_f as f32).sqrt();
-        let mut w = self.w.value.to_vec(b);
-        w.extend((0..extra * self.in_f).map(|_| rng.uniform(-bound, bound)));
-        let mut bias = self.b.value.to_vec(b);
-        bias.extend((0..extra).map(|_| rng.uniform(-bound, bound)));
-        self.out_f += extra;
-        self.w.value = Tensor::from_vec(b, &[self.out_f, self.in_f], &w);
-        self.b.value = Tensor::from_vec(b, &[self.out_f], &bias);
-    }
-}
-
-/// 2-D convolution with bias. `w: (OC, C, KH, KW)`.
-pub struct Conv2d<B: Backend> {
-    pub w: Param<B>,
-    pub b: Param<B>,
-    pub c: usize,
-    pub oc: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-}
-
-impl<B: Backend> Conv2d<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        b: &B,
-        rng: &mut Rng,
-        ids: &mut ParamId,
-        name: &str,
-        c: usize,
-        oc: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    ) -> Self {
-        let bound = 1.0 / ((c * k * k) as f32).sqrt();
-        let w = uniform_param(b, rng, next(ids), format!("{name}.weight"), &[oc, c, k, k], bound);
-        let bias = uniform_param(b, rng, next(ids), format!("{name}.bias"), &[oc], bound);
-        Conv2d { w, b: bias, c, oc, k, stride, pad }
-    }
-}
-
-fn next(ids: &mut ParamId) -> ParamId {
-    *ids += 1;
-    *ids - 1
-}
 
 pub enum Layer<B: Backend> {
     Conv2d(Conv2d<B>),
@@ -317,11 +225,7 @@ impl<B: Backend> Net<B> {
 
 impl<B: Backend> Net<B> {
     /// Record the trunk on the tape: x (N, C, H, W) → features (N, hidden).
-    pub fn features<'a>(
-        &'a self,
-        tape: &mut crate::autodiff::Tape<'a, B>,
-        x: crate::autodiff::Var,
-    ) -> crate::autodiff::Var {
+    pub fn features<'a>(&'a self, tape: &mut Tape<'a, B>, x: Var) -> Var {
         let mut h = x;
         let mut layers = self.trunk.iter().peekable();
         while let Some(layer) = layers.next() {
@@ -341,65 +245,31 @@ impl<B: Backend> Net<B> {
     }
 
     /// Record the trunk and the listed heads: one logits Var per head.
-    pub fn forward<'a>(
-        &'a self,
-        tape: &mut crate::autodiff::Tape<'a, B>,
-        x: crate::autodiff::Var,
-        heads: &[usize],
-    ) -> Vec<crate::autodiff::Var> {
+    pub fn forward<'a>(&'a self, tape: &mut Tape<'a, B>, x: Var, heads: &[usize]) -> Vec<Var> {
         let f = self.features(tape, x);
         heads.iter().map(|&h| tape.linear(f, &self.heads[h].linear)).collect()
-    }
-}
-
-impl<B: Backend> Linear<B> {
-    /// A frozen copy of output rows `start..start + len` (evaluation of one
-    /// task's slice of a shared head). Device-side copies, no host round trip.
-    pub fn rows(&self, b: &B, start: usize, len: usize) -> Linear<B> {
-        assert!(
-            start + len <= self.out_f,
-            "Linear::rows: rows {start}..{} of a {}-row layer",
-            start + len,
-            self.out_f
-        );
-        let mut w = Tensor::zeros(b, &[len, self.in_f]);
-        b.copy(&mut w.buf, 0, &self.w.value.buf, start * self.in_f, len * self.in_f);
-        let mut bias = Tensor::zeros(b, &[len]);
-        b.copy(&mut bias.buf, 0, &self.b.value.buf, start, len);
-        let frozen = |p: &Param<B>, value| Param { id: p.id, name: p.name.clone(), value, trainable: false };
-        Linear { w: frozen(&self.w, w), b: frozen(&self.b, bias), in_f: self.in_f, out_f: len }
-    }
-}
-
-impl<B: Backend> Param<B> {
-    fn duplicate(&self, b: &B) -> Self {
-        Param {
-            id: self.id,
-            name: self.name.clone(),
-            value: self.value.duplicate(b),
-            trainable: self.trainable,
-        }
     }
 }
 
 impl<B: Backend> Net<B> {
     /// A deep copy on the device (task 1 is trained once and copied per method).
     pub fn duplicate(&self, b: &B) -> Self {
-        let lin =
-            |l: &Linear<B>| Linear { w: l.w.duplicate(b), b: l.b.duplicate(b), in_f: l.in_f, out_f: l.out_f };
         let trunk = self
             .trunk
             .iter()
             .map(|layer| match layer {
-                Layer::Conv2d(c) => Layer::Conv2d(Conv2d { w: c.w.duplicate(b), b: c.b.duplicate(b), ..*c }),
+                Layer::Conv2d(c) => Layer::Conv2d(c.duplicate(b)),
                 Layer::Relu => Layer::Relu,
                 Layer::MaxPool2d { k, s } => Layer::MaxPool2d { k: *k, s: *s },
                 Layer::Flatten => Layer::Flatten,
-                Layer::Linear(l) => Layer::Linear(lin(l)),
+                Layer::Linear(l) => Layer::Linear(l.duplicate(b)),
             })
             .collect();
-        let heads =
-            self.heads.iter().map(|h| Head { linear: lin(&h.linear), classes: h.classes.clone() }).collect();
+        let heads = self
+            .heads
+            .iter()
+            .map(|h| Head { linear: h.linear.duplicate(b), classes: h.classes.clone() })
+            .collect();
         Net { arch: self.arch.clone(), trunk, heads, next_id: self.next_id }
     }
 }
