@@ -1,12 +1,13 @@
 //! The `lwf-engine` command line: parse, call the library, print. All the
 //! work lives in the library; errors become one line and a non-zero exit.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lwf_engine::app::{self, BackendChoice};
+use lwf_engine::app::{self, BackendChoice, Shard};
+use lwf_engine::data::{ClassList, Protocol, TaskList};
 use lwf_engine::incremental::classifier::ClassifierKind;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
-use lwf_engine::incremental::{HeadMode, Hyper, Observer};
+use lwf_engine::incremental::{HeadMode, Hyper, Method, Observer};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,17 +55,11 @@ struct MergeArgs {
 #[derive(Args, Clone)]
 struct Common {
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
     /// CPU threads (rayon); 0 = one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Backend {
-    Cpu,
-    Wgpu,
 }
 
 #[derive(Args, Clone)]
@@ -106,16 +101,20 @@ struct HyperArgs {
     #[arg(long, default_value_t = 2)]
     freeze_layers: usize,
     /// per-task: one head per task (the paper); shared: one softmax grown with the new classes.
-    #[arg(long, default_value = "per-task")]
-    head_mode: String,
+    #[arg(long, value_enum, default_value_t = HeadMode::PerTask)]
+    head_mode: HeadMode,
     /// Class statistics kept in the model after each task (no image is kept).
     #[arg(long, value_enum, default_value_t = StatsKind::Mean)]
     class_stats: StatsKind,
     /// σ of drift compensation of the old class means: a number (the default
     /// was chosen on a validation split of training images), auto (chosen from
     /// the new data by leaving one new class out at a time) or off.
-    #[arg(long, default_value = "0.1")]
-    sdc_sigma: String,
+    #[arg(long, default_value = "0.1", value_parser = parse_sigma)]
+    sdc_sigma: Sigma,
+}
+
+fn parse_sigma(s: &str) -> Result<Sigma, String> {
+    Sigma::parse(s)
 }
 
 impl HyperArgs {
@@ -134,9 +133,9 @@ impl HyperArgs {
             lambda_ewc: self.lambda_ewc,
             ewc_samples: self.ewc_samples,
             freeze_layers: self.freeze_layers,
-            head_mode: HeadMode::parse(&self.head_mode)?,
+            head_mode: self.head_mode,
             class_stats: self.class_stats,
-            sdc_sigma: Sigma::parse(&self.sdc_sigma).map_err(lwf_engine::Error::Config)?,
+            sdc_sigma: self.sdc_sigma,
         };
         h.validate()?;
         Ok(h)
@@ -168,7 +167,7 @@ struct TrainArgs {
     data: String,
     /// Classes to learn, e.g. `0-4` or `0,2,7`.
     #[arg(long, default_value = "0-4")]
-    classes: String,
+    classes: ClassList,
     /// Where to write the model (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -193,10 +192,10 @@ struct ExtendArgs {
     data: String,
     /// New classes; default: every class of the data the model does not know.
     #[arg(long)]
-    classes: Option<String>,
-    /// lwf, finetune, freeze, feature-extraction, l2, ewc or joint.
-    #[arg(long, default_value = "lwf")]
-    method: String,
+    classes: Option<ClassList>,
+    /// How the new classes are learnt.
+    #[arg(long, value_enum, default_value_t = Method::Lwf)]
+    method: Method,
     /// Old data, only for `--method joint` (defaults to --data).
     #[arg(long)]
     old_data: Option<String>,
@@ -258,16 +257,21 @@ struct PredictArgs {
 struct ExperimentArgs {
     /// two-task (classes 0-4 then 5-9) or splitN (N equal tasks, e.g. split5).
     #[arg(long, default_value = "two-task")]
-    protocol: String,
+    protocol: Protocol,
     /// Explicit tasks instead of a protocol, e.g. "0-4;5-9".
     #[arg(long)]
-    tasks: Option<String>,
+    tasks: Option<TaskList>,
     /// Comma-separated methods.
-    #[arg(long, default_value = "lwf,finetune,feature-extraction,l2,joint,joint-shared")]
-    methods: String,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "lwf,finetune,feature-extraction,l2,joint,joint-shared"
+    )]
+    methods: Vec<Method>,
     /// Comma-separated seeds.
-    #[arg(long, default_value = "0")]
-    seeds: String,
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
     #[arg(long, default_value = "fashion-mnist")]
     data: String,
     /// Directory for the JSON, CSV and SVG results.
@@ -286,7 +290,7 @@ struct ExperimentArgs {
     /// Run only share i of n of the (seed, method) runs, i from 0 to n-1 (a
     /// cluster job array's index); combine the shards with `merge`.
     #[arg(long, value_name = "i/n")]
-    shard: Option<String>,
+    shard: Option<Shard>,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -349,10 +353,7 @@ impl Observer for Bars {
 
 fn setup(c: &Common) -> lwf_engine::Result<BackendChoice> {
     app::set_threads(c.threads)?;
-    match c.backend {
-        Backend::Cpu => Ok(BackendChoice::Cpu),
-        Backend::Wgpu => Ok(BackendChoice::Wgpu),
-    }
+    Ok(c.backend)
 }
 
 fn run(cli: Cli) -> lwf_engine::Result<()> {
@@ -365,7 +366,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
             let be = setup(&a.common)?;
             let req = app::TrainRequest {
                 data: a.data,
-                classes: a.classes,
+                classes: a.classes.0,
                 out: a.out,
                 seed: a.seed,
                 hyper: a.hyper.hyper()?,
@@ -379,7 +380,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
             let req = app::ExtendRequest {
                 model: a.model,
                 data: a.data,
-                classes: a.classes,
+                classes: a.classes.map(|c| c.0),
                 method: a.method,
                 old_data: a.old_data,
                 out: a.out,
@@ -405,7 +406,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
             let req = app::ExperimentRequest {
                 data: a.data,
                 protocol: a.protocol,
-                tasks: a.tasks,
+                tasks: a.tasks.map(|t| t.0),
                 methods: a.methods,
                 seeds: a.seeds,
                 out: a.out,
@@ -413,7 +414,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 test_limit: a.test_limit,
                 hyper: a.hyper.hyper()?,
                 resume: a.resume,
-                shard: a.shard.as_deref().map(app::parse_shard).transpose()?,
+                shard: a.shard,
             };
             let s = app::experiment(be, &req, &obs)?;
             println!("{s}");
@@ -439,7 +440,27 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message is several lines (usage, a tip); ours are one.
+            let text = e.render().to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+                })
+                .collect();
+            eprintln!("lwf-engine: {}", line.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lwf-engine: error: {e}");

@@ -38,10 +38,10 @@ pub fn write_run(
     out: &Path,
     cfg: &ExperimentConfig,
     data: &Dataset,
-    device: &str,
+    engine: &EngineInfo,
     run: &MethodRun,
 ) -> Result<RunResult> {
-    let r = run_result(cfg, data, device, run)?;
+    let r = run_result(cfg, data, engine, run)?;
     create_dir_all(out)?;
     metrics::write_json(&run_path(out, &cfg.protocol, &r.method, r.seed), &r)?;
     Ok(r)
@@ -75,19 +75,14 @@ pub fn finished_runs(out: &Path, cfg: &ExperimentConfig, data: &Dataset) -> Resu
 pub fn run_result(
     cfg: &ExperimentConfig,
     data: &Dataset,
-    device: &str,
+    engine: &EngineInfo,
     run: &MethodRun,
 ) -> Result<RunResult> {
     let rows = |f: &dyn Fn(&crate::incremental::eval::Accuracies) -> Vec<f64>| -> Vec<Vec<f64>> {
         run.records.iter().map(|r| f(&r.acc)).collect()
     };
     let config = run_config(cfg, data);
-    let backend = if device.starts_with("cpu") { "cpu" } else { "wgpu" };
-    let engine = EngineInfo {
-        backend: backend.into(),
-        device: device.into(),
-        threads: (backend == "cpu").then(rayon::current_num_threads),
-    };
+    let engine = engine.clone();
     let versions = engine.versions();
     let mut result = RunResult::from_parts(RunParts {
         method: run.method.name().into(),

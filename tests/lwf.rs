@@ -24,6 +24,7 @@ use lwf_engine::incremental::methods::{
 use lwf_engine::incremental::protocol::{ExperimentConfig, MethodRun};
 use lwf_engine::incremental::train::Trainer;
 use lwf_engine::incremental::{HeadMode, Hyper, Method, Silent};
+use lwf_engine::metrics::EngineInfo;
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::rng::Rng;
 use std::sync::OnceLock;
@@ -328,7 +329,8 @@ fn split5_run_fills_the_lower_triangle() {
     assert_eq!(cfg.tasks, [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]);
     let run = runs(&cfg).pop().unwrap();
     assert_eq!(run.records.len(), 5);
-    let r = lwf_engine::results::run_result(&cfg, fmnist(), "cpu", &run).expect("a valid report");
+    let r = lwf_engine::results::run_result(&cfg, fmnist(), &EngineInfo::new("cpu", "test cpu".into()), &run)
+        .expect("a valid report");
     for (name, m) in [("task-aware", &r.acc_matrix_task_aware), ("class-IL", &r.acc_matrix_class_il_per_task)]
     {
         assert_eq!(m.n(), 5, "{name}: {m:?}");

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 pub use load::{load, load_images, resolve, FASHION_MNIST};
 pub use split::{
-    check_classes_present, epoch_order, format_classes, local_label, parse_classes, parse_tasks,
-    protocol_tasks, task_view, to_local, Batches, TaskView,
+    check_classes_present, epoch_order, format_classes, joint_split, local_label, parse_classes, parse_tasks,
+    protocol_tasks, task_view, to_local, Batches, ClassList, Protocol, TaskList, TaskView,
 };
 
 /// Image pixels in their stored type.
@@ -185,6 +185,30 @@ impl Split {
     pub fn labels_of(&self, idx: &[usize], out: &mut Vec<u32>) {
         out.clear();
         out.extend(idx.iter().map(|&i| self.labels[i]));
+    }
+
+    /// This split's images followed by `other`'s; bytes stay bytes unless
+    /// either side holds f32 pixels.
+    pub fn concat(self, other: Split) -> Split {
+        let (a, b) = (self, other);
+        let pixels = match (a.pixels, b.pixels) {
+            (Pixels::U8(mut x), Pixels::U8(y)) => {
+                x.extend(y);
+                Pixels::U8(x)
+            }
+            (x, y) => {
+                let to_f32 = |p: Pixels| match p {
+                    Pixels::U8(v) => v.iter().map(|&p| p as f32 / 255.0).collect::<Vec<f32>>(),
+                    Pixels::F32(v) => v,
+                };
+                let mut x = to_f32(x);
+                x.extend(to_f32(y));
+                Pixels::F32(x)
+            }
+        };
+        let mut labels = a.labels;
+        labels.extend(b.labels);
+        Split::new(pixels, labels, a.c, a.h, a.w)
     }
 
     /// A new split holding only examples `idx`, in that order (small test

@@ -88,32 +88,86 @@ fn check_disjoint(tasks: &[Vec<u32>]) -> Result<()> {
     Ok(())
 }
 
-/// The tasks of a named protocol over classes `0..num_classes`:
-/// `two-task` = first half, second half; `splitN` = N equal contiguous groups.
-pub fn protocol_tasks(protocol: &str, num_classes: usize) -> Result<Vec<Vec<u32>>> {
-    let groups = match protocol {
-        "two-task" => {
-            if num_classes < 2 {
-                return Err(Error::Config(format!(
-                    "two-task needs at least 2 classes, the data has {num_classes}"
-                )));
-            }
-            return Ok(vec![range(0, num_classes / 2), range(num_classes / 2, num_classes)]);
-        }
-        p => p.strip_prefix("split").and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0),
-    };
-    let Some(n) = groups else {
-        let msg = format!(
-            "unknown protocol '{protocol}': valid protocols are two-task and splitN (N equal groups of classes, e.g. split5)"
-        );
-        return Err(Error::Config(msg));
-    };
-    if !num_classes.is_multiple_of(n) || n > num_classes {
-        let msg = format!("{protocol}: {num_classes} classes cannot be split into {n} equal tasks");
-        return Err(Error::Config(msg));
+/// Classes as the command line takes them (`0-4`, `0,2,7`; see [`parse_classes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassList(pub Vec<u32>);
+
+impl std::str::FromStr for ClassList {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_classes(s).map(ClassList)
     }
-    let k = num_classes / n;
-    Ok((0..n).map(|t| range(t * k, (t + 1) * k)).collect())
+}
+
+/// Tasks as the command line takes them (`0-4;5-9`; see [`parse_tasks`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskList(pub Vec<Vec<u32>>);
+
+impl std::str::FromStr for TaskList {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_tasks(s).map(TaskList)
+    }
+}
+
+/// A named protocol over classes `0..num_classes`: `two-task` = first half,
+/// second half; `splitN` = N equal contiguous groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    TwoTask,
+    Split(usize),
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "two-task" {
+            return Ok(Protocol::TwoTask);
+        }
+        match s.strip_prefix("split").and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0) {
+            Some(n) => Ok(Protocol::Split(n)),
+            None => Err(Error::Config(format!(
+                "unknown protocol '{s}': valid protocols are two-task and splitN (N equal groups of classes, e.g. split5)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protocol::TwoTask => write!(f, "two-task"),
+            Protocol::Split(n) => write!(f, "split{n}"),
+        }
+    }
+}
+
+impl Protocol {
+    /// The protocol's tasks over classes `0..num_classes`.
+    pub fn tasks(self, num_classes: usize) -> Result<Vec<Vec<u32>>> {
+        let n = match self {
+            Protocol::TwoTask => {
+                if num_classes < 2 {
+                    return Err(Error::Config(format!(
+                        "two-task needs at least 2 classes, the data has {num_classes}"
+                    )));
+                }
+                return Ok(vec![range(0, num_classes / 2), range(num_classes / 2, num_classes)]);
+            }
+            Protocol::Split(n) => n,
+        };
+        if !num_classes.is_multiple_of(n) || n > num_classes {
+            let msg = format!("{self}: {num_classes} classes cannot be split into {n} equal tasks");
+            return Err(Error::Config(msg));
+        }
+        let k = num_classes / n;
+        Ok((0..n).map(|t| range(t * k, (t + 1) * k)).collect())
+    }
+}
+
+/// The tasks of the protocol named `protocol` (see [`Protocol`]).
+pub fn protocol_tasks(protocol: &str, num_classes: usize) -> Result<Vec<Vec<u32>>> {
+    protocol.parse::<Protocol>()?.tasks(num_classes)
 }
 
 fn range(lo: usize, hi: usize) -> Vec<u32> {
@@ -252,6 +306,30 @@ impl<'a> IntoIterator for &'a Batches {
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
     }
+}
+
+/// One split holding the old tasks' images followed by the new task's, with
+/// task views into it (`extend --method joint`, which trains on both).
+pub fn joint_split(
+    old: &Split,
+    old_views: &[TaskView],
+    new: &Split,
+    classes: &[u32],
+) -> (Split, TaskView, Vec<TaskView>) {
+    let mut idx: Vec<usize> = Vec::new();
+    let mut views = Vec::new();
+    for v in old_views {
+        let start = idx.len();
+        idx.extend(&v.indices);
+        views.push(TaskView { classes: v.classes.clone(), indices: (start..idx.len()).collect() });
+    }
+    let old_part = old.subset(&idx);
+    let new_view = task_view(new, classes);
+    let new_part = new.subset(&new_view.indices);
+    let n_old = old_part.len();
+    let split = old_part.concat(new_part);
+    let new_view = TaskView { classes: classes.to_vec(), indices: (n_old..split.len()).collect() };
+    (split, new_view, views)
 }
 
 #[cfg(test)]

@@ -195,15 +195,7 @@ pub fn learn_task<B: Backend>(
         ));
     }
     if method == Method::Ewc && old.len() >= t {
-        let prev = &old[t - 1];
-        let (head, classes) = head_of(net, mode, prev);
-        let mut ex = examples_for(prev, cx.split, head, &classes);
-        Rng::derive(cx.seed, streams::FISHER + t as u64).shuffle(&mut ex);
-        ex.truncate(hyper.ewc_samples);
-        let fisher = state
-            .fisher
-            .get_or_insert_with(|| net.trunk_params().iter().map(|p| b.zeros(p.value.numel())).collect());
-        tr.accumulate_fisher(net, cx.split, cx.norm, &ex, fisher);
+        add_task_fisher(tr, net, &old[t - 1], mode, t as u64, cx, &mut state.fisher);
     }
     let anchors = match method {
         Method::L2 | Method::Ewc => Some(Anchors {
@@ -318,6 +310,34 @@ pub fn learn_task<B: Backend>(
 }
 
 /// The head (and its classes) that holds a task's classes.
+/// EWC's diagonal Fisher of finished task number `task` (1-based), at the
+/// parameters the net holds now, added to `fisher` (created on first use).
+/// The one place that says which examples estimate it: `ewc_samples` of the
+/// task's training images, shuffled by the seed's Fisher stream. `learn_task`
+/// uses it when it has the old data, `train`/`extend` to store it in the
+/// checkpoint so a later `extend --method ewc` needs none. Leaves every
+/// parameter trainable.
+pub fn add_task_fisher<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &mut Net<B>,
+    view: &TaskView,
+    mode: HeadMode,
+    task: u64,
+    cx: &TaskContext<'_>,
+    fisher: &mut Option<Vec<B::Buf>>,
+) {
+    let b = tr.b.clone();
+    let (head, classes) = head_of(net, mode, view);
+    let mut ex = examples_for(view, cx.split, head, &classes);
+    Rng::derive(cx.seed, streams::FISHER + task).shuffle(&mut ex);
+    ex.truncate(cx.hyper.ewc_samples);
+    let sums =
+        fisher.get_or_insert_with(|| net.trunk_params().iter().map(|p| b.zeros(p.value.numel())).collect());
+    tr.accumulate_fisher(net, cx.split, cx.norm, &ex, sums);
+    let all: Vec<usize> = (0..net.heads.len()).collect();
+    net.set_trainable(true, 0, &all);
+}
+
 fn head_of<B: Backend>(net: &Net<B>, mode: HeadMode, view: &TaskView) -> (usize, Vec<u32>) {
     let h = match mode {
         HeadMode::Shared => 0,

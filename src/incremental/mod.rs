@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// How a new task is learnt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a new task is learnt (`--method`, `--methods`; the names are the
+/// kebab-case of the variants, on the command line and in files alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Learning without Forgetting: record Y_o, warm up the new head, then
@@ -71,18 +72,6 @@ impl Method {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self> {
-        Method::ALL.into_iter().find(|m| m.name() == s.trim()).ok_or_else(|| {
-            let all: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-            Error::Config(format!("unknown method '{s}': choose from {}", all.join(", ")))
-        })
-    }
-
-    /// Parse a comma-separated list.
-    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
-        s.split(',').filter(|p| !p.trim().is_empty()).map(Method::parse).collect()
-    }
-
     /// Whether training changes the trunk (and so the old classes' features).
     pub fn moves_trunk(self) -> bool {
         self != Method::FeatureExtraction
@@ -109,8 +98,8 @@ impl fmt::Display for Method {
     }
 }
 
-/// Where new classes go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where new classes go (`--head-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum HeadMode {
     /// One head per task (the paper).
@@ -121,13 +110,6 @@ pub enum HeadMode {
 }
 
 impl HeadMode {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "per-task" => Ok(HeadMode::PerTask),
-            "shared" => Ok(HeadMode::Shared),
-            _ => Err(Error::Config(format!("unknown head mode '{s}': choose per-task or shared"))),
-        }
-    }
     pub fn name(self) -> &'static str {
         match self {
             HeadMode::PerTask => "per-task",

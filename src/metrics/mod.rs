@@ -301,6 +301,16 @@ pub struct EngineInfo {
 }
 
 impl EngineInfo {
+    /// What ran the work: the backend's family (`cpu`, `wgpu`) and the
+    /// device's name; the CPU's thread count is read from rayon's pool.
+    pub fn new(backend: &str, device: String) -> Self {
+        EngineInfo {
+            backend: backend.into(),
+            device,
+            threads: (backend == "cpu").then(rayon::current_num_threads),
+        }
+    }
+
     /// The version map stored as `versions`: this crate's version, the backend
     /// and device, the target, and rustc when the build exported
     /// `RUSTC_VERSION` (cargo does not by itself). Callers may add entries.

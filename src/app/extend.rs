@@ -1,0 +1,196 @@
+//! `extend`: new classes into a saved model, from the new data only.
+
+use super::{check_input, class_names, eval_present, finish_session, BackendChoice, Resumable};
+use crate::backend::Backend;
+use crate::checkpoint::{self, HistoryEntry};
+use crate::data::{self, Dataset, Normalization, TaskView};
+use crate::error::{Error, Result};
+use crate::incremental::classifier::ClassifierKind;
+use crate::incremental::methods::{add_task_fisher, learn_task, MethodState, TaskContext};
+use crate::incremental::train::Trainer;
+use crate::incremental::{HeadMode, Hyper, Method, Observer};
+use std::path::PathBuf;
+
+/// `extend`: new classes into a saved model, from the new data only.
+pub struct ExtendRequest {
+    pub model: PathBuf,
+    pub data: String,
+    /// New classes; `None`: every class of the data the model does not know.
+    pub classes: Option<Vec<u32>>,
+    pub method: Method,
+    pub old_data: Option<String>,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub hyper: Hyper,
+    pub resumable: Resumable,
+}
+
+pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
+    let method = req.method;
+    crate::fsio::check_output_file(&req.out)?;
+    if method == Method::JointShared {
+        return Err(Error::Config(
+            "--method joint-shared is for experiments; to extend a shared-head model with its old data use \
+             --method joint on a model trained with --head-mode shared"
+                .into(),
+        ));
+    }
+    let data = data::load(&req.data)?;
+    on_backend!(choice, b => extend_on(&b, method, &data, req, obs))
+}
+
+fn extend_on<B: Backend>(
+    b: &B,
+    method: Method,
+    data: &Dataset,
+    req: &ExtendRequest,
+    obs: &dyn Observer,
+) -> Result<String> {
+    let ck = checkpoint::load(&req.model, b)?;
+    let (mut net, mut meta) = (ck.net, ck.meta);
+    check_input(&req.model, &meta.arch, &data.train, &data.root)?;
+    let known = meta.classes();
+    let classes = match &req.classes {
+        Some(c) => c.clone(),
+        None => {
+            let present: Vec<u32> = (0..data.num_classes as u32)
+                .filter(|c| data.train.labels.contains(c) && !known.contains(c))
+                .collect();
+            if present.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} has no class the model does not already know ({})",
+                    data.root.display(),
+                    data::format_classes(&known)
+                )));
+            }
+            present
+        }
+    };
+    if let Some(c) = classes.iter().find(|c| known.contains(c)) {
+        return Err(Error::Config(format!(
+            "class {c} is already known by {} (it knows {}): extend adds new classes only",
+            req.model.display(),
+            data::format_classes(&known)
+        )));
+    }
+    data::check_classes_present(&data.train, &classes, &data.root.display().to_string())?;
+    if meta.head_mode != req.hyper.head_mode {
+        return Err(Error::Config(format!(
+            "{} uses --head-mode {}, not {}",
+            req.model.display(),
+            meta.head_mode.name(),
+            req.hyper.head_mode.name()
+        )));
+    }
+    // Only joint reads old data; it must hold every class the model knows.
+    let old_data = match (method, &req.old_data) {
+        (Method::Joint, Some(spec)) => Some(data::load(spec)?),
+        (Method::Joint, None) => Some(data.clone()),
+        _ => None,
+    };
+    let old_views: Vec<TaskView> = match &old_data {
+        Some(od) => {
+            check_input(&req.model, &meta.arch, &od.train, &od.root)?;
+            meta.tasks
+                .iter()
+                .map(|t| {
+                    data::check_classes_present(&od.train, t, &od.root.display().to_string())
+                        .map(|_| data::task_view(&od.train, t))
+                })
+                .collect::<Result<_>>()?
+        }
+        None => Vec::new(),
+    };
+    // joint trains on old and new images together: one split holding both.
+    let (split, new_view, old_views) = match &old_data {
+        Some(od) => data::joint_split(&od.train, &old_views, &data.train, &classes),
+        None => (data.train.clone(), data::task_view(&data.train, &classes), old_views),
+    };
+    let t = meta.tasks.len();
+    let mut tr = Trainer::new(b.clone());
+    let run = serde_json::json!({
+        "verb": "extend", "model": req.model, "data": data.root, "classes": classes, "method": method,
+        "old_data": req.old_data, "seed": req.seed, "hyper": req.hyper,
+    });
+    tr.session = req.resumable.session(&req.out, run)?;
+    let had_stats = ck.stats.is_some();
+    let mut state = MethodState { fisher: ck.fisher, stats: ck.stats };
+    let cx = TaskContext {
+        split: &split,
+        norm: Normalization { mean: meta.norm_mean, std: meta.norm_std },
+        hyper: &req.hyper,
+        seed: req.seed,
+        obs,
+    };
+    let report = learn_task(&mut tr, &mut net, method, t, &new_view, &old_views, &mut state, &cx)?;
+    meta.tasks.push(classes.clone());
+    let mut heads = meta.heads.clone();
+    match meta.head_mode {
+        HeadMode::PerTask => heads.push(checkpoint::HeadMeta {
+            classes: classes.clone(),
+            class_names: class_names(data, &classes),
+        }),
+        HeadMode::Shared => {
+            heads[0].classes.extend(&classes);
+            heads[0].class_names.extend(class_names(data, &classes));
+        }
+    }
+    meta.heads = heads;
+    meta.history.push(HistoryEntry {
+        verb: "extend".into(),
+        method: method.name().into(),
+        classes: classes.clone(),
+        data: data.root.display().to_string(),
+        epochs: req.hyper.epochs,
+        seed: req.seed,
+        train_seconds: report.train_seconds,
+        sdc_sigma: report.drift.as_ref().map(|d| d.sigma),
+        sdc_sigma_chosen_by: report.drift.as_ref().map(|d| d.how.clone()),
+    });
+    add_task_fisher(&mut tr, &mut net, &new_view, meta.head_mode, t as u64 + 1, &cx, &mut state.fisher);
+    let fisher = state.fisher.take().expect("just estimated");
+    let stats = state.stats.take();
+    let acc = eval_present(&mut tr, &net, &meta, &data.test, cx.norm, req.hyper.batch_size, stats.as_ref());
+    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), stats.as_ref())?;
+    finish_session(&tr);
+    let per: Vec<String> = meta
+        .tasks
+        .iter()
+        .zip(&acc.task_aware)
+        .map(|(t, a)| {
+            if a.is_nan() {
+                format!("{}: -", data::format_classes(t))
+            } else {
+                format!("{}: {:.2}%", data::format_classes(t), 100.0 * a)
+            }
+        })
+        .collect();
+    let stats_note = match (&stats, &report.drift) {
+        (None, _) if !had_stats => {
+            "; the model has no class statistics (saved by an older version): predictions use the heads"
+                .into()
+        }
+        (Some(s), Some(d)) => format!(
+            "; class statistics ({}) of {} classes, old means drift-compensated with σ = {} ({})",
+            s.kind().name(),
+            s.classes.len(),
+            d.sigma,
+            d.how
+        ),
+        (Some(s), None) => format!("; class statistics ({}) of {} classes", s.kind().name(), s.classes.len()),
+        (None, _) => String::new(),
+    };
+    let cil = match acc.of(ClassifierKind::default_for(stats.as_ref())) {
+        Some(c) if !c.overall.is_nan() => format!("; class-IL {:.2}% ({})", 100.0 * c.overall, c.kind),
+        _ => String::new(),
+    };
+    Ok(format!(
+        "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}]{cil}{stats_note} → {}",
+        data::format_classes(&classes),
+        b.name(),
+        report.train_seconds,
+        report.images_per_second(),
+        per.join(", "),
+        req.out.display()
+    ))
+}

@@ -1,0 +1,201 @@
+//! The user's verbs as library functions, one file per verb: they load and
+//! check the inputs, run the work on the chosen backend and return reports
+//! that the CLI prints. Every failure is an `Error` whose message is one line
+//! naming the file and the problem; every output is written atomically, after
+//! the work succeeded. The domain rules they call (methods, EWC's Fisher,
+//! class statistics, data merging) live in the library modules, once.
+
+use crate::backend::Backend;
+use crate::checkpoint::Meta;
+use crate::data::Normalization;
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::incremental::classifier::ClassifierKind;
+use crate::incremental::eval::{evaluate, Accuracies};
+use crate::incremental::session::Session;
+use crate::incremental::stats::ClassStats;
+use crate::incremental::train::Trainer;
+use crate::nn::{Arch, Net};
+use std::path::{Path, PathBuf};
+
+/// Which device runs the work (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// The CPU (rayon threads, SIMD kernels).
+    Cpu,
+    /// The CPU backend with every convolution on im2col + gemm (no Winograd,
+    /// no direct path): the baseline `bench --im2col-only` measures against.
+    #[value(skip)]
+    CpuIm2col,
+    /// A GPU through wgpu (Vulkan).
+    Wgpu,
+}
+
+impl BackendChoice {
+    /// The backend's family as results report it: `cpu` or `wgpu`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            BackendChoice::Cpu | BackendChoice::CpuIm2col => "cpu",
+            BackendChoice::Wgpu => "wgpu",
+        }
+    }
+}
+
+/// Run `$body` with `$b` bound to the chosen backend (generic code, two
+/// monomorphisations).
+macro_rules! on_backend {
+    ($choice:expr, $b:ident => $body:expr) => {
+        match $choice {
+            BackendChoice::Cpu => {
+                let $b = $crate::backend::CpuBackend::new();
+                $body
+            }
+            BackendChoice::CpuIm2col => {
+                let $b = $crate::backend::CpuBackend::im2col_only();
+                $body
+            }
+            BackendChoice::Wgpu => {
+                let $b = $crate::backend::wgpu::WgpuBackend::new()?;
+                $body
+            }
+        }
+    };
+}
+
+/// Size rayon's global pool (0 = one thread per core). Call once, early.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::Config(format!("--threads {n}: {e}")))
+}
+
+/// Checks that a model built for `arch` can read the images of `split`.
+fn check_input(model: &Path, arch: &Arch, split: &Split, data: &Path) -> Result<()> {
+    let got = [split.c, split.h, split.w];
+    if got != arch.input {
+        return Err(Error::checkpoint(
+            model,
+            format!(
+                "the model takes {}×{}×{} images but {} has {}×{}×{}",
+                arch.input[0],
+                arch.input[1],
+                arch.input[2],
+                data.display(),
+                got[0],
+                got[1],
+                got[2]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn class_names(data: &Dataset, classes: &[u32]) -> Vec<String> {
+    classes
+        .iter()
+        .map(|&c| data.class_names.get(c as usize).cloned().unwrap_or_else(|| format!("class {c}")))
+        .collect()
+}
+
+/// `--checkpoint-every N` and `--resume FILE` of the verbs that train.
+#[derive(Clone, Debug, Default)]
+pub struct Resumable {
+    /// Write the training state every N epochs (0: never).
+    pub checkpoint_every: usize,
+    pub resume: Option<PathBuf>,
+}
+
+impl Resumable {
+    /// The session for a run whose output is `out`, or `None` when neither
+    /// flag is given. The state lives beside the output (`OUT.state`) unless
+    /// a resumed file names it.
+    fn session(&self, out: &Path, run: serde_json::Value) -> Result<Option<Session>> {
+        if self.checkpoint_every == 0 && self.resume.is_none() {
+            return Ok(None);
+        }
+        let path = self.resume.clone().unwrap_or_else(|| {
+            let mut name = out.as_os_str().to_owned();
+            name.push(".state");
+            PathBuf::from(name)
+        });
+        Session::new(path, self.checkpoint_every, run, self.resume.as_deref()).map(Some)
+    }
+}
+
+/// The run is complete: its training state is no longer needed.
+fn finish_session<B: Backend>(tr: &Trainer<B>) {
+    if let Some(s) = &tr.session {
+        let _ = std::fs::remove_file(s.state_path());
+    }
+}
+
+/// Evaluate on the tasks whose classes the test split holds; the others are NaN.
+fn eval_present<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    meta: &Meta,
+    test: &Split,
+    norm: Normalization,
+    bs: usize,
+    stats: Option<&ClassStats>,
+) -> Accuracies {
+    evaluate(tr, net, test, norm, &meta.tasks, meta.head_mode, bs, stats, &ClassifierKind::available(stats))
+}
+
+/// The classifier asked for, or the model's default; an error when the
+/// checkpoint lacks what it needs.
+fn choose_classifier(
+    model: &Path,
+    asked: Option<ClassifierKind>,
+    stats: Option<&ClassStats>,
+) -> Result<ClassifierKind> {
+    let kind = asked.unwrap_or_else(|| ClassifierKind::default_for(stats));
+    if !ClassifierKind::available(stats).contains(&kind) {
+        let why = if stats.is_none() {
+            "has no class statistics (saved by an older version; only heads and aligned-heads work)"
+                .to_string()
+        } else {
+            format!("has no {}", kind.needs().unwrap_or("statistics"))
+        };
+        return Err(Error::checkpoint(model, format!("--classifier {kind}: the model {why}")));
+    }
+    Ok(kind)
+}
+
+/// A limit of 0 images would train or test on nothing: refused before any work.
+fn check_limits(limits: &[(&str, Option<usize>)]) -> Result<()> {
+    match limits.iter().find(|(_, v)| *v == Some(0)) {
+        Some((flag, _)) => Err(Error::Config(format!("{flag} must be at least 1 (0 keeps no image)"))),
+        None => Ok(()),
+    }
+}
+
+/// Peak resident set size of this process in MB (Linux `VmHWM`), 0 elsewhere.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+mod bench;
+mod eval;
+mod experiment;
+mod extend;
+mod predict;
+mod train;
+
+pub use bench::{bench, BenchReport};
+pub use eval::{eval, EvalReport};
+pub use experiment::{experiment, experiment_config, experiment_runs, merge, ExperimentRequest, Shard};
+pub use extend::{extend, ExtendRequest};
+pub use predict::{predict, Prediction, Predictions};
+pub use train::{train, TrainRequest};

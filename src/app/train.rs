@@ -1,0 +1,94 @@
+//! `train`: a new model on some classes of a data set.
+
+use super::{class_names, finish_session, BackendChoice, Resumable};
+use crate::backend::Backend;
+use crate::checkpoint::{self, HistoryEntry, Meta};
+use crate::data::{self, Dataset};
+use crate::error::{Error, Result};
+use crate::incremental::eval::evaluate;
+use crate::incremental::methods::{add_task_fisher, streams, task_stats, train_first_task, TaskContext};
+use crate::incremental::train::Trainer;
+use crate::incremental::{Hyper, Observer};
+use crate::nn::{Arch, Net};
+use crate::rng::Rng;
+use std::path::PathBuf;
+
+/// `train`: a new model on some classes of a data set.
+pub struct TrainRequest {
+    pub data: String,
+    pub classes: Vec<u32>,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub hyper: Hyper,
+    pub resumable: Resumable,
+}
+
+pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> Result<String> {
+    crate::fsio::check_output_file(&req.out)?;
+    let data = data::load(&req.data)?;
+    let classes = &req.classes;
+    data::check_classes_present(&data.train, &classes, &data.root.display().to_string())?;
+    on_backend!(choice, b => train_on(&b, &data, &classes, req, obs))
+}
+
+fn train_on<B: Backend>(
+    b: &B,
+    data: &Dataset,
+    classes: &[u32],
+    req: &TrainRequest,
+    obs: &dyn Observer,
+) -> Result<String> {
+    let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
+    arch.validate().map_err(Error::Config)?;
+    let mut tr = Trainer::new(b.clone());
+    let run = serde_json::json!({
+        "verb": "train", "data": data.root, "classes": classes, "seed": req.seed, "hyper": req.hyper,
+    });
+    tr.session = req.resumable.session(&req.out, run)?;
+    let mut net = Net::new(b, arch.clone(), &mut Rng::derive(req.seed, streams::TRUNK));
+    let view = data::task_view(&data.train, classes);
+    let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &req.hyper, seed: req.seed, obs };
+    let report = train_first_task(&mut tr, &mut net, &view, &cx)?;
+    let mut meta = Meta::new(arch, data.norm.mean, data.norm.std, req.hyper.head_mode);
+    meta.heads =
+        vec![checkpoint::HeadMeta { classes: classes.to_vec(), class_names: class_names(data, classes) }];
+    meta.tasks = vec![classes.to_vec()];
+    meta.history.push(HistoryEntry {
+        verb: "train".into(),
+        method: "train".into(),
+        classes: classes.to_vec(),
+        data: data.root.display().to_string(),
+        epochs: req.hyper.epochs,
+        seed: req.seed,
+        train_seconds: report.train_seconds,
+        sdc_sigma: None,
+        sdc_sigma_chosen_by: None,
+    });
+    let stats = task_stats(&mut tr, &net, &view, &cx, req.hyper.class_stats);
+    let mut fisher = None;
+    add_task_fisher(&mut tr, &mut net, &view, req.hyper.head_mode, 1, &cx, &mut fisher);
+    let fisher = fisher.expect("just estimated");
+    let acc = evaluate(
+        &mut tr,
+        &net,
+        &data.test,
+        data.norm,
+        &meta.tasks,
+        meta.head_mode,
+        req.hyper.batch_size,
+        None,
+        &[],
+    );
+    checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
+    finish_session(&tr);
+    Ok(format!(
+        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
+        data::format_classes(classes),
+        b.name(),
+        report.train_seconds,
+        report.images_per_second(),
+        100.0 * acc.task_aware[0],
+        stats.kind().name(),
+        req.out.display()
+    ))
+}
