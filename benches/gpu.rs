@@ -9,12 +9,12 @@
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use lwf_engine::autodiff::{Grads, Tape, Workspace};
 use lwf_engine::backend::wgpu::WgpuBackend;
 use lwf_engine::backend::{Backend, Conv2dParams, CpuBackend, Gemm, SgdHyper};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
+use lwf_engine::step::{sgd_step, BatchLoss, StepState};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -201,8 +201,7 @@ fn kd(c: &mut Criterion) {
 /// old one, backward, SGD), synced by reading the loss back.
 struct Step<B: Backend> {
     net: Net<B>,
-    ws: Workspace<B>,
-    grads: Grads<B>,
+    st: StepState<B>,
     sgd: Sgd<B>,
     xs: Vec<f32>,
     zt: Vec<f32>,
@@ -219,8 +218,7 @@ impl<B: Backend> Step<B> {
         let labels = (0..batch).map(|i| (i % 5) as u32).collect();
         Step {
             net,
-            ws: Workspace::new(),
-            grads: Grads::new(),
+            st: StepState::default(),
             sgd: Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }),
             xs: rand_vec(3, batch * 784),
             zt: rand_vec(4, batch * 5),
@@ -230,19 +228,14 @@ impl<B: Backend> Step<B> {
     }
 
     fn run(&mut self, b: &B) -> f32 {
-        self.grads.prepare(b, self.net.params());
-        let loss = {
-            let mut tape = Tape::new(b, &mut self.ws);
-            let x = tape.input(&[self.batch, 1, 28, 28], &self.xs);
-            let teacher = tape.input(&[self.batch, 5], &self.zt);
-            let out = self.net.forward(&mut tape, x, &[0, 1]);
-            tape.distill(out[0], teacher, 2.0, 1.0 / self.batch as f32);
-            tape.cross_entropy(out[1], &self.labels, 1.0 / self.batch as f32);
-            tape.backward(&mut self.grads);
-            tape.loss_value()
+        let loss = BatchLoss {
+            ce: vec![(1, self.labels.as_slice())],
+            kd: vec![(0, self.zt.as_slice(), 5)],
+            temperature: 2.0,
+            kd_weight: 1.0,
+            anchors: None,
         };
-        self.sgd.step(b, &mut self.net, &self.grads);
-        loss
+        sgd_step(b, &mut self.st, &mut self.net, &mut self.sgd, &self.xs, [self.batch, 1, 28, 28], &loss)
     }
 }
 

@@ -12,11 +12,12 @@
 //! the median step time. Threads come from the environment (RAYON_NUM_THREADS).
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use lwf_engine::autodiff::{Grads, Tape, Workspace};
+use lwf_engine::autodiff::Tape;
 use lwf_engine::backend::{Backend, SgdHyper};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
+use lwf_engine::step::{sgd_step, BatchLoss, StepState};
 use lwf_engine::CpuBackend;
 use std::hint::black_box;
 use std::time::Duration;
@@ -31,8 +32,7 @@ const HYPER: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }
 struct State {
     b: CpuBackend,
     net: Net<CpuBackend>,
-    ws: Workspace<CpuBackend>,
-    grads: Grads<CpuBackend>,
+    st: StepState<CpuBackend>,
     sgd: Sgd<CpuBackend>,
     x: Vec<f32>,
     labels: Vec<u32>,
@@ -51,28 +51,19 @@ impl State {
         let x = (0..BATCH * 784).map(|_| rng.normal()).collect();
         let labels = (0..BATCH).map(|_| rng.below(5) as u32).collect();
         let teacher = (0..BATCH * 5).map(|_| 2.0 * rng.normal()).collect();
-        State { b, net, ws: Workspace::new(), grads: Grads::new(), sgd: Sgd::new(HYPER), x, labels, teacher }
+        State { b, net, st: StepState::default(), sgd: Sgd::new(HYPER), x, labels, teacher }
     }
 
     /// One step; `distill` adds LwF's KD term on head 0 (CE is on the last head).
     fn step(&mut self, distill: bool) -> f32 {
-        let n = BATCH;
-        let heads: &[usize] = if distill { &[0, 1] } else { &[0] };
-        let loss = {
-            let mut tape = Tape::new(&self.b, &mut self.ws);
-            let x = tape.input(&[n, 1, 28, 28], &self.x);
-            let z = self.net.forward(&mut tape, x, heads);
-            tape.cross_entropy(*z.last().expect("a head"), &self.labels, 1.0 / n as f32);
-            if distill {
-                let zt = tape.input(&[n, 5], &self.teacher);
-                tape.distill(z[0], zt, 2.0, 1.0 / n as f32);
-            }
-            self.grads.prepare(&self.b, self.net.params());
-            tape.backward(&mut self.grads);
-            tape.loss_value()
+        let loss = BatchLoss {
+            ce: vec![(if distill { 1 } else { 0 }, self.labels.as_slice())],
+            kd: if distill { vec![(0, self.teacher.as_slice(), 5)] } else { vec![] },
+            temperature: 2.0,
+            kd_weight: 1.0,
+            anchors: None,
         };
-        self.sgd.step(&self.b, &mut self.net, &self.grads);
-        loss
+        sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, &self.x, [BATCH, 1, 28, 28], &loss)
     }
 
     /// Evaluation forward: logits of every head and their row argmax.
@@ -81,7 +72,7 @@ impl State {
         vals: &mut <CpuBackend as Backend>::Buf,
         idx: &mut <CpuBackend as Backend>::IdxBuf,
     ) -> u32 {
-        let mut tape = Tape::new(&self.b, &mut self.ws);
+        let mut tape = Tape::new(&self.b, &mut self.st.ws);
         let x = tape.input(&[BATCH, 1, 28, 28], &self.x);
         let f = self.net.features(&mut tape, x);
         let mut first = 0;

@@ -6,7 +6,8 @@
 //! - [`backend`]: the `Backend` trait (the op set) and its CPU and wgpu implementations
 //! - [`tensor`], [`param`]: tensors, parameters and the parameterised layers
 //! - [`autodiff`]: the define-by-run tape, its ops and loss terms
-//! - [`nn`], [`optim`]: the `Net` of a trunk plus heads, fused SGD
+//! - [`nn`], [`optim`], [`step`]: the `Net` of a trunk plus heads, fused SGD,
+//!   one training step
 //! - [`data`]: IDX/NPY readers, class splits, seeded batching
 //! - [`incremental`]: methods (lwf, finetune, …), protocols and the task loop
 //! - [`metrics`], [`checkpoint`]: reports and safetensors checkpoints
@@ -26,6 +27,7 @@ pub mod optim;
 pub mod param;
 pub mod results;
 pub mod rng;
+pub mod step;
 pub mod tensor;
 
 pub use backend::wgpu::WgpuBackend;

@@ -10,9 +10,7 @@ use crate::fsio::create_dir_all;
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::protocol::{ExperimentConfig, MethodRun};
 use crate::incremental::Method;
-use crate::metrics::{
-    self, AccMatrix, ClassifierCurve, EngineInfo, RunParts, RunResult, StatsRecord, TaskTiming,
-};
+use crate::metrics::{self, AccMatrix, ClassifierCurve, EngineInfo, RunParts, RunResult, StatsRecord};
 use std::path::{Path, PathBuf};
 
 /// The settings a run's JSON records under `config`: the hyper-parameters,
@@ -93,17 +91,7 @@ pub fn run_result(
         task_aware: AccMatrix::from_lower(&rows(&|a| a.task_aware.clone()))?,
         class_il_per_task: AccMatrix::from_lower(&rows(&|a| a.class_il_per_task.clone()))?,
         class_il_after_each_task: run.records.iter().map(|r| r.acc.class_il).collect(),
-        task_timings: run
-            .records
-            .iter()
-            .map(|r| TaskTiming {
-                train_seconds: r.report.train_seconds,
-                epoch_seconds: r.report.epoch_seconds.clone(),
-                train_images: r.report.images as u64,
-                eval_seconds: r.eval_seconds,
-                yo_record_seconds: (r.report.yo_record_seconds > 0.0).then_some(r.report.yo_record_seconds),
-            })
-            .collect(),
+        task_timings: run.records.iter().map(|r| r.report.timing.clone()).collect(),
         engine,
         versions,
     })?;
@@ -136,7 +124,8 @@ pub fn run_result(
                 }
             })
             .collect();
-        result.timings.class_stats_seconds = run.records.iter().map(|r| r.report.stats_seconds).collect();
+        result.timings.class_stats_seconds =
+            run.records.iter().map(|r| r.report.timing.stats_seconds).collect();
     }
     Ok(result)
 }

@@ -5,12 +5,13 @@
 mod common;
 
 use common::*;
-use lwf_engine::autodiff::{Grads, Tape, Workspace};
+use lwf_engine::autodiff::Tape;
 use lwf_engine::backend::cpu::naive;
 use lwf_engine::backend::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
+use lwf_engine::step::{sgd_step, BatchLoss, StepState};
 use proptest::prelude::*;
 
 // ---- (a) fast kernels vs naive references --------------------------------------------
@@ -380,8 +381,7 @@ const HYPER: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }
 struct Trainer {
     b: B,
     net: Net<B>,
-    ws: Workspace<B>,
-    grads: Grads<B>,
+    st: StepState<B>,
     sgd: Sgd<B>,
 }
 
@@ -393,35 +393,26 @@ impl Trainer {
         let mut net = Net::new(&b, small_arch(), &mut rng);
         net.add_head(&b, &mut rng, &[10, 11, 12]);
         net.add_head(&b, &mut rng, &[0, 1, 2, 3]);
-        Trainer { b, net, ws: Workspace::new(), grads: Grads::new(), sgd: Sgd::new(HYPER) }
+        Trainer { b, net, st: StepState::default(), sgd: Sgd::new(HYPER) }
     }
 
     /// One SGD step: CE on head 1 and, when `teacher` is given, LwF's
     /// distillation of head 0 (T = 2), on a fresh tape over the same
     /// workspace. Returns the loss.
     fn step(&mut self, x: &[f32], labels: &[u32], teacher: Option<&[f32]>) -> f32 {
-        let n = labels.len();
-        let loss = {
-            let mut tape = Tape::new(&self.b, &mut self.ws);
-            let xv = tape.input(&[n, 1, 8, 8], x);
-            let heads: &[usize] = if teacher.is_some() { &[0, 1] } else { &[1] };
-            let z = self.net.forward(&mut tape, xv, heads);
-            tape.cross_entropy(*z.last().unwrap(), labels, 1.0 / n as f32);
-            if let Some(t) = teacher {
-                let zt = tape.input(&[n, 3], t);
-                tape.distill(z[0], zt, 2.0, 1.0 / n as f32);
-            }
-            self.grads.prepare(&self.b, self.net.params());
-            tape.backward(&mut self.grads);
-            tape.loss_value()
+        let loss = BatchLoss {
+            ce: vec![(1, labels)],
+            kd: teacher.map(|t| (0, t, 3)).into_iter().collect(),
+            temperature: 2.0,
+            kd_weight: 1.0,
+            anchors: None,
         };
-        self.sgd.step(&self.b, &mut self.net, &self.grads);
-        loss
+        sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, x, [labels.len(), 1, 8, 8], &loss)
     }
 
     /// Logits of `head` for a batch (evaluation: no backward).
     fn logits(&mut self, x: &[f32], n: usize, head: usize) -> Vec<f32> {
-        let mut tape = Tape::new(&self.b, &mut self.ws);
+        let mut tape = Tape::new(&self.b, &mut self.st.ws);
         let xv = tape.input(&[n, 1, 8, 8], x);
         let z = self.net.forward(&mut tape, xv, &[head]);
         self.b.download(tape.value(z[0]))
@@ -506,12 +497,12 @@ fn steady_state_training_step_allocates_no_device_buffers() {
     let mut tr = Trainer::new(1);
     let (x, y, t) = batch(0, 16);
     tr.step(&x, &y, Some(&t));
-    let after_first = tr.ws.allocations;
+    let after_first = tr.st.ws.allocations;
     assert!(after_first > 0);
     for i in 1..6 {
         let (x, y, t) = batch(i, 16);
         tr.step(&x, &y, Some(&t));
-        assert_eq!(tr.ws.allocations, after_first, "step {} allocated new device buffers", i + 1);
+        assert_eq!(tr.st.ws.allocations, after_first, "step {} allocated new device buffers", i + 1);
     }
 }
 
@@ -526,8 +517,8 @@ fn frozen_trunk_gives_only_head_gradients() {
     tr.step(&x, &y, Some(&t));
     for p in tr.net.params() {
         let is_head = p.name.starts_with("heads.");
-        assert_eq!(tr.grads.get(p.id).is_some(), is_head, "{}: gradient presence", p.name);
-        if let Some(g) = tr.grads.get(p.id) {
+        assert_eq!(tr.st.grads.get(p.id).is_some(), is_head, "{}: gradient presence", p.name);
+        if let Some(g) = tr.st.grads.get(p.id) {
             assert!(tr.b.download(g).iter().any(|&v| v != 0.0), "{}: zero gradient", p.name);
         }
     }

@@ -292,8 +292,8 @@ fn fingerprint(run: &MethodRun) -> (String, u64, Vec<u64>) {
         bits.extend(
             a.task_aware.iter().chain(&a.class_il_per_task).chain([&a.class_il]).map(|x| x.to_bits()),
         );
-        bits.extend([rec.report.last_loss.to_bits() as u64, rec.report.images as u64]);
-        bits.push(rec.report.epoch_seconds.len() as u64);
+        bits.extend([rec.report.last_loss.to_bits() as u64, rec.report.timing.train_images]);
+        bits.push(rec.report.timing.epoch_seconds.len() as u64);
     }
     (run.method.name().to_string(), run.seed, bits)
 }

@@ -44,6 +44,7 @@ fn run(method: &str, seed: u64, n: usize) -> RunResult {
                 train_images: 10_000 + seed * 2_000,
                 eval_seconds: 0.5,
                 yo_record_seconds: (t > 0).then_some(0.2),
+                stats_seconds: 0.0,
             })
             .collect(),
         versions: engine.versions(),

@@ -13,12 +13,12 @@
 mod gpu;
 
 use gpu::{assert_close, check, check_both, close, gpu, gpu_tiled, rand_vec};
-use lwf_engine::autodiff::{Grads, Tape, Workspace};
 use lwf_engine::backend::wgpu::WgpuBackend;
 use lwf_engine::backend::{Backend, Conv2dParams, CpuBackend, Gemm, PoolParams, SgdHyper, IGNORE_LABEL};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
+use lwf_engine::step::{sgd_step, BatchLoss, StepState};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -539,25 +539,18 @@ fn train<B: Backend>(b: &B, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
     let xs = rand_vec(5, batch * 144, -1.0, 1.0);
     let zt = rand_vec(6, batch * 3, -3.0, 3.0);
     let labels: Vec<u32> = vec![0, 1, 1, IGNORE_LABEL, 0, 1];
-    let mut ws = Workspace::new();
-    let mut grads = Grads::new();
+    let mut st = StepState::default();
     let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
-    let mut losses = Vec::new();
-    for _ in 0..steps {
-        grads.prepare(b, net.params());
-        let loss = {
-            let mut tape = Tape::new(b, &mut ws);
-            let x = tape.input(&[batch, 1, 12, 12], &xs);
-            let teacher = tape.input(&[batch, 3], &zt);
-            let out = net.forward(&mut tape, x, &[0, 1]);
-            tape.distill(out[0], teacher, 2.0, 1.0 / batch as f32);
-            tape.cross_entropy(out[1], &labels, 1.0 / batch as f32);
-            tape.backward(&mut grads);
-            tape.loss_value()
-        };
-        losses.push(loss);
-        sgd.step(b, &mut net, &grads);
-    }
+    let loss = BatchLoss {
+        ce: vec![(1, labels.as_slice())],
+        kd: vec![(0, zt.as_slice(), 3)],
+        temperature: 2.0,
+        kd_weight: 1.0,
+        anchors: None,
+    };
+    let losses = (0..steps)
+        .map(|_| sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, 1, 12, 12], &loss))
+        .collect();
     let params = net.params().iter().map(|p| p.value.to_vec(b)).collect();
     (losses, params)
 }

@@ -103,12 +103,12 @@ fn bench_on<B: Backend>(
         backend: b.name(),
         threads: rayon::current_num_threads(),
         batch_size: hyper.batch_size,
-        plain_epoch_images_per_second: plain.images_per_second(),
-        lwf_phase_images_per_second: lwf.images_per_second(),
+        plain_epoch_images_per_second: plain.timing.images_per_second(),
+        lwf_phase_images_per_second: lwf.timing.images_per_second(),
         eval_images_per_second: data.test.len() as f64 / eval_seconds,
         peak_rss_mb: peak_rss_mb(),
-        plain_seconds: plain.train_seconds,
-        lwf_seconds: lwf.train_seconds,
+        plain_seconds: plain.timing.train_seconds,
+        lwf_seconds: lwf.timing.train_seconds,
         eval_seconds,
     })
 }

@@ -143,7 +143,7 @@ fn extend_on<B: Backend>(
         data: data.root.display().to_string(),
         epochs: req.hyper.epochs,
         seed: req.seed,
-        train_seconds: report.train_seconds,
+        train_seconds: report.timing.train_seconds,
         sdc_sigma: report.drift.as_ref().map(|d| d.sigma),
         sdc_sigma_chosen_by: report.drift.as_ref().map(|d| d.how.clone()),
     });
@@ -188,8 +188,8 @@ fn extend_on<B: Backend>(
         "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}]{cil}{stats_note} → {}",
         data::format_classes(&classes),
         b.name(),
-        report.train_seconds,
-        report.images_per_second(),
+        report.timing.train_seconds,
+        report.timing.images_per_second(),
         per.join(", "),
         req.out.display()
     ))

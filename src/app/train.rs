@@ -27,8 +27,8 @@ pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> R
     crate::fsio::check_output_file(&req.out)?;
     let data = data::load(&req.data)?;
     let classes = &req.classes;
-    data::check_classes_present(&data.train, &classes, &data.root.display().to_string())?;
-    on_backend!(choice, b => train_on(&b, &data, &classes, req, obs))
+    data::check_classes_present(&data.train, classes, &data.root.display().to_string())?;
+    on_backend!(choice, b => train_on(&b, &data, classes, req, obs))
 }
 
 fn train_on<B: Backend>(
@@ -60,7 +60,7 @@ fn train_on<B: Backend>(
         data: data.root.display().to_string(),
         epochs: req.hyper.epochs,
         seed: req.seed,
-        train_seconds: report.train_seconds,
+        train_seconds: report.timing.train_seconds,
         sdc_sigma: None,
         sdc_sigma_chosen_by: None,
     });
@@ -85,8 +85,8 @@ fn train_on<B: Backend>(
         "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
         data::format_classes(classes),
         b.name(),
-        report.train_seconds,
-        report.images_per_second(),
+        report.timing.train_seconds,
+        report.timing.images_per_second(),
         100.0 * acc.task_aware[0],
         stats.kind().name(),
         req.out.display()

@@ -120,7 +120,7 @@ pub fn evaluate<B: Backend>(
         // Per head: (row maxima, their positions).
         let mut best: Vec<(Vec<f32>, Vec<u32>)> = Vec::with_capacity(heads.len());
         {
-            let mut tape = Tape::new(&b, &mut tr.ws);
+            let mut tape = Tape::new(&b, &mut tr.st.ws);
             let x = tape.input(&[n, test.c, test.h, test.w], &xs);
             let f = net.features(&mut tape, x);
             for (lin, classes) in &heads {

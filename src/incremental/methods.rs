@@ -6,12 +6,13 @@
 //! and which loss terms exist, so each is a few lines here.
 
 use super::stats::{ClassStats, DriftReport, Sigma, StatsKind};
-use super::train::{Anchors, Example, LossPlan, PhaseStats, Teacher, Trainer};
+use super::train::{Anchors, Example, LossPlan, Teacher, Trainer};
 use super::{HeadMode, Hyper, Method, Observer};
 use crate::backend::Backend;
 use crate::data::split::TaskView;
 use crate::data::{Normalization, Split};
 use crate::error::Result;
+use crate::metrics::TaskTiming;
 use crate::nn::Net;
 use crate::rng::Rng;
 use std::time::Instant;
@@ -25,38 +26,14 @@ pub mod streams {
     pub const FISHER: u64 = 700;
 }
 
-/// Timings of one task's training, with the reference's definitions:
-/// `train_seconds` covers Y_o recording, warm-up and the main epochs (and
-/// EWC's Fisher estimate), evaluation excluded; `images` counts images through
-/// training steps, warm-up included.
+/// What learning one task did: where the time went and, when it ran, what
+/// drift compensation did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskReport {
-    pub train_seconds: f64,
-    /// Per epoch, warm-up epochs first.
-    pub epoch_seconds: Vec<f64>,
-    pub images: usize,
-    pub yo_record_seconds: f64,
+    pub timing: TaskTiming,
+    /// The loss of the last training step.
     pub last_loss: f32,
-    /// Class statistics of the task and drift compensation of the old ones
-    /// (outside `train_seconds`).
-    pub stats_seconds: f64,
-    /// What drift compensation did, when it ran.
     pub drift: Option<DriftReport>,
-}
-
-impl TaskReport {
-    pub fn images_per_second(&self) -> f64 {
-        if self.train_seconds > 0.0 {
-            self.images as f64 / self.train_seconds
-        } else {
-            0.0
-        }
-    }
-    fn add(&mut self, s: PhaseStats) {
-        self.epoch_seconds.extend(s.epoch_seconds);
-        self.images += s.images;
-        self.last_loss = s.last_loss;
-    }
 }
 
 /// What a method carries from task to task.
@@ -126,7 +103,7 @@ pub fn train_first_task<B: Backend>(
     let examples = examples_for(view, cx.split, h, &view.classes);
     let plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
-    let stats = tr.run_epochs(
+    let (stats, last_loss) = tr.run_epochs(
         net,
         cx.split,
         cx.norm,
@@ -139,8 +116,9 @@ pub fn train_first_task<B: Backend>(
         "task 1",
     )?;
     let mut report = TaskReport::default();
-    report.add(stats);
-    report.train_seconds = start.elapsed().as_secs_f64();
+    report.timing.add_phase(stats);
+    report.last_loss = last_loss;
+    report.timing.train_seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -181,9 +159,9 @@ pub fn learn_task<B: Backend>(
         (teachers, old_features) =
             tr.record_outputs(net, cx.split, cx.norm, &probe, heads, hyper.batch_size, compensate);
         if method == Method::Lwf {
-            report.yo_record_seconds = t0.elapsed().as_secs_f64();
+            report.timing.yo_record_seconds = Some(t0.elapsed().as_secs_f64());
         } else {
-            report.stats_seconds = t0.elapsed().as_secs_f64();
+            report.timing.stats_seconds = t0.elapsed().as_secs_f64();
         }
     }
 
@@ -237,7 +215,7 @@ pub fn learn_task<B: Backend>(
         let kd: &[Teacher] = if mode == HeadMode::Shared { &teachers } else { &[] };
         let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None };
         let warm = format!("{label} warm-up");
-        let s = tr.run_epochs(
+        let (s, last_loss) = tr.run_epochs(
             net,
             cx.split,
             cx.norm,
@@ -249,7 +227,8 @@ pub fn learn_task<B: Backend>(
             cx.obs,
             &warm,
         )?;
-        report.add(s);
+        report.timing.add_phase(s);
+        report.last_loss = last_loss;
     }
 
     // (4) The main phase.
@@ -271,7 +250,7 @@ pub fn learn_task<B: Backend>(
     }
     let kd: &[Teacher] = if method == Method::Lwf { &teachers } else { &[] };
     let plan = LossPlan { ce_heads, teachers: kd, anchors: anchors.as_ref() };
-    let s = tr.run_epochs(
+    let (s, last_loss) = tr.run_epochs(
         net,
         cx.split,
         cx.norm,
@@ -283,9 +262,10 @@ pub fn learn_task<B: Backend>(
         cx.obs,
         &label,
     )?;
-    report.add(s);
+    report.timing.add_phase(s);
+    report.last_loss = last_loss;
     net.set_trainable(true, 0, &all_heads);
-    report.train_seconds = start.elapsed().as_secs_f64() - report.stats_seconds;
+    report.timing.train_seconds = start.elapsed().as_secs_f64() - report.timing.stats_seconds;
 
     // The class statistics: the old classes' moved (or, by joint, recomputed
     // on the old images it keeps), the new classes' measured.
@@ -304,7 +284,7 @@ pub fn learn_task<B: Backend>(
             report.drift = stats.compensate(&old_features, &new_features, &labels, hyper.sdc_sigma);
         }
         stats.append(ClassStats::compute(&new_features, &labels, &new.classes, net.arch.hidden, kind));
-        report.stats_seconds += t0.elapsed().as_secs_f64();
+        report.timing.stats_seconds += t0.elapsed().as_secs_f64();
     }
     Ok(report)
 }

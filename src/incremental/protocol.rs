@@ -37,8 +37,8 @@ pub struct ExperimentConfig {
 #[derive(Clone, Debug)]
 pub struct TaskRecord {
     pub acc: Accuracies,
+    /// Its timing's `eval_seconds` is the evaluation's below.
     pub report: TaskReport,
-    pub eval_seconds: f64,
     /// How far the stored old-class means are from the truth (after tasks ≥ 2).
     pub drift_check: Option<DriftCheck>,
 }
@@ -125,7 +125,7 @@ pub fn run_experiment_with<B: Backend>(
         let mut report = train_first_task(&mut tr, &mut base, &views[0], &cx)?;
         let t0 = Instant::now();
         let base_stats = task_stats(&mut tr, &base, &views[0], &cx, cfg.hyper.class_stats);
-        report.stats_seconds = t0.elapsed().as_secs_f64();
+        report.timing.stats_seconds = t0.elapsed().as_secs_f64();
         let first =
             record(&mut tr, &base, &test, data, &cfg.tasks[..1], &cfg.hyper, report, Some(&base_stats));
         obs.note(&format!("[seed {seed}] task 1: accuracy {:.4}", first.acc.task_aware[0]));
@@ -154,8 +154,8 @@ pub fn run_experiment_with<B: Backend>(
                     rec.acc.class_il,
                     ncm,
                     ncm_task,
-                    rec.report.train_seconds,
-                    rec.report.images_per_second()
+                    rec.report.timing.train_seconds,
+                    rec.report.timing.images_per_second()
                 ));
                 records.push(rec);
             }
@@ -173,13 +173,14 @@ fn record<B: Backend>(
     data: &Dataset,
     seen: &[Vec<u32>],
     hyper: &Hyper,
-    report: TaskReport,
+    mut report: TaskReport,
     stats: Option<&ClassStats>,
 ) -> TaskRecord {
     let start = Instant::now();
     let kinds = ClassifierKind::available(stats);
     let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats, &kinds);
-    TaskRecord { acc, report, eval_seconds: start.elapsed().as_secs_f64(), drift_check: None }
+    report.timing.eval_seconds = start.elapsed().as_secs_f64();
+    TaskRecord { acc, report, drift_check: None }
 }
 
 /// Compare the stored old-class means with means recomputed on the old

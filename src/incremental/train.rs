@@ -1,20 +1,20 @@
-//! The training step and the epoch loop, generic over the backend.
-//!
-//! A step uploads one batch (images, labels, recorded teacher logits), records
-//! the forward pass and the loss terms on a fresh tape, walks it backward,
-//! reads the loss scalar back (the one sync) and applies the fused SGD update.
-//! Buffers are recycled through the `Trainer`'s workspace, so the steady state
-//! allocates nothing on the device.
+//! The epoch loop, generic over the backend: each step stages one batch
+//! (images, labels, recorded teacher logits) on the host and runs
+//! `step::sgd_step`. Buffers are recycled through the `Trainer`'s step state,
+//! so the steady state allocates nothing on the device.
 
 use super::session::{PhaseStart, Session};
 use super::{Hyper, Observer};
-use crate::autodiff::{Grads, Tape, Workspace};
+use crate::autodiff::Tape;
 use crate::backend::{Backend, IGNORE_LABEL};
 use crate::data::{Normalization, Split};
 use crate::error::{Error, Result};
+use crate::metrics::TaskTiming;
 use crate::nn::Net;
 use crate::optim::Sgd;
 use crate::rng::Rng;
+pub use crate::step::Anchors;
+use crate::step::{sgd_step, BatchLoss, StepState};
 use std::time::Instant;
 
 /// One training example: its index in the split, the head whose
@@ -34,14 +34,6 @@ pub struct Teacher {
     pub logits: Vec<f32>,
 }
 
-/// A quadratic pull of θs towards an anchor (l2; ewc with a Fisher weight).
-pub struct Anchors<B: Backend> {
-    /// One per trunk parameter, in `Net::trunk_params` order.
-    pub values: Vec<B::Buf>,
-    pub fisher: Option<Vec<B::Buf>>,
-    pub scale: f32,
-}
-
 /// What the loss of a phase is made of.
 pub struct LossPlan<'p, B: Backend> {
     /// Heads with a cross-entropy term (examples of other heads are ignored
@@ -51,25 +43,19 @@ pub struct LossPlan<'p, B: Backend> {
     pub anchors: Option<&'p Anchors<B>>,
 }
 
-/// How a phase went: wall time per epoch and images through training steps.
-#[derive(Clone, Debug, Default)]
-pub struct PhaseStats {
-    pub epoch_seconds: Vec<f64>,
-    pub images: usize,
-    pub last_loss: f32,
-}
-
 /// Long-lived state of a training session: the device, recycled buffers,
 /// parameter gradients and host staging vectors.
 pub struct Trainer<B: Backend> {
     pub b: B,
-    pub ws: Workspace<B>,
+    /// Recycled device buffers and parameter gradients.
+    pub st: StepState<B>,
     /// Saving and resuming training state (`train`/`extend` only).
     pub session: Option<Session>,
-    grads: Grads<B>,
     xs: Vec<f32>,
-    teacher_rows: Vec<f32>,
-    labels: Vec<u32>,
+    /// Host staging of a batch's teacher logits (one per teacher) and labels
+    /// (one per cross-entropy head).
+    teacher_rows: Vec<Vec<f32>>,
+    labels: Vec<Vec<u32>>,
     idx: Vec<usize>,
 }
 
@@ -77,9 +63,8 @@ impl<B: Backend> Trainer<B> {
     pub fn new(b: B) -> Self {
         Trainer {
             b,
-            ws: Workspace::new(),
+            st: StepState::default(),
             session: None,
-            grads: Grads::new(),
             xs: Vec::new(),
             teacher_rows: Vec::new(),
             labels: Vec::new(),
@@ -89,6 +74,8 @@ impl<B: Backend> Trainer<B> {
 
     /// Train `net` (with its `trainable` flags already set) for `epochs` over
     /// `examples`, shuffled by `rng` each epoch, last partial batch kept.
+    /// Returns the phase's epochs and images, and its last step's loss (NaN
+    /// when it ran none).
     #[allow(clippy::too_many_arguments)]
     pub fn run_epochs(
         &mut self,
@@ -102,8 +89,9 @@ impl<B: Backend> Trainer<B> {
         rng: &mut Rng,
         obs: &dyn Observer,
         label: &str,
-    ) -> Result<PhaseStats> {
-        let mut stats = PhaseStats::default();
+    ) -> Result<(TaskTiming, f32)> {
+        let mut stats = TaskTiming::default();
+        let mut last_loss = f32::NAN;
         let mut sgd = Sgd::new(hyper.sgd());
         let bs = hyper.batch_size;
         let steps = examples.len().div_ceil(bs);
@@ -111,7 +99,7 @@ impl<B: Backend> Trainer<B> {
             None => 0,
             Some(s) => match s.start_phase(&self.b, net, &mut sgd, rng)? {
                 PhaseStart::Fresh => 0,
-                PhaseStart::Skip => return Ok(stats),
+                PhaseStart::Skip => return Ok((stats, last_loss)),
                 PhaseStart::From(e) => e,
             },
         };
@@ -130,8 +118,8 @@ impl<B: Backend> Trainer<B> {
                         context: label.to_string(),
                     });
                 }
-                stats.images += batch.len();
-                stats.last_loss = loss;
+                stats.train_images += batch.len() as u64;
+                last_loss = loss;
                 obs.step(loss, batch.len());
                 if crate::interrupt::requested() {
                     obs.phase_done();
@@ -157,7 +145,7 @@ impl<B: Backend> Trainer<B> {
                 s.end_epoch(&self.b, net, &sgd, rng, epoch + 1)?;
             }
         }
-        Ok(stats)
+        Ok((stats, last_loss))
     }
 
     /// One SGD step on the examples at positions `batch`; returns the loss.
@@ -175,52 +163,39 @@ impl<B: Backend> Trainer<B> {
     ) -> f32 {
         let n = batch.len();
         self.stage_images(split, norm, examples, batch);
-        let mut heads: Vec<usize> =
-            plan.ce_heads.iter().copied().chain(plan.teachers.iter().map(|t| t.head)).collect();
-        heads.sort_unstable();
-        heads.dedup();
-
-        let loss = {
-            let mut tape = Tape::new(&self.b, &mut self.ws);
-            let x = tape.input(&[n, split.c, split.h, split.w], &self.xs);
-            let logits = net.forward(&mut tape, x, &heads);
-            for (&h, &z) in heads.iter().zip(&logits) {
-                if plan.ce_heads.contains(&h) {
-                    self.labels.clear();
-                    self.labels.extend(batch.iter().map(|&i| {
-                        let e = examples[i];
-                        if e.head == h {
-                            e.label
-                        } else {
-                            IGNORE_LABEL
-                        }
-                    }));
-                    tape.cross_entropy(z, &self.labels, 1.0 / n as f32);
+        self.labels.resize_with(plan.ce_heads.len(), Vec::new);
+        for (labels, &h) in self.labels.iter_mut().zip(&plan.ce_heads) {
+            labels.clear();
+            labels.extend(batch.iter().map(|&i| {
+                let e = examples[i];
+                if e.head == h {
+                    e.label
+                } else {
+                    IGNORE_LABEL
                 }
-                for t in plan.teachers.iter().filter(|t| t.head == h) {
-                    self.teacher_rows.clear();
-                    for &i in batch {
-                        self.teacher_rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
-                    }
-                    let zt = tape.input(&[n, t.cols], &self.teacher_rows);
-                    let t2 = if hyper.kd_t2 { hyper.temperature * hyper.temperature } else { 1.0 };
-                    tape.distill(z, zt, hyper.temperature, hyper.lambda_o * t2 / n as f32);
-                }
-            }
-            if let Some(a) = plan.anchors {
-                for (k, p) in net.trunk_params().into_iter().enumerate() {
-                    let fisher = a.fisher.as_ref().map(|f| &f[k]);
-                    tape.anchor_penalty(p, &a.values[k], fisher, a.scale);
-                }
-            }
-            self.grads.prepare(&self.b, net.params());
-            tape.backward(&mut self.grads);
-            tape.loss_value()
-        };
-        if loss.is_finite() {
-            sgd.step(&self.b, net, &self.grads);
+            }));
         }
-        loss
+        self.teacher_rows.resize_with(plan.teachers.len(), Vec::new);
+        for (rows, t) in self.teacher_rows.iter_mut().zip(plan.teachers) {
+            rows.clear();
+            for &i in batch {
+                rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
+            }
+        }
+        let t2 = if hyper.kd_t2 { hyper.temperature * hyper.temperature } else { 1.0 };
+        let loss = BatchLoss {
+            ce: plan.ce_heads.iter().copied().zip(self.labels.iter().map(Vec::as_slice)).collect(),
+            kd: plan
+                .teachers
+                .iter()
+                .zip(&self.teacher_rows)
+                .map(|(t, r)| (t.head, r.as_slice(), t.cols))
+                .collect(),
+            temperature: hyper.temperature,
+            kd_weight: hyper.lambda_o * t2,
+            anchors: plan.anchors,
+        };
+        sgd_step(&self.b, &mut self.st, net, sgd, &self.xs, [n, split.c, split.h, split.w], &loss)
     }
 
     /// Normalised images of the batch into the host staging vector.
@@ -273,7 +248,7 @@ impl<B: Backend> Trainer<B> {
         let positions: Vec<usize> = (0..examples.len()).collect();
         for batch in positions.chunks(batch_size) {
             self.stage_images(split, norm, examples, batch);
-            let mut tape = Tape::new(&self.b, &mut self.ws);
+            let mut tape = Tape::new(&self.b, &mut self.st.ws);
             let x = tape.input(&[batch.len(), split.c, split.h, split.w], &self.xs);
             let f = net.features(&mut tape, x);
             if want_features {
@@ -310,15 +285,15 @@ impl<B: Backend> Trainer<B> {
             self.stage_images(split, norm, examples, &[i]);
             let e = examples[i];
             {
-                let mut tape = Tape::new(&self.b, &mut self.ws);
+                let mut tape = Tape::new(&self.b, &mut self.st.ws);
                 let x = tape.input(&[1, split.c, split.h, split.w], &self.xs);
                 let z = net.forward(&mut tape, x, &[e.head]);
                 tape.cross_entropy(z[0], &[e.label], 1.0);
-                self.grads.prepare(&self.b, net.params());
-                tape.backward(&mut self.grads);
+                self.st.grads.prepare(&self.b, net.params());
+                tape.backward(&mut self.st.grads);
             }
             for (k, p) in net.trunk_params().into_iter().enumerate() {
-                if let Some(g) = self.grads.get(p.id) {
+                if let Some(g) = self.st.grads.get(p.id) {
                     self.b.add_squared(&mut fisher[k], weight, g);
                 }
             }

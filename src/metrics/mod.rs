@@ -196,7 +196,12 @@ pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
     Some((m, var.sqrt()))
 }
 
-/// What the task loop measured while training and evaluating one task.
+/// Where one task's time went: the one timing record, filled by the epoch
+/// loop (epochs, images), the task's method (train, Y_o and statistics
+/// seconds) and the protocol (evaluation), and stored in the JSON through
+/// [`Timings`]. The reference's definitions: `train_seconds` covers Y_o
+/// recording, warm-up and the main epochs (and EWC's Fisher estimate),
+/// evaluation and class statistics excluded.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskTiming {
     /// Wall seconds of the whole task's training, Y_o recording and warm-up included.
@@ -209,6 +214,26 @@ pub struct TaskTiming {
     pub eval_seconds: f64,
     /// Seconds spent recording the old model's responses (LwF only).
     pub yo_record_seconds: Option<f64>,
+    /// Class statistics of the task and drift compensation of the old ones
+    /// (outside `train_seconds`).
+    pub stats_seconds: f64,
+}
+
+impl TaskTiming {
+    /// Training images per second; 0 for a task that took no measurable time.
+    pub fn images_per_second(&self) -> f64 {
+        if self.train_seconds > 0.0 {
+            self.train_images as f64 / self.train_seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Add the epochs of one training phase (warm-up, main) of this task.
+    pub fn add_phase(&mut self, phase: TaskTiming) {
+        self.epoch_seconds.extend(phase.epoch_seconds);
+        self.train_images += phase.train_images;
+    }
 }
 
 /// Per-task timings as stored in the JSON (`timings`).
@@ -260,7 +285,7 @@ impl Timings {
         Ok(Timings {
             task_train_seconds: tasks.iter().map(|t| t.train_seconds).collect(),
             epoch_seconds: tasks.iter().map(|t| t.epoch_seconds.clone()).collect(),
-            train_images_per_second: tasks.iter().map(images_per_second).collect(),
+            train_images_per_second: tasks.iter().map(TaskTiming::images_per_second).collect(),
             train_images: tasks.iter().map(|t| t.train_images).collect(),
             eval_seconds: tasks.iter().map(|t| t.eval_seconds).collect(),
             yo_record_seconds: any_yo
@@ -277,14 +302,6 @@ impl Timings {
     /// Training throughput of the last task (the incremental step being compared).
     pub fn last_task_images_per_second(&self) -> Option<f64> {
         self.train_images_per_second.last().copied()
-    }
-}
-
-fn images_per_second(t: &TaskTiming) -> f64 {
-    if t.train_seconds > 0.0 {
-        t.train_images as f64 / t.train_seconds
-    } else {
-        0.0
     }
 }
 
@@ -558,6 +575,7 @@ pub(crate) mod tests {
                     train_images: 1000,
                     eval_seconds: 0.25,
                     yo_record_seconds: (t > 0).then_some(0.1),
+                    stats_seconds: 0.0,
                 })
                 .collect(),
             versions: engine.versions(),
