@@ -28,19 +28,19 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
+// Invocations per workgroup, the Rust `kernels::WG` (the host sizes
+// per-element grids by it); also sizes the common.wgsl helpers appended here.
 const WG: u32 = 256u;
 
-var<workgroup> red: array<f32, 256>;
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn anchor_penalty(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let wg = wid.y * nwg.x + wid.x;
+    let wg = flat_workgroup_id(wid, nwg);
     // No early return: every invocation takes part in the tree reduction.
-    let i = wg * WG + li;
+    let i = linear_id(wid, nwg, li);
     var sq = 0.0;
     if (i < p.n) {
         var f = 1.0;
@@ -51,15 +51,8 @@ fn anchor_penalty(
         sq = f * d * d;
         dw[i] = dw[i] + p.two_scale * f * d;
     }
-    red[li] = sq;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (li < s) {
-            red[li] = red[li] + red[li + s];
-        }
-        workgroupBarrier();
-    }
+    let total = wg_sum(sq, li);
     if (li == 0u && wg < p.groups) {
-        partials[wg] = red[0];
+        partials[wg] = total;
     }
 }

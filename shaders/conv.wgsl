@@ -31,18 +31,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Invocations per workgroup, the Rust `kernels::WG` (the host sizes
+// per-element grids by it); also sizes the common.wgsl helpers appended here.
 const WG: u32 = 256u;
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + li;
-}
 
 // ---- im2col: cols[z, (ci·KH + ki)·KW + kj, oy·OW + ox] = x[z, ci, iy, ix] ----
 
 @group(0) @binding(1) var<storage, read> ic_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> ic_cols: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn im2col(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -80,7 +78,7 @@ fn im2col(
 @group(0) @binding(1) var<storage, read> ci_dcols: array<f32>;
 @group(0) @binding(2) var<storage, read_write> ci_dx: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn col2im(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -20,17 +20,15 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Invocations per workgroup, the Rust `kernels::WG` (the host sizes
+// per-element grids by it); also sizes the common.wgsl helpers appended here.
 const WG: u32 = 256u;
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + li;
-}
 
 // ---- fill: y = alpha ----
 
 @group(0) @binding(1) var<storage, read_write> fill_y: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn fill(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -48,7 +46,7 @@ fn fill(
 @group(0) @binding(1) var<storage, read> rf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> rf_y: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn relu_fwd(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -70,7 +68,7 @@ fn relu_fwd(
 @group(0) @binding(2) var<storage, read> rb_dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> rb_dx: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn relu_bwd(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -91,7 +89,7 @@ fn relu_bwd(
 @group(0) @binding(1) var<storage, read> ba_b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> ba_y: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn bias_add(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -110,7 +108,7 @@ fn bias_add(
 @group(0) @binding(1) var<storage, read> ax_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> ax_y: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn axpy(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -127,7 +125,7 @@ fn axpy(
 
 @group(0) @binding(1) var<storage, read_write> sc_y: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn scale(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -145,7 +143,7 @@ fn scale(
 @group(0) @binding(1) var<storage, read> as_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> as_y: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn add_squared(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

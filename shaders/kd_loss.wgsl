@@ -31,36 +31,17 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dzs: array<f32>;
 @group(0) @binding(4) var<storage, read_write> rowloss: array<f32>;
 
+// Invocations per workgroup, the Rust `kernels::WG` (the host sizes
+// per-element grids by it); also sizes the common.wgsl helpers appended here.
 const WG: u32 = 256u;
 
-var<workgroup> red: array<vec4<f32>, 256>;
-
-// Component-wise tree reduction of four values at once: max (op 0) or sum (op 1).
-fn wg_reduce(v: vec4<f32>, li: u32, op: u32) -> vec4<f32> {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (li < s) {
-            if (op == 0u) {
-                red[li] = max(red[li], red[li + s]);
-            } else {
-                red[li] = red[li] + red[li + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    let t = red[0];
-    workgroupBarrier();
-    return t;
-}
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn kd_loss(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let r = wid.y * nwg.x + wid.x;
+    let r = flat_workgroup_id(wid, nwg);
     if (r >= p.rows) {
         return;
     }
@@ -75,7 +56,7 @@ fn kd_loss(
         ms = max(ms, zs[sb + i]);
         mt = max(mt, zt[tb + i]);
     }
-    let mx = wg_reduce(vec4<f32>(ms, mt, 0.0, 0.0), li, 0u);
+    let mx = wg_max4(vec4<f32>(ms, mt, 0.0, 0.0), li);
     let ms_t = mx.x * inv_t;
     let mt_t = mx.y * inv_t;
 
@@ -86,7 +67,7 @@ fn kd_loss(
         let et = exp(zt[tb + i] * inv_t - mt_t);
         acc = acc + vec4<f32>(exp(a), et, et * a, 0.0);
     }
-    let sums = wg_reduce(acc, li, 1u);
+    let sums = wg_sum4(acc, li);
     let iss = 1.0 / sums.x;
     let ist = 1.0 / sums.y;
 

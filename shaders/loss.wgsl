@@ -28,46 +28,18 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;
 @group(0) @binding(4) var<storage, read_write> rowloss: array<f32>;
 
+// Invocations per workgroup (one workgroup per row of logits: the host's
+// grid does not depend on it); also sizes the common.wgsl helpers appended.
 const WG: u32 = 128u;
 const IGNORE_LABEL: u32 = 0xffffffffu;
 
-var<workgroup> red: array<f32, 128>;
-
-fn wg_max(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (li < s) {
-            red[li] = max(red[li], red[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let m = red[0];
-    workgroupBarrier();
-    return m;
-}
-
-fn wg_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (li < s) {
-            red[li] = red[li] + red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let t = red[0];
-    workgroupBarrier();
-    return t;
-}
-
-@compute @workgroup_size(128)
+@compute @workgroup_size(WG)
 fn softmax_xent(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let r = wid.y * nwg.x + wid.x;
+    let r = flat_workgroup_id(wid, nwg);
     if (r >= p.rows) {
         return;
     }

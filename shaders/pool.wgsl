@@ -23,11 +23,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Invocations per workgroup, the Rust `kernels::WG` (the host sizes
+// per-element grids by it); also sizes the common.wgsl helpers appended here.
 const WG: u32 = 256u;
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + li;
-}
 
 // ---- maxpool_fwd ----
 
@@ -35,7 +33,7 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
 @group(0) @binding(2) var<storage, read_write> mf_y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mf_argmax: array<u32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn maxpool_fwd(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -75,7 +73,7 @@ fn maxpool_fwd(
 @group(0) @binding(2) var<storage, read> mb_argmax: array<u32>;
 @group(0) @binding(3) var<storage, read_write> mb_dx: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn maxpool_bwd(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -2,8 +2,8 @@
 // summing partial results into one accumulator (the loss scalar), and
 // adding the partial C blocks of a split-K gemm.
 //
-// Sums use a workgroup tree reduction; maxima start from real data (the
-// first element), never from a sentinel.
+// Sums use the workgroup tree reduction of common.wgsl; maxima start from
+// real data (the first element), never from a sentinel.
 //
 // Bindings (STYLE.md §8.3): 0 params, then read-only inputs, then outputs.
 
@@ -22,38 +22,22 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Invocations per workgroup, the Rust `kernels::WG` (the host sizes
+// per-element grids by it); also sizes the common.wgsl helpers appended here.
 const WG: u32 = 256u;
-
-var<workgroup> red: array<f32, 256>;
-
-// Sum of `v` over the workgroup, returned to every invocation. Call from
-// uniform control flow only.
-fn wg_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (li < s) {
-            red[li] = red[li] + red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
 
 // ---- bias_grad: db[c] += Σ_{r,i} dy[r, c, i], one workgroup per column ----
 
 @group(0) @binding(1) var<storage, read> bg_dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> bg_db: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn bias_grad(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let col = wid.y * nwg.x + wid.x;
+    let col = flat_workgroup_id(wid, nwg);
     if (col >= p.cols) {
         return;
     }
@@ -76,13 +60,13 @@ fn bias_grad(
 @group(0) @binding(2) var<storage, read_write> mr_vals: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mr_idx: array<u32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn max_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let r = (wid.y * nwg.x + wid.x) * WG + li;
+    let r = linear_id(wid, nwg, li);
     if (r >= p.rows) {
         return;
     }
@@ -105,7 +89,7 @@ fn max_rows(
 @group(0) @binding(1) var<storage, read> si_parts: array<f32>;
 @group(0) @binding(2) var<storage, read_write> si_out: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sum_into(@builtin(local_invocation_index) li: u32) {
     var s = 0.0;
     for (var j = li; j < p.n; j = j + WG) {
@@ -122,13 +106,13 @@ fn sum_into(@builtin(local_invocation_index) li: u32) {
 @group(0) @binding(1) var<storage, read> sk_parts: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sk_c: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn splitk_reduce(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + li;
+    let i = linear_id(wid, nwg, li);
     if (i >= p.n) {
         return;
     }

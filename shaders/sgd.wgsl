@@ -21,15 +21,17 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
 
+// Invocations per workgroup, the Rust `kernels::WG` (the host sizes
+// per-element grids by it); also sizes the common.wgsl helpers appended here.
 const WG: u32 = 256u;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sgd_step(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + li;
+    let i = linear_id(wid, nwg, li);
     if (i >= p.n) {
         return;
     }

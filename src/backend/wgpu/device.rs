@@ -22,7 +22,7 @@
 //! offset. So bind groups do not depend on the parameters and are cached by
 //! `(kernel, buffer ids)`; a dropped buffer evicts its bind groups.
 
-use super::kernels::{Kernel, FILES, WG};
+use super::kernels::{families, Kernel, WG};
 use crate::{Error, Result};
 use bytemuck::Pod;
 use std::borrow::Cow;
@@ -188,7 +188,7 @@ impl Ctx {
 
         let pipes = build_pipelines(&device)?;
         let align = (limits.min_uniform_buffer_offset_alignment as usize).max(16);
-        let biggest = Kernel::ALL.iter().map(|k| k.params_size() as usize).max().unwrap_or(16);
+        let biggest = Kernel::ALL.iter().map(|k| k.spec().params_size as usize).max().unwrap_or(16);
         let slot_stride = biggest.div_ceil(align) * align;
         let uniform = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("lwf uniforms"),
@@ -417,7 +417,7 @@ impl Ctx {
                 });
             }
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(kernel.entry()),
+                label: Some(kernel.spec().entry),
                 layout: &pipe.layout,
                 entries: &entries,
             })
@@ -496,26 +496,27 @@ impl Ctx {
     }
 }
 
-/// Compile every shader file and build one pipeline per entry point, each
-/// file inside error scopes so that a WGSL error names its file.
+/// Compile every shader family and build one pipeline per entry point, each
+/// family inside error scopes so that a WGSL error names its file.
 fn build_pipelines(device: &wgpu::Device) -> Result<Vec<Pipe>> {
     let mut pipes: Vec<Option<Pipe>> = Kernel::ALL.iter().map(|_| None).collect();
-    for (fi, (file, src)) in FILES.iter().enumerate() {
+    for (family, kernels) in families() {
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(file),
-            source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(src)),
+            label: Some(family.file),
+            source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(family.source)),
         });
-        for &k in Kernel::ALL.iter().filter(|k| k.file() == fi) {
-            let (ro, rw) = k.bindings();
+        for k in kernels {
+            let spec = k.spec();
+            let (ro, rw) = (spec.inputs, spec.outputs);
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: NonZeroU64::new(k.params_size()),
+                    min_binding_size: NonZeroU64::new(spec.params_size),
                 },
                 count: None,
             }];
@@ -532,29 +533,31 @@ fn build_pipelines(device: &wgpu::Device) -> Result<Vec<Pipe>> {
                 });
             }
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(k.entry()),
+                label: Some(spec.entry),
                 entries: &entries,
             });
             let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(k.entry()),
+                label: Some(spec.entry),
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(k.entry()),
+                label: Some(spec.entry),
                 layout: Some(&pl),
                 module: &module,
-                entry_point: Some(k.entry()),
+                entry_point: Some(spec.entry),
                 compilation_options: Default::default(),
                 cache: None,
             });
             pipes[k as usize] =
-                Some(Pipe { pipeline, layout, params_size: k.params_size(), bindings: (ro + rw) as usize });
+                Some(Pipe { pipeline, layout, params_size: spec.params_size, bindings: (ro + rw) as usize });
         }
         let v = pollster::block_on(validation.pop());
         let i = pollster::block_on(internal.pop());
         if let Some(e) = v.or(i) {
-            return Err(Error::Device(format!("shaders/{file}: {e}")));
+            // Past the file's last line, the error is in the appended helpers.
+            let with = if family.common { " (+ shaders/common.wgsl)" } else { "" };
+            return Err(Error::Device(format!("shaders/{}{with}: {e}", family.file)));
         }
     }
     Ok(pipes.into_iter().map(|p| p.expect("every kernel has a file")).collect())

@@ -2,161 +2,148 @@
 //! compiled into the binary), one compute pipeline per entry point, and the
 //! `#[repr(C)]` twins of each file's `struct Params` uniform.
 //!
+//! Everything the host needs to know about a kernel is one row of
+//! `kernel_table!` below: adding a kernel to an existing family is that row
+//! (and the WGSL entry point, and the dispatch that uses it). The unit tests
+//! compile every family with naga and check each row against its entry
+//! point, so a wrong row fails `cargo test --lib` rather than a GPU run.
+//!
 //! Binding convention (STYLE.md §8.3): `@binding(0)` is the uniform, then
 //! the read-only storage inputs in the order of the Rust signature, then the
-//! `read_write` outputs. [`Kernel::bindings`] states the two counts, from
-//! which the bind group layouts are built.
+//! `read_write` outputs. A row states the two counts, from which the bind
+//! group layouts are built.
 
 use bytemuck::{Pod, Zeroable};
 
-/// `(file name, source)` of every shader file.
-pub(super) const FILES: [(&str, &str); 9] = [
-    ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
-    ("conv.wgsl", include_str!("../../../shaders/conv.wgsl")),
-    ("pool.wgsl", include_str!("../../../shaders/pool.wgsl")),
-    ("elementwise.wgsl", include_str!("../../../shaders/elementwise.wgsl")),
-    ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl")),
-    ("loss.wgsl", include_str!("../../../shaders/loss.wgsl")),
-    ("kd_loss.wgsl", include_str!("../../../shaders/kd_loss.wgsl")),
-    ("sgd.wgsl", include_str!("../../../shaders/sgd.wgsl")),
-    ("anchor.wgsl", include_str!("../../../shaders/anchor.wgsl")),
-];
-
-/// Invocations per workgroup of every 1-D (elementwise-style) entry point.
+/// Invocations per workgroup of every 1-D (elementwise-style) entry point:
+/// the `const WG` of the families whose grids the host sizes per element.
 pub(super) const WG: u32 = 256;
 
-/// One compute pipeline each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Kernel {
-    Gemm64,
-    Gemm128,
-    GemmReg,
-    Im2col,
-    Col2im,
-    MaxpoolFwd,
-    MaxpoolBwd,
-    Fill,
-    ReluFwd,
-    ReluBwd,
-    BiasAdd,
-    Axpy,
-    Scale,
-    AddSquared,
-    BiasGrad,
-    MaxRows,
-    SumInto,
-    SplitkReduce,
-    SoftmaxXent,
-    KdLoss,
-    SgdStep,
-    AnchorPenalty,
+/// One shader family: a file of `shaders/`, compiled as one module.
+#[derive(Debug)]
+pub(super) struct Family {
+    /// File name under `shaders/`, for labels and error messages.
+    pub file: &'static str,
+    /// Whether shaders/common.wgsl (the shared helpers) is appended.
+    pub common: bool,
+    /// The WGSL compiled: the file, then common.wgsl when `common`.
+    pub source: &'static str,
 }
 
-impl Kernel {
-    pub(super) const ALL: [Kernel; 22] = [
-        Kernel::Gemm64,
-        Kernel::Gemm128,
-        Kernel::GemmReg,
-        Kernel::Im2col,
-        Kernel::Col2im,
-        Kernel::MaxpoolFwd,
-        Kernel::MaxpoolBwd,
-        Kernel::Fill,
-        Kernel::ReluFwd,
-        Kernel::ReluBwd,
-        Kernel::BiasAdd,
-        Kernel::Axpy,
-        Kernel::Scale,
-        Kernel::AddSquared,
-        Kernel::BiasGrad,
-        Kernel::MaxRows,
-        Kernel::SumInto,
-        Kernel::SplitkReduce,
-        Kernel::SoftmaxXent,
-        Kernel::KdLoss,
-        Kernel::SgdStep,
-        Kernel::AnchorPenalty,
-    ];
+/// A [`Family`] from a file name, with `+ common` to append
+/// shaders/common.wgsl. WGSL has no imports, so the sharing happens here, at
+/// compile time; appending (not prepending) keeps the line numbers of a naga
+/// error in the family's own file right.
+macro_rules! family {
+    ($file:literal) => {
+        Family { file: $file, common: false, source: include_str!(concat!("../../../shaders/", $file)) }
+    };
+    ($file:literal + common) => {
+        Family {
+            file: $file,
+            common: true,
+            source: concat!(
+                include_str!(concat!("../../../shaders/", $file)),
+                "\n",
+                include_str!("../../../shaders/common.wgsl")
+            ),
+        }
+    };
+}
 
-    /// Index into [`FILES`].
-    pub(super) fn file(self) -> usize {
-        use Kernel::*;
-        match self {
-            Gemm64 | Gemm128 | GemmReg => 0,
-            Im2col | Col2im => 1,
-            MaxpoolFwd | MaxpoolBwd => 2,
-            Fill | ReluFwd | ReluBwd | BiasAdd | Axpy | Scale | AddSquared => 3,
-            BiasGrad | MaxRows | SumInto | SplitkReduce => 4,
-            SoftmaxXent => 5,
-            KdLoss => 6,
-            SgdStep => 7,
-            AnchorPenalty => 8,
+const MATMUL: Family = family!("matmul.wgsl");
+const CONV: Family = family!("conv.wgsl" + common);
+const POOL: Family = family!("pool.wgsl" + common);
+const ELEMENTWISE: Family = family!("elementwise.wgsl" + common);
+const REDUCE: Family = family!("reduce.wgsl" + common);
+const LOSS: Family = family!("loss.wgsl" + common);
+const KD_LOSS: Family = family!("kd_loss.wgsl" + common);
+const SGD: Family = family!("sgd.wgsl" + common);
+const ANCHOR: Family = family!("anchor.wgsl" + common);
+
+/// What the host needs to build and feed one kernel's pipeline.
+#[derive(Debug)]
+pub(super) struct KernelSpec {
+    /// The shader module holding the entry point.
+    pub family: Family,
+    /// Entry point name in [`KernelSpec::family`] (also the pipeline label).
+    pub entry: &'static str,
+    /// Read-only storage bindings, `@binding(1)..=inputs`.
+    pub inputs: u32,
+    /// `read_write` storage bindings, right after the inputs.
+    pub outputs: u32,
+    /// Size in bytes of the family's `Params` uniform (its Rust twin below).
+    pub params_size: u64,
+}
+
+/// Generates [`Kernel`], [`Kernel::ALL`] and the table behind
+/// [`Kernel::spec`] from one list, so that a kernel cannot be added to the
+/// enum without its row, and the rows cannot drift out of the enum's order.
+macro_rules! kernel_table {
+    ($($kernel:ident: $family:ident, $entry:literal, $inputs:literal in, $outputs:literal out, $params:ty;)*) => {
+        /// One compute pipeline each.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub(super) enum Kernel {
+            $($kernel,)*
+        }
+
+        impl Kernel {
+            /// Every kernel, in declaration order: `ALL[k as usize] == k`.
+            pub(super) const ALL: &'static [Kernel] = &[$(Kernel::$kernel,)*];
+
+            /// This kernel's row of the table.
+            pub(super) fn spec(self) -> &'static KernelSpec {
+                const TABLE: &[KernelSpec] = &[$(KernelSpec {
+                    family: $family,
+                    entry: $entry,
+                    inputs: $inputs,
+                    outputs: $outputs,
+                    params_size: size_of::<$params>() as u64,
+                },)*];
+                &TABLE[self as usize]
+            }
+        }
+    };
+}
+
+kernel_table! {
+    // kernel       family        entry point        bindings        Params twin
+    Gemm64:         MATMUL,       "gemm_64",         2 in, 1 out,    GemmParams;
+    Gemm128:        MATMUL,       "gemm_128",        2 in, 1 out,    GemmParams;
+    GemmReg:        MATMUL,       "gemm_reg",        2 in, 1 out,    GemmParams;
+    Im2col:         CONV,         "im2col",          1 in, 1 out,    ConvUniform;
+    Col2im:         CONV,         "col2im",          1 in, 1 out,    ConvUniform;
+    MaxpoolFwd:     POOL,         "maxpool_fwd",     1 in, 2 out,    PoolUniform;
+    MaxpoolBwd:     POOL,         "maxpool_bwd",     2 in, 1 out,    PoolUniform;
+    Fill:           ELEMENTWISE,  "fill",            0 in, 1 out,    EwParams;
+    ReluFwd:        ELEMENTWISE,  "relu_fwd",        1 in, 1 out,    EwParams;
+    ReluBwd:        ELEMENTWISE,  "relu_bwd",        2 in, 1 out,    EwParams;
+    BiasAdd:        ELEMENTWISE,  "bias_add",        1 in, 1 out,    EwParams;
+    Axpy:           ELEMENTWISE,  "axpy",            1 in, 1 out,    EwParams;
+    Scale:          ELEMENTWISE,  "scale",           0 in, 1 out,    EwParams;
+    AddSquared:     ELEMENTWISE,  "add_squared",     1 in, 1 out,    EwParams;
+    BiasGrad:       REDUCE,       "bias_grad",       1 in, 1 out,    ReduceParams;
+    MaxRows:        REDUCE,       "max_rows",        1 in, 2 out,    ReduceParams;
+    SumInto:        REDUCE,       "sum_into",        1 in, 1 out,    ReduceParams;
+    SplitkReduce:   REDUCE,       "splitk_reduce",   1 in, 1 out,    ReduceParams;
+    SoftmaxXent:    LOSS,         "softmax_xent",    2 in, 2 out,    LossUniform;
+    KdLoss:         KD_LOSS,      "kd_loss",         2 in, 2 out,    KdUniform;
+    SgdStep:        SGD,          "sgd_step",        1 in, 2 out,    SgdParams;
+    AnchorPenalty:  ANCHOR,       "anchor_penalty",  3 in, 2 out,    AnchorParams;
+}
+
+/// The families in order of first use in the table, each with its kernels:
+/// the unit of shader compilation.
+pub(super) fn families() -> Vec<(&'static Family, Vec<Kernel>)> {
+    let mut out: Vec<(&'static Family, Vec<Kernel>)> = Vec::new();
+    for &k in Kernel::ALL {
+        let family = &k.spec().family;
+        match out.iter_mut().find(|(f, _)| f.file == family.file) {
+            Some((_, ks)) => ks.push(k),
+            None => out.push((family, vec![k])),
         }
     }
-
-    pub(super) fn entry(self) -> &'static str {
-        use Kernel::*;
-        match self {
-            Gemm64 => "gemm_64",
-            Gemm128 => "gemm_128",
-            GemmReg => "gemm_reg",
-            Im2col => "im2col",
-            Col2im => "col2im",
-            MaxpoolFwd => "maxpool_fwd",
-            MaxpoolBwd => "maxpool_bwd",
-            Fill => "fill",
-            ReluFwd => "relu_fwd",
-            ReluBwd => "relu_bwd",
-            BiasAdd => "bias_add",
-            Axpy => "axpy",
-            Scale => "scale",
-            AddSquared => "add_squared",
-            BiasGrad => "bias_grad",
-            MaxRows => "max_rows",
-            SumInto => "sum_into",
-            SplitkReduce => "splitk_reduce",
-            SoftmaxXent => "softmax_xent",
-            KdLoss => "kd_loss",
-            SgdStep => "sgd_step",
-            AnchorPenalty => "anchor_penalty",
-        }
-    }
-
-    /// `(read-only inputs, read_write outputs)` after the uniform.
-    pub(super) fn bindings(self) -> (u32, u32) {
-        use Kernel::*;
-        match self {
-            Gemm64 | Gemm128 | GemmReg => (2, 1),
-            Im2col | Col2im => (1, 1),
-            MaxpoolFwd => (1, 2),
-            MaxpoolBwd => (2, 1),
-            Fill | Scale => (0, 1),
-            ReluFwd | BiasAdd | Axpy | AddSquared => (1, 1),
-            ReluBwd => (2, 1),
-            BiasGrad | SumInto | SplitkReduce => (1, 1),
-            MaxRows => (1, 2),
-            SoftmaxXent | KdLoss => (2, 2),
-            SgdStep => (1, 2),
-            AnchorPenalty => (3, 2),
-        }
-    }
-
-    /// Size in bytes of the file's `Params` (its Rust twin below).
-    pub(super) fn params_size(self) -> u64 {
-        use Kernel::*;
-        let s = match self {
-            Gemm64 | Gemm128 | GemmReg => size_of::<GemmParams>(),
-            Im2col | Col2im => size_of::<ConvUniform>(),
-            MaxpoolFwd | MaxpoolBwd => size_of::<PoolUniform>(),
-            Fill | ReluFwd | ReluBwd | BiasAdd | Axpy | Scale | AddSquared => size_of::<EwParams>(),
-            BiasGrad | MaxRows | SumInto | SplitkReduce => size_of::<ReduceParams>(),
-            SoftmaxXent => size_of::<LossUniform>(),
-            KdLoss => size_of::<KdUniform>(),
-            SgdStep => size_of::<SgdParams>(),
-            AnchorPenalty => size_of::<AnchorParams>(),
-        };
-        s as u64
-    }
+    out
 }
 
 /// WGSL twin: `Params` in shaders/matmul.wgsl.
@@ -295,11 +282,38 @@ pub(super) struct AnchorParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+    use naga::{AddressSpace, StorageAccess};
+
+    /// Parse and validate a family as wgpu will (without a device), failing
+    /// with naga's report, which names the file.
+    fn compile(f: &Family) -> (naga::Module, ModuleInfo) {
+        let module = match naga::front::wgsl::parse_str(f.source) {
+            Ok(m) => m,
+            Err(e) => panic!("{}", e.emit_to_string_with_path(f.source, f.file)),
+        };
+        match Validator::new(ValidationFlags::all(), Capabilities::default()).validate(&module) {
+            Ok(info) => (module, info),
+            Err(e) => panic!("{}", e.emit_to_string_with_path(f.source, f.file)),
+        }
+    }
+
+    /// The kind of a binding, in the table's terms.
+    fn kind(space: AddressSpace) -> &'static str {
+        match space {
+            AddressSpace::Uniform => "uniform",
+            AddressSpace::Storage { access } if access == StorageAccess::LOAD => "read",
+            AddressSpace::Storage { access } if access == StorageAccess::LOAD | StorageAccess::STORE => {
+                "read_write"
+            }
+            other => panic!("unexpected binding space {other:?}"),
+        }
+    }
 
     #[test]
     fn params_are_padded_to_16_bytes() {
-        for k in Kernel::ALL {
-            assert_eq!(k.params_size() % 16, 0, "{k:?}");
+        for &k in Kernel::ALL {
+            assert_eq!(k.spec().params_size % 16, 0, "{k:?}");
         }
         assert_eq!(size_of::<GemmParams>(), 80);
         assert_eq!(size_of::<ConvUniform>(), 64);
@@ -313,10 +327,77 @@ mod tests {
     }
 
     #[test]
-    fn every_entry_point_is_in_its_file() {
-        for k in Kernel::ALL {
-            let src = FILES[k.file()].1;
-            assert!(src.contains(&format!("fn {}(", k.entry())), "{k:?} not in {}", FILES[k.file()].0);
+    fn every_shader_file_is_a_family() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("shaders/")
+            .map(|e| e.expect("shaders/ entry").file_name().into_string().expect("UTF-8 name"))
+            .filter(|n| n.ends_with(".wgsl") && n != "common.wgsl")
+            .collect();
+        files.sort();
+        let mut families: Vec<&str> = families().iter().map(|(f, _)| f.file).collect();
+        families.sort();
+        assert_eq!(files, families);
+    }
+
+    /// Each row against the naga IR of its entry point: the entry exists,
+    /// the bindings it uses are exactly the uniform, `inputs` read-only and
+    /// `outputs` read_write storage buffers in that order, and the uniform
+    /// has the size of the row's Rust twin. The layouts built from the rows
+    /// would otherwise fail only at pipeline creation, on a GPU.
+    #[test]
+    fn rows_match_their_entry_points() {
+        for (family, kernels) in families() {
+            let (module, info) = compile(family);
+            for k in kernels {
+                let spec = k.spec();
+                let at = format!("{k:?} ({} in {})", spec.entry, family.file);
+                let (index, ep) = module
+                    .entry_points
+                    .iter()
+                    .enumerate()
+                    .find(|(_, ep)| ep.name == spec.entry)
+                    .unwrap_or_else(|| panic!("{at}: no such entry point"));
+                assert_eq!(ep.stage, naga::ShaderStage::Compute, "{at}");
+                let uses = info.get_entry_point(index);
+                let mut got = Vec::new();
+                for (handle, var) in module.global_variables.iter() {
+                    let Some(binding) = &var.binding else { continue };
+                    if uses[handle].is_empty() {
+                        continue;
+                    }
+                    assert_eq!(binding.group, 0, "{at}");
+                    got.push((binding.binding, kind(var.space)));
+                    if var.space == AddressSpace::Uniform {
+                        let size = module.types[var.ty].inner.size(module.to_ctx());
+                        assert_eq!(u64::from(size), spec.params_size, "{at}: Params size");
+                    }
+                }
+                got.sort();
+                let (ro, rw) = (spec.inputs, spec.outputs);
+                let want: Vec<(u32, &str)> = std::iter::once((0, "uniform"))
+                    .chain((1..=ro).map(|b| (b, "read")))
+                    .chain((ro + 1..=ro + rw).map(|b| (b, "read_write")))
+                    .collect();
+                assert_eq!(got, want, "{at}: bindings");
+            }
+        }
+    }
+
+    /// The host sizes 1-D grids by [`WG`]; every 1-D entry point but
+    /// softmax_xent (one workgroup per row, whatever its width) must match.
+    #[test]
+    fn one_dimensional_entry_points_use_wg() {
+        for (family, kernels) in families() {
+            let (module, _) = compile(family);
+            for k in kernels {
+                let ep =
+                    module.entry_points.iter().find(|ep| ep.name == k.spec().entry).expect("entry point");
+                let [_, y, z] = ep.workgroup_size;
+                if y == 1 && z == 1 && k != Kernel::SoftmaxXent {
+                    assert_eq!(ep.workgroup_size, [WG, 1, 1], "{k:?}");
+                }
+            }
         }
     }
 }
