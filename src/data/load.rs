@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::file::{read_decoded, Checksums};
+use super::folder::{self, FolderOptions};
 use super::{idx, npy, Dataset, Normalization, Pixels, Split};
 use crate::{Error, Result};
 
@@ -55,15 +56,28 @@ pub fn resolve(spec: &str) -> PathBuf {
 }
 
 /// Load a data set from a directory or the name `fashion-mnist` (see [`resolve`]).
-/// Checks checksums, shapes, counts and labels against `classes.txt`.
+/// Checks checksums, shapes, counts and labels against `classes.txt`. A
+/// directory without IDX/NPY files but with sub-folders is read as an image
+/// folder with default options (see [`load_with`]).
 pub fn load(spec: &str) -> Result<Dataset> {
+    load_with(spec, &FolderOptions::default())
+}
+
+/// [`load`], reading an image folder with `opts` (IDX/NPY data ignores
+/// them). What the image loader chose and did is one line on stderr.
+pub fn load_with(spec: &str, opts: &FolderOptions) -> Result<Dataset> {
     let root = resolve(spec);
     if !root.is_dir() {
         let msg = format!(
-            "no such data directory; expected a directory with {} or the name {FASHION_MNIST}",
+            "no such data directory; expected a directory with {}, an image folder, or the name {FASHION_MNIST}",
             wanted()
         );
         return Err(Error::format(&root, msg));
+    }
+    if !has_data_files(&root) && folder::is_image_folder(&root) {
+        let (data, summary) = folder::load_folder(&root, opts)?;
+        eprintln!("images: {summary}");
+        return Ok(data);
     }
     let files = find_files(&root)?;
     let sums = Checksums::read_dir(&root)?;
@@ -96,7 +110,7 @@ pub fn load_images(path: &Path) -> Result<Split> {
 }
 
 /// Name the data set, count the classes and pick the normalisation.
-fn assemble(root: PathBuf, train: Split, test: Split, names: Option<Vec<String>>) -> Dataset {
+pub(super) fn assemble(root: PathBuf, train: Split, test: Split, names: Option<Vec<String>>) -> Dataset {
     let max_label = train.labels.iter().chain(&test.labels).max().map_or(0, |&m| m as usize + 1);
     let num_classes = max_label.max(names.as_ref().map_or(0, Vec::len));
     let class_names = names.unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect());
@@ -122,6 +136,11 @@ fn wanted() -> String {
     format!("IDX files {} or NPY files {}", idx.join(", "), NPY_NAMES.join(", "))
 }
 
+/// Whether any IDX or NPY data file is in `dir`: those win over sub-folders.
+fn has_data_files(dir: &Path) -> bool {
+    IDX_NAMES.iter().any(|n| find_idx(dir, n).is_some()) || NPY_NAMES.iter().any(|n| dir.join(n).is_file())
+}
+
 /// Pick IDX if any IDX file is present, else NPY; all four must exist.
 fn find_files(dir: &Path) -> Result<Files> {
     let idx: Vec<Option<PathBuf>> = IDX_NAMES.iter().map(|n| find_idx(dir, n)).collect();
@@ -132,7 +151,8 @@ fn find_files(dir: &Path) -> Result<Files> {
     } else if npy.iter().any(Option::is_some) {
         (Format::Npy, npy, NPY_NAMES, "")
     } else {
-        return Err(Error::format(dir, format!("no data files found; looked for {}", wanted())));
+        let msg = format!("no data files found; looked for {}, or class sub-folders of images", wanted());
+        return Err(Error::format(dir, msg));
     };
     let missing: Vec<String> =
         found.iter().zip(names).filter(|(p, _)| p.is_none()).map(|(_, n)| format!("{n}{suffix}")).collect();

@@ -1,5 +1,5 @@
-//! Data: IDX/NPY readers, the in-memory data set, class splits into tasks and
-//! seeded batching.
+//! Data: IDX/NPY readers, image folders ([`folder`]), the in-memory data
+//! set, class splits into tasks and seeded batching.
 //!
 //! Images stay in their file's element type ([`Pixels`]): 60,000 Fashion-MNIST
 //! images are 47 MB as bytes but 188 MB as f32. They are scaled and normalised
@@ -7,6 +7,7 @@
 //! a training step.
 
 pub mod file;
+pub mod folder;
 pub mod idx;
 mod load;
 pub mod npy;
@@ -15,7 +16,8 @@ pub mod split;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-pub use load::{load, load_images, resolve, FASHION_MNIST};
+pub use folder::{load_folder, FolderOptions, FolderSummary};
+pub use load::{load, load_images, load_with, resolve, FASHION_MNIST};
 pub use split::{
     check_classes_present, epoch_order, format_classes, joint_split, local_label, parse_classes, parse_tasks,
     protocol_tasks, task_view, to_local, Batches, ClassList, Protocol, TaskList, TaskView,
