@@ -27,6 +27,7 @@ pub mod results;
 pub mod rng;
 pub mod tensor;
 
+pub use backend::cpu::simd::SimdPath;
 pub use backend::wgpu::WgpuBackend;
 pub use backend::{Backend, CpuBackend};
 pub use error::{Error, Result};
