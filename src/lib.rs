@@ -30,6 +30,7 @@ pub mod rng;
 pub mod step;
 pub mod tensor;
 
+pub use backend::cpu::simd::SimdPath;
 pub use backend::wgpu::WgpuBackend;
 pub use backend::{Backend, CpuBackend};
 pub use error::{Error, Result};

@@ -144,7 +144,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// u32 storage (labels, maxpool argmax, row argmax).
     type IdxBuf: Send + Sync;
 
-    /// Human-readable device name (e.g. "cpu (2 threads)" or the GPU adapter).
+    /// Human-readable device name (e.g. "cpu (2 threads, avx2)" or the GPU adapter).
     fn name(&self) -> String;
 
     // ---- memory ---------------------------------------------------------

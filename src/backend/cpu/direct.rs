@@ -3,13 +3,19 @@
 //! im2col its gemm has a reduction of only 9, so the gemm kernel spends its
 //! time loading and storing C; here each output row is built from the nine
 //! shifted rows of the zero-padded input, 8 outputs at a time in one AVX2
-//! register. The loops are written with `std::arch` intrinsics: the
-//! compiler's auto-vectoriser left them scalar. On a CPU without AVX2 + FMA
-//! such layers stay on im2col.
+//! register, or (AVX-512) 16 at a time for `ROWS512` rows at once. The loops
+//! are written with `std::arch` intrinsics: the compiler's auto-vectoriser
+//! left them scalar. On the portable path such layers stay on im2col.
+//!
+//! Each output is `bias + Σ_c Σ_ij w·x` as one FMA chain in the same order on
+//! both paths, so the AVX2 and AVX-512 forward passes give the same bits.
+//! Backward-weight runs the AVX2 kernel on both (it is a small share of a
+//! step; a 16-lane version would sum in another order).
 //!
 //! Forward and backward-weight only: the first layer's input needs no
 //! gradient, and any other layer takes the im2col path for backward-data.
 
+use super::simd::{self, SimdPath};
 use super::{add_partials, batch_partials, Conv2dParams};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -25,19 +31,89 @@ const K: usize = 3;
 /// Most input channels handled here (RGB).
 const MAX_CHANNELS: usize = 3;
 
-/// Whether the direct path computes this convolution (on this CPU).
+/// Output rows per AVX-512 forward call: each row is two 16-lane FMA chains
+/// per 32 outputs, so four rows keep eight chains in flight (two FMA pipes ×
+/// four cycles of latency), where one row would wait on its two.
+const ROWS512: usize = 4;
+
+/// Whether the direct path computes this convolution (on the active SIMD path).
 pub fn applies(p: &Conv2dParams) -> bool {
-    p.sh == 1 && p.sw == 1 && p.kh == K && p.kw == K && p.c <= MAX_CHANNELS && simd::available()
+    shape_fits(p) && simd::active() != SimdPath::Portable
 }
 
-/// The two inner kernels, 8 lanes per register.
+fn shape_fits(p: &Conv2dParams) -> bool {
+    p.sh == 1 && p.sw == 1 && p.kh == K && p.kw == K && p.c <= MAX_CHANNELS
+}
+
+/// Output rows computed together on `path`.
+fn rows_per_call(path: SimdPath) -> usize {
+    if path == SimdPath::Avx512 {
+        ROWS512
+    } else {
+        1
+    }
+}
+
+/// Asserts what every kernel call below relies on: a vector path this CPU has.
+fn check_path(path: SimdPath) {
+    assert!(
+        path != SimdPath::Portable && path.supported(),
+        "direct convolution on unsupported SIMD path {path}"
+    );
+}
+
+/// The inner kernels: AVX2 (8 lanes) and AVX-512 (16 lanes).
 #[cfg(target_arch = "x86_64")]
-mod simd {
+mod avx {
     use super::{GROUP, K, LANES};
     use std::arch::x86_64::*;
 
-    pub fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    /// Output rows `oy..oy + R` of plane k, as [`row_fwd`] computes each,
+    /// 16 lanes per register: row `r` into `out[r·span..]` (`span` = the
+    /// whole groups of chunks of a row, a multiple of 32).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F (+ FMA).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rows_fwd512<const R: usize>(
+        oy: usize,
+        padded: &[f32],
+        plane: usize,
+        row: usize,
+        w: &[f32],
+        bias: f32,
+        out: &mut [f32],
+        span: usize,
+    ) {
+        const V: usize = 2;
+        const SPAN: usize = V * 16;
+        assert!(span.is_multiple_of(SPAN) && out.len() >= R * span && span + K - 1 <= row);
+        for g in 0..span / SPAN {
+            let mut acc = [[_mm512_set1_ps(bias); V]; R];
+            for (c, wc) in w.chunks_exact(K * K).enumerate() {
+                for i in 0..K {
+                    for j in 0..K {
+                        let wv = _mm512_set1_ps(wc[i * K + j]);
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let x = &padded[c * plane + (oy + r + i) * row + g * SPAN..][..SPAN + K - 1];
+                            for (q, a) in acc_r.iter_mut().enumerate() {
+                                // SAFETY: x holds SPAN + 2 floats, q·16 + j + 16 ≤ SPAN + 2.
+                                let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(q * 16 + j)) };
+                                *a = _mm512_fmadd_ps(wv, xv, *a);
+                            }
+                        }
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let o = &mut out[r * span + g * SPAN..][..SPAN];
+                for (q, &a) in acc_r.iter().enumerate() {
+                    // SAFETY: `o` is SPAN floats, so 16 are writable at q·16.
+                    unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(q * 16), a) };
+                }
+            }
+        }
     }
 
     /// One output row `oy` of plane k: `out[ox] = bias + Σ_c Σ_ij w[c][i][j] ·
@@ -121,11 +197,21 @@ mod simd {
     }
 }
 
-/// Elsewhere the direct path never applies (`available` is false).
+/// Elsewhere the direct path never applies (only the portable path exists).
 #[cfg(not(target_arch = "x86_64"))]
-mod simd {
-    pub fn available() -> bool {
-        false
+mod avx {
+    #[allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
+    pub unsafe fn rows_fwd512<const R: usize>(
+        _: usize,
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: &[f32],
+        _: f32,
+        _: &mut [f32],
+        _: usize,
+    ) {
+        unreachable!("the direct convolution needs AVX-512")
     }
     #[allow(clippy::missing_safety_doc)]
     pub unsafe fn row_fwd(_: usize, _: &[f32], _: usize, _: usize, _: &[f32], _: f32, _: &mut [f32]) {
@@ -197,17 +283,60 @@ fn each_image<O: Send>(
     });
 }
 
+/// Output rows `oy..oy + n` (n ≤ [`rows_per_call`]) of one output channel
+/// (kernel `wk`, bias `b`) into `rows`, row r at `r·span`.
+#[allow(clippy::too_many_arguments)]
+fn out_rows(
+    path: SimdPath,
+    oy: usize,
+    n: usize,
+    padded: &[f32],
+    g: Padded,
+    wk: &[f32],
+    b: f32,
+    rows: &mut [f32],
+) {
+    let (span, plane) = (g.chunks * LANES, g.plane());
+    match path {
+        // SAFETY: `check_path` (in every caller) asserted the CPU has AVX-512.
+        SimdPath::Avx512 => unsafe {
+            match n {
+                4 => avx::rows_fwd512::<4>(oy, padded, plane, g.row, wk, b, rows, span),
+                3 => avx::rows_fwd512::<3>(oy, padded, plane, g.row, wk, b, rows, span),
+                2 => avx::rows_fwd512::<2>(oy, padded, plane, g.row, wk, b, rows, span),
+                _ => avx::rows_fwd512::<1>(oy, padded, plane, g.row, wk, b, rows, span),
+            }
+        },
+        _ => {
+            for r in 0..n {
+                // SAFETY: `check_path` (in every caller) asserted AVX2 + FMA.
+                unsafe { avx::row_fwd(oy + r, padded, plane, g.row, wk, b, &mut rows[r * span..][..span]) };
+            }
+        }
+    }
+}
+
 /// `y = conv(x, w) (+ bias)`, overwriting `y`; images in parallel.
 pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
+    fwd_on(simd::active(), y, x, w, bias, p)
+}
+
+fn fwd_on(path: SimdPath, y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
+    check_path(path);
+    assert!(shape_fits(p), "direct::fwd: {p:?}");
     let (oh, ow, patch) = (p.oh(), p.ow(), p.patch());
     let y_len = p.oc * oh * ow;
-    each_image(y[..p.n * y_len].par_chunks_mut(y_len), x, p, 1, |y_img, padded, row, g| {
+    let per_call = rows_per_call(path);
+    each_image(y[..p.n * y_len].par_chunks_mut(y_len), x, p, per_call, |y_img, padded, rows, g| {
+        let span = g.chunks * LANES;
         for (k, y_k) in y_img.chunks_exact_mut(oh * ow).enumerate() {
             let (b, wk) = (bias.map_or(0.0, |b| b[k]), &w[k * patch..(k + 1) * patch]);
-            for (oy, y_row) in y_k.chunks_exact_mut(ow).enumerate() {
-                // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
-                unsafe { simd::row_fwd(oy, padded, g.plane(), g.row, wk, b, row) };
-                y_row.copy_from_slice(&row[..ow]);
+            for oy in (0..oh).step_by(per_call) {
+                let n = per_call.min(oh - oy);
+                out_rows(path, oy, n, padded, g, wk, b, rows);
+                for (r, y_row) in y_k[oy * ow..(oy + n) * ow].chunks_exact_mut(ow).enumerate() {
+                    y_row.copy_from_slice(&rows[r * span..][..ow]);
+                }
             }
         }
     });
@@ -219,31 +348,49 @@ pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2d
 /// convolution's output is never written out; rows and columns past the last
 /// whole window are not computed.
 pub fn fwd_pool(y: &mut [f32], am: &mut [u32], x: &[f32], w: &[f32], bias: &[f32], p: &Conv2dParams) {
+    fwd_pool_on(simd::active(), y, am, x, w, bias, p)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fwd_pool_on(
+    path: SimdPath,
+    y: &mut [f32],
+    am: &mut [u32],
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    p: &Conv2dParams,
+) {
+    check_path(path);
+    assert!(shape_fits(p), "direct::fwd_pool: {p:?}");
     let (ow, patch) = (p.ow(), p.patch());
     let (ph, pw) = (p.oh() / 2, ow / 2);
     let y_len = p.oc * ph * pw;
+    // Pooled rows per kernel call: two output rows each.
+    let per_call = rows_per_call(path).div_ceil(2);
     let outs = y[..p.n * y_len].par_chunks_mut(y_len).zip(am[..p.n * y_len].par_chunks_mut(y_len));
-    each_image(outs, x, p, 2, |(y_img, a_img), padded, rows, g| {
-        let (r0, r1) = rows.split_at_mut(rows.len() / 2);
+    each_image(outs, x, p, 2 * per_call, |(y_img, a_img), padded, rows, g| {
+        let span = g.chunks * LANES;
         for (k, (y_k, a_k)) in
             y_img.chunks_exact_mut(ph * pw).zip(a_img.chunks_exact_mut(ph * pw)).enumerate()
         {
             let wk = &w[k * patch..(k + 1) * patch];
-            for py in 0..ph {
-                // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
-                unsafe {
-                    simd::row_fwd(2 * py, padded, g.plane(), g.row, wk, bias[k], r0);
-                    simd::row_fwd(2 * py + 1, padded, g.plane(), g.row, wk, bias[k], r1);
+            for py0 in (0..ph).step_by(per_call) {
+                let n = per_call.min(ph - py0);
+                out_rows(path, 2 * py0, 2 * n, padded, g, wk, bias[k], rows);
+                for (i, pair) in rows[..2 * n * span].chunks_exact(2 * span).enumerate() {
+                    let (r0, r1) = pair.split_at(span);
+                    let py = py0 + i;
+                    let at = py * pw..(py + 1) * pw;
+                    with_simd!(path; super::pool_rows(
+                        &mut y_k[at.clone()],
+                        &mut a_k[at.clone()],
+                        r0,
+                        r1,
+                        ow,
+                        2 * py * ow
+                    ));
                 }
-                let at = py * pw..(py + 1) * pw;
-                with_simd!(super::pool_rows(
-                    &mut y_k[at.clone()],
-                    &mut a_k[at.clone()],
-                    r0,
-                    r1,
-                    ow,
-                    2 * py * ow
-                ));
             }
         }
     });
@@ -251,6 +398,8 @@ pub fn fwd_pool(y: &mut [f32], am: &mut [u32], x: &[f32], w: &[f32], bias: &[f32
 
 /// `dw += ∂L/∂w`, per thread chunk of images (`batch_partials`).
 pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, partials: &Mutex<Vec<Vec<f32>>>) {
+    check_path(simd::active());
+    assert!(shape_fits(p), "direct::bwd_weight: {p:?}");
     let g = Padded::new(p);
     let (oh, ow) = (p.oh(), p.ow());
     let (x_len, y_len, patch) = (p.c * p.h * p.w, p.oc * oh * ow, p.patch());
@@ -267,12 +416,121 @@ pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, parti
                 for (k, dy_k) in dy_img.chunks_exact(oh * ow).enumerate() {
                     for (c, x_c) in padded.chunks_exact(g.plane()).enumerate() {
                         let dw_kc = &mut part[(k * p.c + c) * K * K..][..K * K];
-                        // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
-                        unsafe { simd::plane_bwd_weight(dw_kc, dy_k, ow, x_c, g.row, dy_row) };
+                        // SAFETY: `check_path` asserted a vector path this CPU
+                        // has, and both include AVX2 + FMA.
+                        unsafe { avx::plane_bwd_weight(dw_kc, dy_k, ow, x_c, g.row, dy_row) };
                     }
                 }
             }
         })
     });
     add_partials(&mut dw[..p.oc * patch], &parts);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::naive;
+    use crate::rng::Rng;
+
+    fn random(rng: &mut Rng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+    }
+
+    /// Forward with bias and fused forward + pooling on one path.
+    fn run(
+        path: SimdPath,
+        p: &Conv2dParams,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+        let mut y = vec![f32::NAN; p.y_len()];
+        fwd_on(path, &mut y, x, w, Some(bias), p);
+        let len = p.n * p.oc * (p.oh() / 2) * (p.ow() / 2);
+        let (mut pooled, mut argmax) = (vec![f32::NAN; len], vec![0u32; len]);
+        fwd_pool_on(path, &mut pooled, &mut argmax, x, w, bias, p);
+        (y, pooled, argmax)
+    }
+
+    /// The cnn-s first layer, odd sizes (row counts off ROWS512, widths off
+    /// the 32-float groups), 1–3 channels, pad 0 and 1.
+    fn shapes() -> Vec<Conv2dParams> {
+        [(2, 1, 28, 28, 32, 1), (1, 3, 9, 37, 5, 1), (3, 2, 7, 5, 4, 0), (1, 1, 11, 13, 3, 1)]
+            .into_iter()
+            .map(|(n, c, h, w, oc, pad)| Conv2dParams {
+                n,
+                c,
+                h,
+                w,
+                oc,
+                kh: 3,
+                kw: 3,
+                sh: 1,
+                sw: 1,
+                ph: pad,
+                pw: pad,
+            })
+            .collect()
+    }
+
+    /// Each vector path against the portable result (the naive
+    /// convolution: the portable path runs such layers through im2col),
+    /// within rounding (FMA chains against f64-free plain sums).
+    #[test]
+    fn vector_paths_match_portable() {
+        let mut rng = Rng::new(21);
+        for p in shapes() {
+            let (x, w, bias) =
+                (random(&mut rng, p.x_len()), random(&mut rng, p.w_len()), random(&mut rng, p.oc));
+            let mut want = naive::conv2d(&x, &w, &p);
+            let plane = p.oh() * p.ow();
+            want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[(i / plane) % p.oc]);
+            for path in [SimdPath::Avx2, SimdPath::Avx512] {
+                if !path.supported() {
+                    eprintln!("direct {p:?}: {path} not supported by this CPU, not run");
+                    continue;
+                }
+                eprintln!("direct {}×{}×{}×{}→{}: {path} against portable (naive)", p.n, p.c, p.h, p.w, p.oc);
+                let (y, pooled, argmax) = run(path, &p, &x, &w, &bias);
+                for (i, (&g, &v)) in y.iter().zip(&want).enumerate() {
+                    assert!((g - v).abs() <= 1e-5 * (1.0 + v.abs()), "{path} at {i}: {g} vs {v}");
+                }
+                // Pooling picks from the path's own outputs, so it is exact.
+                let (ph, pw, ow) = (p.oh() / 2, p.ow() / 2, p.ow());
+                for (i, (&v, &a)) in pooled.iter().zip(&argmax).enumerate() {
+                    let (img_k, py, px) = (i / (ph * pw), (i / pw) % ph, i % pw);
+                    let (ay, ax) = (a as usize / ow, a as usize % ow);
+                    assert!(ay / 2 == py && ax / 2 == px, "{path}: argmax {a} outside window {i}");
+                    assert_eq!(v.to_bits(), y[img_k * plane + a as usize].to_bits(), "{path}: pooled {i}");
+                }
+            }
+        }
+    }
+
+    /// AVX-512 against AVX2, bitwise (each output is the same FMA chain).
+    /// Without AVX-512 this says so and checks AVX2 against itself
+    /// (determinism) instead.
+    #[test]
+    fn avx512_is_bitwise_avx2() {
+        let (path, reference) = if SimdPath::Avx512.supported() {
+            eprintln!("direct: AVX-512 forward against the AVX2 forward, bitwise");
+            (SimdPath::Avx512, SimdPath::Avx2)
+        } else if SimdPath::Avx2.supported() {
+            eprintln!("direct: NO AVX-512 on this CPU; checking AVX2 against itself (determinism) instead");
+            (SimdPath::Avx2, SimdPath::Avx2)
+        } else {
+            eprintln!("direct: neither AVX-512 nor AVX2 on this CPU; nothing to compare");
+            return;
+        };
+        let mut rng = Rng::new(22);
+        for p in shapes() {
+            let (x, w, bias) =
+                (random(&mut rng, p.x_len()), random(&mut rng, p.w_len()), random(&mut rng, p.oc));
+            let (got, want) = (run(path, &p, &x, &w, &bias), run(reference, &p, &x, &w, &bias));
+            let same = got.0.iter().zip(&want.0).all(|(a, b)| a.to_bits() == b.to_bits())
+                && got.1.iter().zip(&want.1).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && got.2 == want.2, "{path} vs {reference} differ on {p:?}");
+        }
+    }
 }

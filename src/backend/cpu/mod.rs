@@ -17,46 +17,17 @@
 //! dispatch to one file per job: [`gemm`], [`im2col`], [`winograd`],
 //! [`direct`], [`pool`], [`rows`]), the elementwise ops too small to need a
 //! file of their own, and the helpers the convolution paths share: the
-//! `with_simd!` macro and the deterministic per-thread weight-gradient
+//! deterministic per-thread weight-gradient
 //! partials.
 
 use super::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// Runs `$body` compiled for AVX2 + FMA when the CPU has them, otherwise for
-/// the baseline target (x86-64 means SSE2 only). The body's loops must be
-/// `#[inline(always)]` functions or inline code to be vectorised 8 wide: a
-/// called function that is not inlined keeps its baseline code. That holds
-/// for the closure around the body too: without `#[inline(always)]` LLVM
-/// outlines a large one (it did once the Winograd output transform grew a
-/// pooling branch), and the whole body silently ran as SSE2.
-macro_rules! with_simd {
-    ($body:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the features `avx2` was compiled for were just detected.
-                unsafe {
-                    avx2(
-                        #[inline(always)]
-                        || $body,
-                    )
-                }
-            } else {
-                $body
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $body
-        }
-    }};
-}
+// The SIMD path choice and `with_simd!` (first: the macro is used below).
+#[macro_use]
+pub mod simd;
+pub mod probe;
 
 mod direct;
 mod gemm;
@@ -188,7 +159,7 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         let only = if self.im2col_only { ", im2col only" } else { "" };
-        format!("cpu ({} threads{only})", rayon::current_num_threads())
+        format!("cpu ({} threads, {}{only})", rayon::current_num_threads(), simd::active())
     }
 
     fn zeros(&self, len: usize) -> CpuBuf {

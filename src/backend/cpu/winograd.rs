@@ -20,6 +20,7 @@
 //! and halve, so rounding stays at the level of the direct convolution
 //! (tests/engine.rs compares against the naive f64 reference).
 
+use super::simd::{self, SimdPath};
 use super::{batch_partials, gemm_slices, microgemm, Conv2dParams, Gemm};
 use rayon::iter::Either;
 use rayon::prelude::*;
@@ -446,9 +447,18 @@ fn grad_transform(dm: &mut [f32], place: Place, dy_img: &[f32], channels: usize,
 
 /// A "same" 3×3 convolution of `input` (`n` images of `ic × h × w`) with the
 /// transformed kernels `u` (`[ξ][oc][ic]`) into `out` (`n` images, as its
-/// variant says).
+/// variant says), on SIMD path `path` (every block on the same one).
 #[allow(clippy::too_many_arguments)]
-fn convolve(out: Out<'_>, input: &[f32], u: &[f32], n: usize, ic: usize, oc: usize, t: Tiling) {
+fn convolve(
+    path: SimdPath,
+    out: Out<'_>,
+    input: &[f32],
+    u: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+    t: Tiling,
+) {
     let per_img = t.slots();
     let nb = block_images(t);
     let in_len = ic * t.h * t.w;
@@ -472,24 +482,18 @@ fn convolve(out: Out<'_>, input: &[f32], u: &[f32], n: usize, ic: usize, oc: usi
             let (mut v, mut m) = (std::mem::take(&mut s.v), std::mem::take(&mut s.m));
             let (vs, ms) = (plane_stride(ic, tiles), plane_stride(oc, tiles));
             let (vb, mb) = (grow(&mut v, XI * vs), grow(&mut m, XI * ms));
-            with_simd!(for (i, x_img) in in_b.chunks_exact(in_len).enumerate() {
+            with_simd!(path; for (i, x_img) in in_b.chunks_exact(in_len).enumerate() {
                 input_transform(vb, Place { stride: vs, slots: tiles, slot0: i * per_img }, x_img, ic, t, s);
             });
-            let unpacked = microgemm::available();
             for xi in 0..XI {
                 let (c, a, b) = (
                     &mut mb[xi * ms..][..oc * tiles],
                     &u[xi * oc * ic..][..oc * ic],
                     &vb[xi * vs..][..ic * tiles],
                 );
-                if unpacked {
-                    // SAFETY: `available` checked AVX2 and FMA.
-                    unsafe { microgemm::gemm(c, a, b, oc, tiles, ic) }
-                } else {
-                    gemm_slices(c, a, b, Gemm::nn(oc, tiles, ic));
-                }
+                microgemm::gemm(path, c, a, b, oc, tiles, ic);
             }
-            with_simd!(for i in 0..imgs {
+            with_simd!(path; for i in 0..imgs {
                 let place = Place { stride: ms, slots: tiles, slot0: i * per_img };
                 output_transform(dest.image(i, len), mb, place, oc, t, s);
             });
@@ -500,31 +504,35 @@ fn convolve(out: Out<'_>, input: &[f32], u: &[f32], n: usize, ic: usize, oc: usi
 
 /// `y = conv(x, w) (+ bias)`, overwriting `y`.
 pub fn fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) {
-    forward(Out::Set(y, bias), x, w, p)
+    forward(simd::active(), Out::Set(y, bias), x, w, p)
 }
 
 /// `y = maxpool₂ₓ₂(conv(x, w) + bias)` with the argmax of each window (an
 /// index into the convolution's output plane, as `maxpool2d_fwd` gives it).
 pub fn fwd_pool(y: &mut [f32], am: &mut [u32], x: &[f32], w: &[f32], bias: &[f32], p: &Conv2dParams) {
-    forward(Out::Pool(y, am, bias), x, w, p)
+    forward(simd::active(), Out::Pool(y, am, bias), x, w, p)
 }
 
-fn forward(out: Out<'_>, x: &[f32], w: &[f32], p: &Conv2dParams) {
+fn forward(path: SimdPath, out: Out<'_>, x: &[f32], w: &[f32], p: &Conv2dParams) {
     KERNELS.with(|u| {
         let mut u = u.borrow_mut();
         let u = grow(&mut u, XI * p.oc * p.c);
         transform_kernels(u, w, p.oc, p.c, false);
-        convolve(out, x, u, p.n, p.c, p.oc, Tiling::new(p.h, p.w));
+        convolve(path, out, x, u, p.n, p.c, p.oc, Tiling::new(p.h, p.w));
     })
 }
 
 /// `dx += conv(dy, rot180(w)ᵀ)`.
 pub fn bwd_data(dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
+    bwd_data_on(simd::active(), dx, dy, w, p)
+}
+
+fn bwd_data_on(path: SimdPath, dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
     KERNELS.with(|u| {
         let mut u = u.borrow_mut();
         let u = grow(&mut u, XI * p.oc * p.c);
         transform_kernels(u, w, p.oc, p.c, true);
-        convolve(Out::Add(dx), dy, u, p.n, p.oc, p.c, Tiling::new(p.h, p.w));
+        convolve(path, Out::Add(dx), dy, u, p.n, p.oc, p.c, Tiling::new(p.h, p.w));
     })
 }
 
@@ -532,6 +540,17 @@ pub fn bwd_data(dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
 /// thread chunk of images (`batch_partials`), summed in chunk order, then
 /// transformed back.
 pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, partials: &Mutex<Vec<Vec<f32>>>) {
+    bwd_weight_on(simd::active(), dw, x, dy, p, partials)
+}
+
+fn bwd_weight_on(
+    path: SimdPath,
+    dw: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    p: &Conv2dParams,
+    partials: &Mutex<Vec<Vec<f32>>>,
+) {
     let (ic, oc, t) = (p.c, p.oc, Tiling::new(p.h, p.w));
     let per_img = t.slots();
     let nb = block_images(t);
@@ -548,7 +567,7 @@ pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, parti
                 let (vs, ms) = (plane_stride(ic, tiles), plane_stride(oc, tiles));
                 let (vb, mb) = (grow(&mut v, XI * vs), grow(&mut m, XI * ms));
                 let (xs, dys) = (&x[start * x_len..][..imgs * x_len], &dy[start * y_len..][..imgs * y_len]);
-                with_simd!(for (i, (x_img, dy_img)) in
+                with_simd!(path; for (i, (x_img, dy_img)) in
                     xs.chunks_exact(x_len).zip(dys.chunks_exact(y_len)).enumerate()
                 {
                     input_transform(
@@ -594,6 +613,124 @@ pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, parti
             for (d, gv) in dw[(k * ic + c) * 9..][..9].iter_mut().zip(g) {
                 *d += gv;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::naive;
+    use crate::rng::Rng;
+
+    fn random(rng: &mut Rng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+    }
+
+    fn params(n: usize, c: usize, h: usize, w: usize, oc: usize) -> Conv2dParams {
+        Conv2dParams { n, c, h, w, oc, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 }
+    }
+
+    /// Everything the Winograd path computes, on one SIMD path: forward
+    /// (with bias), fused forward + pooling, backward-data, backward-weight.
+    struct Outputs {
+        y: Vec<f32>,
+        pooled: Vec<f32>,
+        argmax: Vec<u32>,
+        dx: Vec<f32>,
+        dw: Vec<f32>,
+    }
+
+    fn run(path: SimdPath, p: &Conv2dParams, x: &[f32], w: &[f32], bias: &[f32], dy: &[f32]) -> Outputs {
+        let mut y = vec![0.0; p.y_len()];
+        forward(path, Out::Set(&mut y, Some(bias)), x, w, p);
+        let pooled_len = p.n * p.oc * (p.h / 2) * (p.w / 2);
+        let (mut pooled, mut argmax) = (vec![0.0; pooled_len], vec![0u32; pooled_len]);
+        forward(path, Out::Pool(&mut pooled, &mut argmax, bias), x, w, p);
+        let mut dx = vec![0.5; p.x_len()];
+        bwd_data_on(path, &mut dx, dy, w, p);
+        let mut dw = vec![0.25; p.w_len()];
+        bwd_weight_on(path, &mut dw, x, dy, p, &Mutex::new(Vec::new()));
+        Outputs { y, pooled, argmax, dx, dw }
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what} at {i}: {g} vs {w}");
+        }
+    }
+
+    fn bitwise(what: &str, got: &[f32], want: &[f32]) {
+        let same = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(same, "{what}: not bitwise equal");
+    }
+
+    /// Odd and even planes, a cnn-s-like layer, channel counts off the
+    /// micro-gemm's block sizes.
+    const SHAPES: [(usize, usize, usize, usize, usize); 4] =
+        [(2, 32, 14, 14, 64), (3, 5, 7, 9, 7), (1, 4, 6, 5, 13), (4, 16, 8, 8, 33)];
+
+    /// Each vector path against the portable one: the transforms are the
+    /// same adds and subtracts on every path, and backward-weight's gemm is
+    /// the same sgemm, so dw is bitwise; forward and backward-data go through
+    /// the micro-gemm (FMA) instead of the packing sgemm, so they agree
+    /// within rounding. The portable path is also checked against the naive
+    /// convolution, so all three are anchored.
+    #[test]
+    fn vector_paths_match_portable() {
+        let mut rng = Rng::new(11);
+        for (n, c, h, w, oc) in SHAPES {
+            let p = params(n, c, h, w, oc);
+            let (x, wt, bias) =
+                (random(&mut rng, p.x_len()), random(&mut rng, p.w_len()), random(&mut rng, oc));
+            let dy = random(&mut rng, p.y_len());
+            let base = run(SimdPath::Portable, &p, &x, &wt, &bias, &dy);
+            let mut want = naive::conv2d(&x, &wt, &p);
+            let plane = p.h * p.w;
+            want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[(i / plane) % oc]);
+            close("portable fwd vs naive", &base.y, &want, 1e-4);
+            for path in [SimdPath::Avx2, SimdPath::Avx512] {
+                if !path.supported() {
+                    eprintln!("winograd {p:?}: {path} not supported by this CPU, not run");
+                    continue;
+                }
+                eprintln!("winograd {n}×{c}×{h}×{w}→{oc}: {path} against portable");
+                let got = run(path, &p, &x, &wt, &bias, &dy);
+                close(&format!("{path} fwd"), &got.y, &base.y, 1e-5);
+                close(&format!("{path} pooled"), &got.pooled, &base.pooled, 1e-5);
+                close(&format!("{path} dx"), &got.dx, &base.dx, 1e-5);
+                bitwise(&format!("{path} dw"), &got.dw, &base.dw);
+            }
+        }
+    }
+
+    /// AVX-512 against AVX2, bitwise: the same transforms and a micro-gemm
+    /// that sums in the same order. Without AVX-512 this says so and checks
+    /// that the AVX2 path is deterministic instead.
+    #[test]
+    fn avx512_is_bitwise_avx2() {
+        let (path, reference) = if SimdPath::Avx512.supported() {
+            eprintln!("winograd: AVX-512 path against the AVX2 path, bitwise");
+            (SimdPath::Avx512, SimdPath::Avx2)
+        } else if SimdPath::Avx2.supported() {
+            eprintln!("winograd: NO AVX-512 on this CPU; checking AVX2 against itself (determinism) instead");
+            (SimdPath::Avx2, SimdPath::Avx2)
+        } else {
+            eprintln!("winograd: neither AVX-512 nor AVX2 on this CPU; nothing to compare");
+            return;
+        };
+        let mut rng = Rng::new(12);
+        for (n, c, h, w, oc) in SHAPES {
+            let p = params(n, c, h, w, oc);
+            let (x, wt, bias) =
+                (random(&mut rng, p.x_len()), random(&mut rng, p.w_len()), random(&mut rng, oc));
+            let dy = random(&mut rng, p.y_len());
+            let (got, want) = (run(path, &p, &x, &wt, &bias, &dy), run(reference, &p, &x, &wt, &bias, &dy));
+            bitwise("fwd", &got.y, &want.y);
+            bitwise("pooled", &got.pooled, &want.pooled);
+            assert_eq!(got.argmax, want.argmax, "argmax");
+            bitwise("dx", &got.dx, &want.dx);
+            bitwise("dw", &got.dw, &want.dw);
         }
     }
 }
