@@ -4,7 +4,7 @@
 // loss scalar. f = fisher[i] when `has_fisher` is 1, else 1 (the host then
 // binds w again in the fisher slot: it is never read).
 //
-// Bindings (STYLE.md §8.3): 0 params, 1 w, 2 anchor, 3 fisher (read),
+// Bindings (DESIGN.md, Conventions): 0 params, 1 w, 2 anchor, 3 fisher (read),
 // 4 dw, 5 partials (read_write).
 
 // Rust twin: `AnchorParams` in src/backend/wgpu/kernels.rs (32 bytes).

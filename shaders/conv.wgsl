@@ -5,7 +5,7 @@
 // Columns are laid out per image as (C·KH·KW, OH·OW), images of one chunk
 // back to back. The host cuts the batch into chunks that fit the scratch.
 //
-// Bindings (STYLE.md §8.3): 0 params, 1 input (read), 2 output (read_write).
+// Bindings (DESIGN.md, Conventions): 0 params, 1 input (read), 2 output (read_write).
 
 // Rust twin: `ConvUniform` in src/backend/wgpu/kernels.rs (64 bytes).
 struct Params {

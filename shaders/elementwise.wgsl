@@ -2,7 +2,7 @@
 // workgroups are folded into a 2-D grid: every entry point rebuilds the linear
 // id from (workgroup_id, num_workgroups) and bounds-checks it.
 //
-// Bindings (STYLE.md §8.3): 0 params, then read-only inputs in the order of
+// Bindings (DESIGN.md, Conventions): 0 params, then read-only inputs in the order of
 // the Rust signature, then the read_write outputs.
 
 // Rust twin: `EwParams` in src/backend/wgpu/kernels.rs (32 bytes).

@@ -10,7 +10,7 @@
 // workgroup tree reduction (accumulate, as the Backend trait says).
 // Every exponent is ≤ 0, so logits of ±1e4 at T = 1 stay finite.
 //
-// Bindings (STYLE.md §8.3): 0 params, 1 zs, 2 zt (read), 3 dzs, 4 rowloss
+// Bindings (DESIGN.md, Conventions): 0 params, 1 zs, 2 zt (read), 3 dzs, 4 rowloss
 // (read_write). zs and dzs have row stride `ld ≥ cols`, zt has stride cols.
 
 // Rust twin: `KdUniform` in src/backend/wgpu/kernels.rs (32 bytes).

@@ -7,7 +7,7 @@
 // Rows labelled IGNORE_LABEL (u32::MAX) contribute nothing; any other label
 // ≥ CO makes the row's loss NaN (a loud failure instead of a silent one).
 //
-// Bindings (STYLE.md §8.3): 0 params, 1 logits, 2 labels (read),
+// Bindings (DESIGN.md, Conventions): 0 params, 1 logits, 2 labels (read),
 // 3 dlogits, 4 rowloss (read_write).
 
 // Rust twin: `LossUniform` in src/backend/wgpu/kernels.rs (32 bytes).

@@ -14,7 +14,7 @@
 // × 4×4 outputs straight from global memory), is used on software adapters
 // (lavapipe), where workgroup memory and barriers cost more than they save.
 //
-// Bindings (STYLE.md §8.3): 0 params, 1 A, 2 B (read), 3 C (read_write).
+// Bindings (DESIGN.md, Conventions): 0 params, 1 A, 2 B (read), 3 C (read_write).
 
 // Rust twin: `GemmParams` in src/backend/wgpu/kernels.rs (80 bytes).
 struct Params {

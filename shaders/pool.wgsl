@@ -6,7 +6,7 @@
 // output cells whose windows cover it and summing the dy of those that chose
 // it; dx += that sum.
 //
-// Bindings (STYLE.md §8.3): 0 params, then read-only inputs, then outputs.
+// Bindings (DESIGN.md, Conventions): 0 params, then read-only inputs, then outputs.
 
 // Rust twin: `PoolUniform` in src/backend/wgpu/kernels.rs (32 bytes).
 struct Params {

@@ -5,7 +5,7 @@
 // Sums use the workgroup tree reduction of common.wgsl; maxima start from
 // real data (the first element), never from a sentinel.
 //
-// Bindings (STYLE.md §8.3): 0 params, then read-only inputs, then outputs.
+// Bindings (DESIGN.md, Conventions): 0 params, then read-only inputs, then outputs.
 
 // Rust twin: `ReduceParams` in src/backend/wgpu/kernels.rs (32 bytes).
 struct Params {

@@ -2,7 +2,7 @@
 // (dampening 0, no Nesterov): g' = g + wd·w; v = μ·v + g'; w -= lr·v.
 // One invocation per parameter; 2-D grid folding as in elementwise.wgsl.
 //
-// Bindings (STYLE.md §8.3): 0 params, 1 g (read), 2 w, 3 v (read_write).
+// Bindings (DESIGN.md, Conventions): 0 params, 1 g (read), 2 w, 3 v (read_write).
 
 // Rust twin: `SgdParams` in src/backend/wgpu/kernels.rs (32 bytes).
 struct Params {

@@ -1,6 +1,6 @@
 //! Gradient checks: every op recorded on the tape, differentiated by
 //! `Tape::backward` on the CPU backend, against central finite differences
-//! of the forward pass (STYLE.md §8.4), over random shapes and values.
+//! of the forward pass (DESIGN.md, Conventions), over random shapes and values.
 //!
 //! The tape cannot be seeded with an arbitrary output gradient from outside,
 //! so each op is reduced to a scalar through a fixed random *probe* (a frozen

@@ -1,6 +1,6 @@
 //! Shared test helpers: closeness checks with a max-diff report, host (f64)
 //! losses, small layer builders and the finite-difference gradient checker
-//! (STYLE.md §8.4). Each test binary uses a different subset.
+//! (DESIGN.md, Conventions). Each test binary uses a different subset.
 #![allow(dead_code)]
 
 use lwf_engine::autodiff::{Grads, Tape, Var, Workspace};

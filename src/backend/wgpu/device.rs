@@ -13,7 +13,7 @@
 //! columns, split-K partials, per-row losses) lives in [`Scratch`] and only
 //! grows.
 //!
-//! **Uniforms (the STYLE.md §8.3 trap).** `queue.write_buffer` runs before
+//! **Uniforms (the uniform trap of DESIGN.md, Conventions).** `queue.write_buffer` runs before
 //! the *next submit's* command buffers, so one uniform written twice before
 //! a submit would give every dispatch the last value. Instead each dispatch
 //! gets its own slot (aligned to `min_uniform_buffer_offset_alignment`) in a

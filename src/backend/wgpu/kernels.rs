@@ -8,7 +8,7 @@
 //! compile every family with naga and check each row against its entry
 //! point, so a wrong row fails `cargo test --lib` rather than a GPU run.
 //!
-//! Binding convention (STYLE.md §8.3): `@binding(0)` is the uniform, then
+//! Binding convention (DESIGN.md, Conventions): `@binding(0)` is the uniform, then
 //! the read-only storage inputs in the order of the Rust signature, then the
 //! `read_write` outputs. A row states the two counts, from which the bind
 //! group layouts are built.
