@@ -41,6 +41,12 @@ pub struct HistoryEntry {
     /// How that σ was chosen.
     #[serde(default)]
     pub sdc_sigma_chosen_by: Option<String>,
+    /// New-task accuracy on the held-out validation images after training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_accuracy: Option<f64>,
+    /// What `extend --select` tried and chose (λ_o, T, lr and the trials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<crate::incremental::select::Selection>,
 }
 
 /// What the `class_stats.*` tensors hold.

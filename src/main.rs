@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lwf_engine::app::{self, BackendChoice, Shard};
 use lwf_engine::data::{ClassList, Protocol, TaskList};
 use lwf_engine::incremental::classifier::ClassifierKind;
+use lwf_engine::incremental::select::SelectGrid;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
 use lwf_engine::incremental::{HeadMode, Hyper, Method, Observer};
 use std::cell::RefCell;
@@ -111,6 +112,53 @@ struct HyperArgs {
     /// the new data by leaving one new class out at a time) or off.
     #[arg(long, default_value = "0.1", value_parser = parse_sigma)]
     sdc_sigma: Sigma,
+    /// Share of each task's training images held out for validation
+    /// (stratified, seeded); accuracy on them is reported after every epoch.
+    /// 0 trains on all images.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+}
+
+/// `--select`: choose LwF's λ_o (and T, lr) from the new data alone.
+#[derive(Args, Clone)]
+struct SelectArgs {
+    /// Choose λ_o (and T, lr from the grids below) by the rule of Masana et
+    /// al.: fine-tune for a reference validation accuracy, then relax λ_o from
+    /// the largest until LwF's is within --select-tolerance of it.
+    #[arg(long)]
+    select: bool,
+    /// λ_o grid, tried from the largest (most stable) down.
+    #[arg(long, value_delimiter = ',', default_value = "8,4,2,1,0.5", value_parser = positive)]
+    select_lambdas: Vec<f32>,
+    /// Temperatures to try (default: --temperature alone).
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    select_temperatures: Vec<f32>,
+    /// Learning rates of the fine-tuning reference (default: --lr alone).
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    select_lrs: Vec<f32>,
+    /// Accepted relative drop of new-task validation accuracy from the
+    /// fine-tuning reference.
+    #[arg(long, default_value_t = 0.2)]
+    select_tolerance: f64,
+}
+
+impl SelectArgs {
+    fn grid(&self) -> Option<SelectGrid> {
+        self.select.then(|| SelectGrid {
+            lambdas: self.select_lambdas.clone(),
+            temperatures: self.select_temperatures.clone(),
+            lrs: self.select_lrs.clone(),
+            tolerance: self.select_tolerance,
+        })
+    }
+}
+
+/// A finite number above 0 (grid values).
+fn positive(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
 }
 
 fn parse_sigma(s: &str) -> Result<Sigma, String> {
@@ -136,6 +184,7 @@ impl HyperArgs {
             head_mode: self.head_mode,
             class_stats: self.class_stats,
             sdc_sigma: self.sdc_sigma,
+            val_fraction: self.val_fraction,
         };
         h.validate()?;
         Ok(h)
@@ -209,6 +258,8 @@ struct ExtendArgs {
     resume: ResumeArgs,
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    select: SelectArgs,
     #[command(flatten)]
     hyper: HyperArgs,
 }
@@ -293,6 +344,8 @@ struct ExperimentArgs {
     shard: Option<Shard>,
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    select: SelectArgs,
     #[command(flatten)]
     hyper: HyperArgs,
 }
@@ -387,6 +440,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 seed: a.seed,
                 hyper: a.hyper.hyper()?,
                 resumable: a.resume.resumable(),
+                select: a.select.grid(),
             };
             let s = app::extend(be, &req, &obs)?;
             println!("{s}");
@@ -415,6 +469,7 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 hyper: a.hyper.hyper()?,
                 resume: a.resume,
                 shard: a.shard,
+                select: a.select.grid(),
             };
             let s = app::experiment(be, &req, &obs)?;
             println!("{s}");

@@ -22,6 +22,9 @@ pub fn run_config(cfg: &ExperimentConfig, data: &Dataset) -> serde_json::Value {
         obj.insert("train_limit".into(), cfg.train_limit.into());
         obj.insert("test_limit".into(), cfg.test_limit.into());
         obj.insert("threads".into(), rayon::current_num_threads().into());
+        if let Some(grid) = &cfg.select {
+            obj.insert("select".into(), serde_json::to_value(grid).expect("serialisable grid"));
+        }
     }
     config
 }
@@ -95,6 +98,20 @@ pub fn run_result(
         engine,
         versions,
     })?;
+    if run.records.iter().any(|r| !r.report.validation.is_empty()) {
+        result.validation_per_task = run.records.iter().map(|r| r.report.validation.clone()).collect();
+    }
+    if run.records.iter().any(|r| r.selection.is_some()) {
+        result.selection_per_task = run
+            .records
+            .iter()
+            .map(|r| {
+                r.selection
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |s| serde_json::to_value(s).expect("serialisable"))
+            })
+            .collect();
+    }
     // A classifier enters the table when every task of the run evaluated it.
     for kind in ClassifierKind::ALL {
         let curve: Option<Vec<&crate::incremental::eval::ClassIl>> =

@@ -977,3 +977,41 @@ fn shards_merge_into_the_unsharded_experiment() {
         );
     }
 }
+
+// ---- validation split and --select ---------------------------------------------------------
+
+/// `extend --select` prints its trial table, keeps the chosen values in the
+/// checkpoint's history, and refuses what it cannot do in one line.
+#[test]
+fn extend_select_chooses_lambda_and_records_it() {
+    let dir = TempDir::new("select");
+    let (m1, m2) = (dir.path("m1.safetensors"), dir.path("m2.safetensors"));
+    let quick = ["--epochs", "1", "--batch-size", "64"];
+    let small = npy_dir("select-data", &(0..10).collect::<Vec<u32>>(), 800, 200, 28);
+    ok(&with(&["train", "--data", small.s(), "--classes", "0-4", "--out", p(&m1)], &quick));
+    let base = ["extend", "--model", p(&m1), "--data", small.s(), "--classes", "5-9", "--out", p(&m2)];
+    let args = with(&base, &["--epochs", "1", "--batch-size", "64", "--select", "--select-lambdas", "4,1"]);
+    let out = run(&args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("trial") && stderr.contains("finetune") && stderr.contains("threshold"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("chosen by --select") && stdout.contains("validation accuracy"), "{stdout}");
+    let meta = lwf_engine::checkpoint::load(&m2, &lwf_engine::CpuBackend::new()).unwrap().meta;
+    let last = meta.history.last().unwrap();
+    let sel = last.selection.as_ref().expect("the selection is in the history");
+    assert!([4.0, 1.0].contains(&sel.lambda_o), "{sel:?}");
+    assert_eq!(sel.trials[0].method, "finetune");
+    assert!(last.validation_accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)));
+
+    let m3 = dir.path("m3.safetensors");
+    let other = ["extend", "--model", p(&m1), "--data", small.s(), "--classes", "5-9", "--out", p(&m3)];
+    fails(&with(&other, &["--select", "--method", "finetune"]), &["--select", "--method lwf"]);
+    fails(&with(&other, &["--select", "--val-fraction", "0"]), &["--val-fraction"]);
+    fails(&with(&other, &["--select", "--select-lambdas", "4,x"]), &["--select-lambdas", "'x'"]);
+    fails(&with(&other, &["--select", "--select-tolerance", "1.5"]), &["--select-tolerance"]);
+    fails(&with(&other, &["--val-fraction", "1.5"]), &["--val-fraction"]);
+    assert!(!m3.exists());
+}

@@ -19,9 +19,10 @@ use lwf_engine::backend::CpuBackend;
 use lwf_engine::data::{self, Dataset, Split, TaskView};
 use lwf_engine::incremental::eval::{evaluate, Accuracies};
 use lwf_engine::incremental::methods::{
-    examples_for, learn_task, streams, train_first_task, MethodState, TaskContext,
+    examples_for, learn_task, streams, train_first_task, validation_split, MethodState, TaskContext,
 };
 use lwf_engine::incremental::protocol::{ExperimentConfig, MethodRun};
+use lwf_engine::incremental::select::{learn_task_selected, SelectGrid};
 use lwf_engine::incremental::train::Trainer;
 use lwf_engine::incremental::{HeadMode, Hyper, Method, Silent};
 use lwf_engine::metrics::EngineInfo;
@@ -276,6 +277,7 @@ fn experiment(protocol: &str, methods: &[Method], seeds: &[u64], hyper: Hyper) -
         hyper,
         train_limit: Some(300),
         test_limit: Some(40),
+        select: None,
     }
 }
 
@@ -382,4 +384,92 @@ fn a_fixed_thread_count_gives_the_same_bits() {
     for threads in [1, 2] {
         assert_eq!(on(threads), on(threads), "two runs on {threads} threads differ");
     }
+}
+
+// ---- choosing λ_o without old data (--select) -------------------------------------------
+
+/// The selection's rule, checked on its own trial table, and the kept model
+/// is bit for bit what a plain LwF run with the chosen values gives.
+#[test]
+fn selection_relaxes_from_the_most_stable_and_keeps_that_model() {
+    let b = B::new();
+    let hyper = Hyper { epochs: 1, batch_size: 64, ..Hyper::default() };
+    assert!(hyper.val_fraction > 0.0, "the default holds out validation images");
+    let cx =
+        TaskContext { split: &fmnist().train, norm: fmnist().norm, hyper: &hyper, seed: 5, obs: &Silent };
+    let (v1, v2) = (view(&tasks()[0], 600), view(&tasks()[1], 400));
+    let mut tr = Trainer::new(b.clone());
+    let mut base = Net::new(&b, Arch::cnn_s([1, 28, 28]), &mut Rng::derive(5, streams::TRUNK));
+    train_first_task(&mut tr, &mut base, &v1, &cx).unwrap();
+    // A tolerance of 2 %: the strong pulls are likely to be rejected, so the
+    // table shows a relaxation.
+    let grid =
+        SelectGrid { lambdas: vec![0.25, 64.0, 16.0, 4.0, 1.0], tolerance: 0.02, ..SelectGrid::default() };
+    let mut net = base.duplicate(&b);
+    let mut state = MethodState::default();
+    let (report, sel) =
+        learn_task_selected(&mut tr, &mut net, 1, &v2, std::slice::from_ref(&v1), &mut state, &cx, &grid)
+            .unwrap();
+    eprintln!("{}", sel.table());
+
+    // The reference comes first, then λ_o from the largest down, stopping at
+    // the first accepted one; every rejected trial is below the threshold.
+    assert_eq!(sel.trials[0].method, "finetune");
+    let reference = sel.trials[0].val_accuracy.expect("fine-tuning converges");
+    assert_eq!(sel.reference_val_accuracy, reference);
+    assert!((sel.threshold - 0.98 * reference).abs() < 1e-12);
+    let lwf: Vec<_> = sel.trials[1..].iter().collect();
+    let lambdas: Vec<f32> = lwf.iter().map(|t| t.lambda_o.unwrap()).collect();
+    assert!(lambdas.windows(2).all(|w| w[0] > w[1]), "tried from the most stable down: {lambdas:?}");
+    assert_eq!(lambdas[0], 64.0);
+    for t in &lwf[..lwf.len() - 1] {
+        assert!(!t.accepted && t.val_accuracy.is_none_or(|a| a < sel.threshold), "{t:?}");
+    }
+    let last = lwf.last().unwrap();
+    if sel.within_tolerance {
+        assert!(last.accepted && last.val_accuracy.unwrap() >= sel.threshold);
+        assert_eq!(sel.lambda_o, last.lambda_o.unwrap());
+    } else {
+        assert_eq!(lambdas.len(), 5, "no acceptance: the whole grid was tried");
+    }
+    assert_eq!(
+        report.final_validation_accuracy(),
+        lwf.iter().find(|t| t.lambda_o == Some(sel.lambda_o)).unwrap().val_accuracy
+    );
+
+    // A plain run with the chosen values from the same start: the same bits.
+    let plain_hyper =
+        Hyper { lambda_o: sel.lambda_o, temperature: sel.temperature, lr: sel.lr, ..hyper.clone() };
+    let cx2 = TaskContext { hyper: &plain_hyper, ..cx };
+    let mut plain = base.duplicate(&b);
+    let mut plain_state = MethodState::default();
+    learn_task(&mut tr, &mut plain, Method::Lwf, 1, &v2, std::slice::from_ref(&v1), &mut plain_state, &cx2)
+        .unwrap();
+    for (a, p) in net.params().iter().zip(plain.params()) {
+        assert_eq!(a.value.to_vec(&b), p.value.to_vec(&b), "{} differs from the plain run", a.name);
+    }
+}
+
+/// The validation images are held out of training: a task's examples and
+/// its validation images are disjoint, stratified and seeded.
+#[test]
+fn validation_images_are_held_out_stratified_and_seeded() {
+    let split = &fmnist().train;
+    let v = view(&tasks()[1], 2000);
+    let hyper = Hyper { val_fraction: 0.25, ..Hyper::default() };
+    let cx = TaskContext { split, norm: fmnist().norm, hyper: &hyper, seed: 3, obs: &Silent };
+    let (train, val) = validation_split(&v, &cx, 1);
+    assert_eq!(validation_split(&v, &cx, 1), (train.clone(), val.clone()), "seeded");
+    assert_ne!(validation_split(&v, &cx, 2).1, val, "each task draws its own");
+    let mut all: Vec<usize> = train.indices.iter().chain(&val.indices).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, v.indices, "a partition of the task's images");
+    for &c in &v.classes {
+        let n = v.indices.iter().filter(|&&i| split.labels[i] == c).count();
+        let k = val.indices.iter().filter(|&&i| split.labels[i] == c).count();
+        assert_eq!(k, (n as f64 * 0.25).round() as usize, "class {c}: stratified");
+    }
+    let none = Hyper { val_fraction: 0.0, ..Hyper::default() };
+    let (all_train, no_val) = validation_split(&v, &TaskContext { hyper: &none, ..cx }, 1);
+    assert_eq!((all_train, no_val.indices.len()), (v.clone(), 0));
 }

@@ -45,6 +45,7 @@ fn run(method: &str, seed: u64, n: usize) -> RunResult {
                 eval_seconds: 0.5,
                 yo_record_seconds: (t > 0).then_some(0.2),
                 stats_seconds: 0.0,
+                validation_seconds: 0.0,
             })
             .collect(),
         versions: engine.versions(),

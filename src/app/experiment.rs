@@ -6,6 +6,7 @@ use crate::backend::Backend;
 use crate::data::{self, Dataset, Protocol};
 use crate::error::{Error, Result};
 use crate::incremental::protocol::{run_experiment, run_experiment_with, ExperimentConfig, MethodRun};
+use crate::incremental::select::SelectGrid;
 use crate::incremental::{Hyper, Method, Observer};
 use crate::metrics::EngineInfo;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct ExperimentRequest {
     pub resume: bool,
     /// Run only one share of the (seed, method) runs.
     pub shard: Option<Shard>,
+    /// `--select`: choose LwF's λ_o (T, lr) per task without old data.
+    pub select: Option<SelectGrid>,
 }
 
 /// `--shard i/n`: share `index` of `count`, index from 0 to count − 1, as
@@ -75,6 +78,14 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
     if req.seeds.is_empty() {
         return Err(Error::Config("--seeds is empty".into()));
     }
+    if let Some(grid) = &req.select {
+        grid.validate()?;
+        if req.hyper.val_fraction <= 0.0 {
+            return Err(Error::Config(
+                "--select needs validation images: --val-fraction must be above 0".into(),
+            ));
+        }
+    }
     check_limits(&[("--train-limit", req.train_limit), ("--test-limit", req.test_limit)])?;
     Ok(ExperimentConfig {
         protocol,
@@ -84,6 +95,7 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
         hyper: req.hyper.clone(),
         train_limit: req.train_limit,
         test_limit: req.test_limit,
+        select: req.select.clone(),
     })
 }
 

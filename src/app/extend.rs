@@ -1,12 +1,15 @@
 //! `extend`: new classes into a saved model, from the new data only.
 
-use super::{check_input, class_names, eval_present, finish_session, BackendChoice, Resumable};
+use super::{
+    check_input, class_names, eval_present, finish_session, validation_note, BackendChoice, Resumable,
+};
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry};
 use crate::data::{self, Dataset, Normalization, TaskView};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::methods::{add_task_fisher, learn_task, MethodState, TaskContext};
+use crate::incremental::select::{learn_task_selected, SelectGrid};
 use crate::incremental::train::Trainer;
 use crate::incremental::{HeadMode, Hyper, Method, Observer};
 use std::path::PathBuf;
@@ -23,11 +26,32 @@ pub struct ExtendRequest {
     pub seed: u64,
     pub hyper: Hyper,
     pub resumable: Resumable,
+    /// `--select`: choose LwF's λ_o (T, lr) on the new data's validation split.
+    pub select: Option<SelectGrid>,
 }
 
 pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
     let method = req.method;
     crate::fsio::check_output_file(&req.out)?;
+    if let Some(grid) = &req.select {
+        if method != Method::Lwf {
+            return Err(Error::Config(format!(
+                "--select chooses LwF's λ_o and T: it needs --method lwf, not {method}"
+            )));
+        }
+        if req.resumable.checkpoint_every > 0 || req.resumable.resume.is_some() {
+            return Err(Error::Config(
+                "--select runs several trainings: it cannot be combined with --checkpoint-every or --resume"
+                    .into(),
+            ));
+        }
+        if req.hyper.val_fraction <= 0.0 {
+            return Err(Error::Config(
+                "--select needs validation images: --val-fraction must be above 0".into(),
+            ));
+        }
+        grid.validate()?;
+    }
     if method == Method::JointShared {
         return Err(Error::Config(
             "--method joint-shared is for experiments; to extend a shared-head model with its old data use \
@@ -122,7 +146,14 @@ fn extend_on<B: Backend>(
         seed: req.seed,
         obs,
     };
-    let report = learn_task(&mut tr, &mut net, method, t, &new_view, &old_views, &mut state, &cx)?;
+    let (report, selection) = match &req.select {
+        Some(grid) => {
+            let (r, s) =
+                learn_task_selected(&mut tr, &mut net, t, &new_view, &old_views, &mut state, &cx, grid)?;
+            (r, Some(s))
+        }
+        None => (learn_task(&mut tr, &mut net, method, t, &new_view, &old_views, &mut state, &cx)?, None),
+    };
     meta.tasks.push(classes.clone());
     let mut heads = meta.heads.clone();
     match meta.head_mode {
@@ -146,6 +177,8 @@ fn extend_on<B: Backend>(
         train_seconds: report.timing.train_seconds,
         sdc_sigma: report.drift.as_ref().map(|d| d.sigma),
         sdc_sigma_chosen_by: report.drift.as_ref().map(|d| d.how.clone()),
+        validation_accuracy: report.final_validation_accuracy(),
+        selection: selection.clone(),
     });
     add_task_fisher(&mut tr, &mut net, &new_view, meta.head_mode, t as u64 + 1, &cx, &mut state.fisher);
     let fisher = state.fisher.take().expect("just estimated");
@@ -184,12 +217,19 @@ fn extend_on<B: Backend>(
         Some(c) if !c.overall.is_nan() => format!("; class-IL {:.2}% ({})", 100.0 * c.overall, c.kind),
         _ => String::new(),
     };
+    let chosen = selection.as_ref().map_or(String::new(), |s| {
+        format!(
+            " (λ_o {}, T {}, lr {} chosen by --select in {:.1}s)",
+            s.lambda_o, s.temperature, s.lr, s.seconds_total
+        )
+    });
     Ok(format!(
-        "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}]{cil}{stats_note} → {}",
+        "extended with classes {} by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note} → {}",
         data::format_classes(&classes),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),
+        validation_note(&report),
         per.join(", "),
         req.out.display()
     ))

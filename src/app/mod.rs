@@ -126,6 +126,13 @@ impl Resumable {
     }
 }
 
+/// "; validation accuracy X%" when the task had validation images.
+fn validation_note(report: &crate::incremental::methods::TaskReport) -> String {
+    report
+        .final_validation_accuracy()
+        .map_or(String::new(), |a| format!("; validation accuracy {:.2}%", 100.0 * a))
+}
+
 /// The run is complete: its training state is no longer needed.
 fn finish_session<B: Backend>(tr: &Trainer<B>) {
     if let Some(s) = &tr.session {

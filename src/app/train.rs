@@ -1,6 +1,6 @@
 //! `train`: a new model on some classes of a data set.
 
-use super::{class_names, finish_session, BackendChoice, Resumable};
+use super::{class_names, finish_session, validation_note, BackendChoice, Resumable};
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry, Meta};
 use crate::data::{self, Dataset};
@@ -63,6 +63,8 @@ fn train_on<B: Backend>(
         train_seconds: report.timing.train_seconds,
         sdc_sigma: None,
         sdc_sigma_chosen_by: None,
+        validation_accuracy: report.final_validation_accuracy(),
+        selection: None,
     });
     let stats = task_stats(&mut tr, &net, &view, &cx, req.hyper.class_stats);
     let mut fisher = None;
@@ -82,12 +84,13 @@ fn train_on<B: Backend>(
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     finish_session(&tr);
     Ok(format!(
-        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
+        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%{}; class statistics: {} → {}",
         data::format_classes(classes),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),
         100.0 * acc.task_aware[0],
+        validation_note(&report),
         stats.kind().name(),
         req.out.display()
     ))

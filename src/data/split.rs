@@ -184,6 +184,27 @@ pub struct TaskView {
 }
 
 impl TaskView {
+    /// Hold out `fraction` of each class's examples as a validation view,
+    /// chosen by `rng` (stratified: every class keeps its share; a class
+    /// keeps at least one training example). Both views keep dataset order.
+    pub fn hold_out(&self, split: &Split, fraction: f64, rng: &mut Rng) -> (TaskView, TaskView) {
+        let mut train = Vec::with_capacity(self.indices.len());
+        let mut val = Vec::new();
+        for &c in &self.classes {
+            let mut of_class: Vec<usize> =
+                self.indices.iter().copied().filter(|&i| split.labels[i] == c).collect();
+            let n = of_class.len();
+            let k = ((n as f64 * fraction).round() as usize).min(n.saturating_sub(1));
+            rng.shuffle(&mut of_class);
+            val.extend_from_slice(&of_class[..k]);
+            train.extend_from_slice(&of_class[k..]);
+        }
+        train.sort_unstable();
+        val.sort_unstable();
+        let view = |indices| TaskView { classes: self.classes.clone(), indices };
+        (view(train), view(val))
+    }
+
     /// Keep only the first `n` examples (small, fast slices for tests and smoke runs).
     pub fn limit(mut self, n: usize) -> TaskView {
         self.indices.truncate(n);

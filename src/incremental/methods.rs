@@ -6,13 +6,13 @@
 //! and which loss terms exist, so each is a few lines here.
 
 use super::stats::{ClassStats, DriftReport, Sigma, StatsKind};
-use super::train::{Anchors, Example, LossPlan, Teacher, Trainer};
+use super::train::{Anchors, Example, LossPlan, Phase, Teacher, Trainer, Validation};
 use super::{HeadMode, Hyper, Method, Observer};
 use crate::backend::Backend;
 use crate::data::split::TaskView;
 use crate::data::{Normalization, Split};
 use crate::error::Result;
-use crate::metrics::TaskTiming;
+use crate::metrics::{TaskTiming, ValPoint};
 use crate::nn::Net;
 use crate::rng::Rng;
 use std::time::Instant;
@@ -24,6 +24,7 @@ pub mod streams {
     pub const HEAD: u64 = 100;
     pub const SHUFFLE: u64 = 500;
     pub const FISHER: u64 = 700;
+    pub const VALIDATION: u64 = 900;
 }
 
 /// What learning one task did: where the time went and, when it ran, what
@@ -34,6 +35,35 @@ pub struct TaskReport {
     /// The loss of the last training step.
     pub last_loss: f32,
     pub drift: Option<DriftReport>,
+    /// The task's validation images after each epoch (empty without
+    /// `--val-fraction`).
+    pub validation: Vec<ValPoint>,
+}
+
+impl TaskReport {
+    /// Add a training phase; its epochs continue the task's numbering.
+    fn add(&mut self, phase: Phase) {
+        let before = self.timing.epoch_seconds.len();
+        self.validation
+            .extend(phase.validation.into_iter().map(|p| ValPoint { epoch: before + p.epoch, ..p }));
+        self.timing.add_phase(phase.timing);
+        self.last_loss = phase.last_loss;
+    }
+
+    /// Validation accuracy after the last epoch.
+    pub fn final_validation_accuracy(&self) -> Option<f64> {
+        self.validation.last().map(|p| p.accuracy)
+    }
+}
+
+/// Split a task's training images into the part that trains and the
+/// validation part (`--val-fraction`, stratified, seeded per task).
+pub fn validation_split(view: &TaskView, cx: &TaskContext<'_>, t: usize) -> (TaskView, TaskView) {
+    let f = cx.hyper.val_fraction;
+    if f <= 0.0 {
+        return (view.clone(), TaskView { classes: view.classes.clone(), indices: Vec::new() });
+    }
+    view.hold_out(cx.split, f, &mut Rng::derive(cx.seed, streams::VALIDATION + t as u64))
 }
 
 /// What a method carries from task to task.
@@ -43,6 +73,17 @@ pub struct MethodState<B: Backend> {
     /// Statistics of every class learnt so far; when present, the new
     /// task's classes are added and the old ones drift-compensated.
     pub stats: Option<ClassStats>,
+}
+
+impl<B: Backend> MethodState<B> {
+    /// A deep copy (the Fisher's buffers copied on the device), so a trial
+    /// can change it and be thrown away.
+    pub fn duplicate(&self, b: &B) -> Self {
+        MethodState {
+            fisher: self.fisher.as_ref().map(|f| f.iter().map(|x| dup_buf(b, x)).collect()),
+            stats: self.stats.clone(),
+        }
+    }
 }
 
 impl<B: Backend> Default for MethodState<B> {
@@ -97,13 +138,19 @@ pub fn train_first_task<B: Backend>(
     cx: &TaskContext<'_>,
 ) -> Result<TaskReport> {
     let start = Instant::now();
+    let (view, val_view) = validation_split(view, cx, 0);
     net.add_head(&tr.b, &mut Rng::derive(cx.seed, streams::HEAD), &view.classes);
     let h = net.heads.len() - 1;
     net.set_trainable(true, 0, &[h]);
-    let examples = examples_for(view, cx.split, h, &view.classes);
+    let examples = examples_for(&view, cx.split, h, &view.classes);
+    let val = Validation {
+        examples: examples_for(&val_view, cx.split, h, &view.classes),
+        teachers: Vec::new(),
+        temperature: cx.hyper.temperature,
+    };
     let plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
-    let (stats, last_loss) = tr.run_epochs(
+    let phase = tr.run_epochs(
         net,
         cx.split,
         cx.norm,
@@ -114,11 +161,11 @@ pub fn train_first_task<B: Backend>(
         &mut rng,
         cx.obs,
         "task 1",
+        Some(&val),
     )?;
     let mut report = TaskReport::default();
-    report.timing.add_phase(stats);
-    report.last_loss = last_loss;
-    report.timing.train_seconds = start.elapsed().as_secs_f64();
+    report.add(phase);
+    report.timing.train_seconds = start.elapsed().as_secs_f64() - report.timing.validation_seconds;
     Ok(report)
 }
 
@@ -142,6 +189,8 @@ pub fn learn_task<B: Backend>(
     let mode = method.head_mode(hyper.head_mode);
     let old_heads: Vec<usize> = (0..net.heads.len()).collect();
     let mut report = TaskReport::default();
+    let (new, val_view) = validation_split(new, cx, t);
+    let new = &new;
 
     // (1) LwF: the old model's outputs on the new images, before any change;
     // in the same pass, the old trunk's features of the new images (drift
@@ -163,6 +212,17 @@ pub fn learn_task<B: Backend>(
         } else {
             report.timing.stats_seconds = t0.elapsed().as_secs_f64();
         }
+    }
+
+    // The old model's outputs on the validation images too (LwF reports
+    // the distillation loss on them after every epoch).
+    let mut val_teachers = Vec::new();
+    if method == Method::Lwf && !val_view.indices.is_empty() {
+        let t0 = Instant::now();
+        let probe = examples_for(&val_view, cx.split, 0, &val_view.classes);
+        (val_teachers, _) =
+            tr.record_outputs(net, cx.split, cx.norm, &probe, &old_heads, hyper.batch_size, false);
+        report.timing.validation_seconds += t0.elapsed().as_secs_f64();
     }
 
     // EWC: Fisher of the task just finished, at the parameters it ended with.
@@ -202,6 +262,11 @@ pub fn learn_task<B: Backend>(
     };
     let head_classes = net.heads[new_head].classes.clone();
     let mut examples = examples_for(new, cx.split, new_head, &head_classes);
+    let val = Validation {
+        examples: examples_for(&val_view, cx.split, new_head, &head_classes),
+        teachers: val_teachers,
+        temperature: hyper.temperature,
+    };
     let all_heads: Vec<usize> = (0..net.heads.len()).collect();
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE + t as u64);
     let label = format!("task {} {method}", t + 1);
@@ -215,7 +280,7 @@ pub fn learn_task<B: Backend>(
         let kd: &[Teacher] = if mode == HeadMode::Shared { &teachers } else { &[] };
         let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None };
         let warm = format!("{label} warm-up");
-        let (s, last_loss) = tr.run_epochs(
+        let phase = tr.run_epochs(
             net,
             cx.split,
             cx.norm,
@@ -226,9 +291,9 @@ pub fn learn_task<B: Backend>(
             &mut rng,
             cx.obs,
             &warm,
+            Some(&val),
         )?;
-        report.timing.add_phase(s);
-        report.last_loss = last_loss;
+        report.add(phase);
     }
 
     // (4) The main phase.
@@ -250,7 +315,7 @@ pub fn learn_task<B: Backend>(
     }
     let kd: &[Teacher] = if method == Method::Lwf { &teachers } else { &[] };
     let plan = LossPlan { ce_heads, teachers: kd, anchors: anchors.as_ref() };
-    let (s, last_loss) = tr.run_epochs(
+    let phase = tr.run_epochs(
         net,
         cx.split,
         cx.norm,
@@ -261,11 +326,12 @@ pub fn learn_task<B: Backend>(
         &mut rng,
         cx.obs,
         &label,
+        Some(&val),
     )?;
-    report.timing.add_phase(s);
-    report.last_loss = last_loss;
+    report.add(phase);
     net.set_trainable(true, 0, &all_heads);
-    report.timing.train_seconds = start.elapsed().as_secs_f64() - report.timing.stats_seconds;
+    report.timing.train_seconds =
+        start.elapsed().as_secs_f64() - report.timing.stats_seconds - report.timing.validation_seconds;
 
     // The class statistics: the old classes' moved (or, by joint, recomputed
     // on the old images it keeps), the new classes' measured.

@@ -13,6 +13,7 @@ pub mod classifier;
 pub mod eval;
 pub mod methods;
 pub mod protocol;
+pub mod select;
 pub mod session;
 pub mod stats;
 pub mod train;
@@ -146,6 +147,11 @@ pub struct Hyper {
     /// σ of drift compensation for the old class means.
     #[serde(default)]
     pub sdc_sigma: stats::Sigma,
+    /// Share of each task's training images held out for validation
+    /// (stratified, seeded); 0 trains on all of them. Files from before the
+    /// validation split read as 0.
+    #[serde(default)]
+    pub val_fraction: f64,
 }
 
 impl Default for Hyper {
@@ -167,6 +173,7 @@ impl Default for Hyper {
             head_mode: HeadMode::PerTask,
             class_stats: stats::StatsKind::Mean,
             sdc_sigma: stats::Sigma::default(),
+            val_fraction: 0.1,
         }
     }
 }
@@ -189,6 +196,9 @@ impl Hyper {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("--lr must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad("--val-fraction must be in [0, 1) (0: no validation split)");
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad("--momentum must be in [0, 1)");

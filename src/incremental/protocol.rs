@@ -7,6 +7,7 @@ use super::eval::{evaluate, Accuracies};
 use super::methods::{
     learn_task, streams, task_stats, train_first_task, MethodState, TaskContext, TaskReport,
 };
+use super::select::{learn_task_selected, SelectGrid, Selection};
 use super::stats::{cosine, ClassStats, StatsKind};
 use super::train::Trainer;
 use super::{Hyper, Method, Observer};
@@ -31,6 +32,8 @@ pub struct ExperimentConfig {
     pub train_limit: Option<usize>,
     /// Keep only the first N test images of each class.
     pub test_limit: Option<usize>,
+    /// `--select`: LwF's λ_o (T, lr) chosen per task from these grids.
+    pub select: Option<SelectGrid>,
 }
 
 /// The state after one task.
@@ -39,6 +42,8 @@ pub struct TaskRecord {
     pub acc: Accuracies,
     /// Its timing's `eval_seconds` is the evaluation's below.
     pub report: TaskReport,
+    /// What `--select` tried and chose for this task.
+    pub selection: Option<Selection>,
     /// How far the stored old-class means are from the truth (after tasks ≥ 2).
     pub drift_check: Option<DriftCheck>,
 }
@@ -136,10 +141,28 @@ pub fn run_experiment_with<B: Backend>(
             let mut records = vec![first.clone()];
             for t in 1..cfg.tasks.len() {
                 let before = state.stats.clone();
-                let report =
-                    learn_task(&mut tr, &mut net, method, t, &views[t], &views[..t], &mut state, &cx)?;
+                let (report, selection) = match (&cfg.select, method) {
+                    (Some(grid), Method::Lwf) => {
+                        let (r, s) = learn_task_selected(
+                            &mut tr,
+                            &mut net,
+                            t,
+                            &views[t],
+                            &views[..t],
+                            &mut state,
+                            &cx,
+                            grid,
+                        )?;
+                        (r, Some(s))
+                    }
+                    _ => (
+                        learn_task(&mut tr, &mut net, method, t, &views[t], &views[..t], &mut state, &cx)?,
+                        None,
+                    ),
+                };
                 let stats = state.stats.as_ref();
                 let mut rec = record(&mut tr, &net, &test, data, &cfg.tasks[..=t], &hyper, report, stats);
+                rec.selection = selection;
                 if let (Some(before), Some(after)) = (before, stats) {
                     let (old, hyper) = (&views[..t], &hyper);
                     rec.drift_check =
@@ -180,7 +203,7 @@ fn record<B: Backend>(
     let kinds = ClassifierKind::available(stats);
     let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats, &kinds);
     report.timing.eval_seconds = start.elapsed().as_secs_f64();
-    TaskRecord { acc, report, drift_check: None }
+    TaskRecord { acc, report, selection: None, drift_check: None }
 }
 
 /// Compare the stored old-class means with means recomputed on the old

@@ -9,7 +9,7 @@ use crate::autodiff::Tape;
 use crate::backend::{Backend, IGNORE_LABEL};
 use crate::data::{Normalization, Split};
 use crate::error::{Error, Result};
-use crate::metrics::TaskTiming;
+use crate::metrics::{TaskTiming, ValPoint};
 use crate::nn::Net;
 use crate::optim::Sgd;
 use crate::rng::Rng;
@@ -43,6 +43,26 @@ pub struct LossPlan<'p, B: Backend> {
     pub anchors: Option<&'p Anchors<B>>,
 }
 
+/// The validation images of the task being learnt, checked after every epoch.
+pub struct Validation {
+    /// The images, each with the head that learns it and its label there.
+    pub examples: Vec<Example>,
+    /// LwF: the old model's outputs on these images, recorded before training
+    /// (the distillation loss on them is reported); empty otherwise.
+    pub teachers: Vec<Teacher>,
+    pub temperature: f32,
+}
+
+/// What one training phase (warm-up or main epochs) did.
+#[derive(Clone, Debug, Default)]
+pub struct Phase {
+    pub timing: TaskTiming,
+    /// The last step's loss (NaN when the phase ran none).
+    pub last_loss: f32,
+    /// One point per epoch when the phase had validation images.
+    pub validation: Vec<ValPoint>,
+}
+
 /// Long-lived state of a training session: the device, recycled buffers,
 /// parameter gradients and host staging vectors.
 pub struct Trainer<B: Backend> {
@@ -74,8 +94,8 @@ impl<B: Backend> Trainer<B> {
 
     /// Train `net` (with its `trainable` flags already set) for `epochs` over
     /// `examples`, shuffled by `rng` each epoch, last partial batch kept.
-    /// Returns the phase's epochs and images, and its last step's loss (NaN
-    /// when it ran none).
+    /// With `val`, the validation images are evaluated after every epoch and
+    /// reported to `obs` (outside the epoch's seconds).
     #[allow(clippy::too_many_arguments)]
     pub fn run_epochs(
         &mut self,
@@ -89,9 +109,9 @@ impl<B: Backend> Trainer<B> {
         rng: &mut Rng,
         obs: &dyn Observer,
         label: &str,
-    ) -> Result<(TaskTiming, f32)> {
-        let mut stats = TaskTiming::default();
-        let mut last_loss = f32::NAN;
+        val: Option<&Validation>,
+    ) -> Result<Phase> {
+        let mut phase = Phase { last_loss: f32::NAN, ..Phase::default() };
         let mut sgd = Sgd::new(hyper.sgd());
         let bs = hyper.batch_size;
         let steps = examples.len().div_ceil(bs);
@@ -99,7 +119,7 @@ impl<B: Backend> Trainer<B> {
             None => 0,
             Some(s) => match s.start_phase(&self.b, net, &mut sgd, rng)? {
                 PhaseStart::Fresh => 0,
-                PhaseStart::Skip => return Ok((stats, last_loss)),
+                PhaseStart::Skip => return Ok(phase),
                 PhaseStart::From(e) => e,
             },
         };
@@ -118,8 +138,8 @@ impl<B: Backend> Trainer<B> {
                         context: label.to_string(),
                     });
                 }
-                stats.train_images += batch.len() as u64;
-                last_loss = loss;
+                phase.timing.train_images += batch.len() as u64;
+                phase.last_loss = loss;
                 obs.step(loss, batch.len());
                 if crate::interrupt::requested() {
                     obs.phase_done();
@@ -140,12 +160,25 @@ impl<B: Backend> Trainer<B> {
                 }
             }
             obs.phase_done();
-            stats.epoch_seconds.push(start.elapsed().as_secs_f64());
+            phase.timing.epoch_seconds.push(start.elapsed().as_secs_f64());
+            if let Some(v) = val.filter(|v| !v.examples.is_empty()) {
+                let t0 = Instant::now();
+                let (accuracy, kd_loss) = self.validate(net, split, norm, v, hyper.batch_size);
+                phase.timing.validation_seconds += t0.elapsed().as_secs_f64();
+                let kd = kd_loss.map_or(String::new(), |l| format!(", distillation loss {l:.4}"));
+                obs.note(&format!(
+                    "{label} epoch {}/{epochs}: validation accuracy {:.2}% ({} images){kd}",
+                    epoch + 1,
+                    100.0 * accuracy,
+                    v.examples.len()
+                ));
+                phase.validation.push(ValPoint { epoch: epoch + 1, accuracy, kd_loss });
+            }
             if let Some(s) = self.session.as_mut() {
                 s.end_epoch(&self.b, net, &sgd, rng, epoch + 1)?;
             }
         }
-        Ok((stats, last_loss))
+        Ok(phase)
     }
 
     /// One SGD step on the examples at positions `batch`; returns the loss.
@@ -204,6 +237,47 @@ impl<B: Backend> Trainer<B> {
         self.idx.extend(batch.iter().map(|&i| examples[i].idx));
         self.xs.resize(batch.len() * split.image_len(), 0.0);
         split.fill_batch(&self.idx, norm, &mut self.xs);
+    }
+
+    /// Accuracy of the learning head on the validation images and, with
+    /// teachers, the distillation loss of the old heads on them (summed over
+    /// teachers, averaged per image, at the validation's temperature).
+    pub fn validate(
+        &mut self,
+        net: &Net<B>,
+        split: &Split,
+        norm: Normalization,
+        v: &Validation,
+        batch_size: usize,
+    ) -> (f64, Option<f64>) {
+        let head = v.examples[0].head;
+        let heads: Vec<usize> = std::iter::once(head).chain(v.teachers.iter().map(|t| t.head)).collect();
+        let (outs, _) = self.record_outputs(net, split, norm, &v.examples, &heads, batch_size, false);
+        let (z, cols) = (&outs[0].logits, outs[0].cols);
+        let hits = v
+            .examples
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                let row = &z[i * cols..(i + 1) * cols];
+                let best = (0..cols).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+                best == e.label as usize
+            })
+            .count();
+        let accuracy = hits as f64 / v.examples.len() as f64;
+        if v.teachers.is_empty() {
+            return (accuracy, None);
+        }
+        let n = v.examples.len();
+        let mut total = 0.0;
+        for (t, s) in v.teachers.iter().zip(&outs[1..]) {
+            for i in 0..n {
+                let zt = &t.logits[i * t.cols..(i + 1) * t.cols];
+                let zs = &s.logits[i * s.cols..i * s.cols + t.cols];
+                total += kd_row(zs, zt, v.temperature as f64);
+            }
+        }
+        (accuracy, Some(total / n as f64))
     }
 
     /// The trunk's output features (rows of `net.arch.hidden`) of the images
@@ -299,4 +373,15 @@ impl<B: Backend> Trainer<B> {
             }
         }
     }
+}
+
+/// `−Σ_i softmax(zt/T)_i · log softmax(zs/T)_i` of one row, in f64.
+fn kd_row(zs: &[f32], zt: &[f32], t: f64) -> f64 {
+    let log_softmax = |z: &[f32]| {
+        let m = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
+        let lse = m + z.iter().map(|&x| (x as f64 / t - m).exp()).sum::<f64>().ln();
+        z.iter().map(|&x| x as f64 / t - lse).collect::<Vec<f64>>()
+    };
+    let (ls, lt) = (log_softmax(zs), log_softmax(zt));
+    -lt.iter().zip(&ls).map(|(a, b)| a.exp() * b).sum::<f64>()
 }

@@ -217,6 +217,22 @@ pub struct TaskTiming {
     /// Class statistics of the task and drift compensation of the old ones
     /// (outside `train_seconds`).
     pub stats_seconds: f64,
+    /// Evaluating the validation images after each epoch (outside
+    /// `train_seconds` and `epoch_seconds`).
+    pub validation_seconds: f64,
+}
+
+/// The validation images of the task being learnt, after one epoch: the
+/// accuracy of the head that learns them and, for LwF, the distillation loss
+/// of the old heads on them (against the old model's outputs recorded before
+/// training, averaged per image).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValPoint {
+    /// The task's epoch, 1-based, warm-up epochs first.
+    pub epoch: usize,
+    pub accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kd_loss: Option<f64>,
 }
 
 impl TaskTiming {
@@ -233,6 +249,7 @@ impl TaskTiming {
     pub fn add_phase(&mut self, phase: TaskTiming) {
         self.epoch_seconds.extend(phase.epoch_seconds);
         self.train_images += phase.train_images;
+        self.validation_seconds += phase.validation_seconds;
     }
 }
 
@@ -265,6 +282,10 @@ pub struct Timings {
     /// (outside the train seconds); absent for runs without statistics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_stats_seconds: Vec<f64>,
+    /// Per task: seconds spent on the validation images (outside the train
+    /// seconds); absent without a validation split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_seconds: Vec<f64>,
 }
 
 impl Timings {
@@ -291,6 +312,11 @@ impl Timings {
             yo_record_seconds: any_yo
                 .then(|| tasks.iter().map(|t| t.yo_record_seconds.unwrap_or(0.0)).collect()),
             class_stats_seconds: Vec::new(),
+            validation_seconds: if tasks.iter().any(|t| t.validation_seconds > 0.0) {
+                tasks.iter().map(|t| t.validation_seconds).collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -407,6 +433,14 @@ pub struct RunResult {
     /// stored means stayed to the truth (empty for runs without statistics).
     #[serde(default)]
     pub class_stats_per_task: Vec<StatsRecord>,
+    /// Per task: its validation images after each epoch (empty without a
+    /// validation split).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_per_task: Vec<Vec<ValPoint>>,
+    /// Per task: what `--select` tried and chose (null for tasks it did not
+    /// choose; empty when it was off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selection_per_task: Vec<serde_json::Value>,
 }
 
 /// One classifier's class-IL accuracy over a run.
@@ -484,6 +518,8 @@ impl RunResult {
             timings,
             class_il_by_classifier: BTreeMap::new(),
             class_stats_per_task: Vec::new(),
+            validation_per_task: Vec::new(),
+            selection_per_task: Vec::new(),
         })
     }
 
@@ -576,6 +612,7 @@ pub(crate) mod tests {
                     eval_seconds: 0.25,
                     yo_record_seconds: (t > 0).then_some(0.1),
                     stats_seconds: 0.0,
+                    validation_seconds: 0.0,
                 })
                 .collect(),
             versions: engine.versions(),
