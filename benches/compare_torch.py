@@ -1,71 +1,82 @@
 #!/usr/bin/env python3
-"""lwf-engine vs the PyTorch reference, side by side on this machine, same run.
+"""lwf-engine vs a PyTorch version of the same protocol, side by side on this machine.
 
-Runs, alternating, `lwf-engine bench --threads 2 --json` and a PyTorch
-reference of the same protocol (`lwf_ref.py`, two-task, lwf, --threads 2;
-`eval_speed.py` for inference; not part of this repository: pass the folder
-that holds them with --reference), N times each, and prints the medians and
-the ratios:
-plain training of task 1, the whole LwF phase of task 2 (Y_o recording +
-warm-up + epochs), evaluation throughput, and each process's peak RSS
-(from wait4, so each process is measured alone).
+Runs, alternating, `lwf-engine bench --threads N --json` and
+`benches/torch_reference.py --threads N` (the same two-task protocol in plain
+PyTorch, timed the same way), N times each, and prints the medians and the
+ratios: plain training of task 1, the whole LwF phase of task 2 (Y_o
+recording + warm-up + epochs), evaluation throughput, and each process's peak
+RSS (from wait4, so each process is measured alone).
 
-Usage (see README "Benchmarks"; torch goes into a throw-away virtualenv):
-    python3 -m venv ../torch-venv && ../torch-venv/bin/pip install torch numpy
+Usage (torch goes into a virtualenv outside the repository; benches/README.md):
+    python3 -m venv ../venv-torch && ../venv-torch/bin/pip install numpy torch
     cargo build --release
-    ../torch-venv/bin/python benches/compare_torch.py --runs 3
+    ../venv-torch/bin/python benches/compare_torch.py --runs 3
 """
-import argparse, json, os, re, statistics, subprocess, sys, tempfile
+import argparse, json, os, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REF = os.path.join(ROOT, "..", "shared", "reference")  # --reference overrides
+KEYS = ["plain_epoch_images_per_second", "lwf_phase_images_per_second", "eval_images_per_second"]
 
 
 def run(cmd, env=None):
-    """Run cmd; return (stdout, peak RSS in MB of that process alone)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+    """Run cmd; return (its last stdout line as JSON, peak RSS in MB of that process alone)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=ROOT, text=True)
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
     if status != 0:
         sys.exit(f"compare_torch: {' '.join(cmd)} failed with status {status}")
-    return out, usage.ru_maxrss / 1024.0
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024.0
 
 
-def ours(threads):
-    out, rss = run([os.path.join(ROOT, "target", "release", "lwf-engine"), "bench", "--threads", str(threads), "--json"])
-    r = json.loads(out.strip().splitlines()[-1])
-    return r["plain_epoch_images_per_second"], r["lwf_phase_images_per_second"], r["eval_images_per_second"], rss
+def measure(cmd, env=None):
+    r, rss = run(cmd, env)
+    return [r[k] for k in KEYS] + [rss], r
 
 
-def reference(threads):
-    env = dict(os.environ, FASHION_MNIST_DIR=os.path.join(ROOT, "datasets", "fashion-mnist"))
-    with tempfile.TemporaryDirectory() as d:
-        _, rss = run([sys.executable, os.path.join(REF, "lwf_ref.py"), "--protocol", "two-task", "--seed", "0",
-                      "--threads", str(threads), "--methods", "lwf", "--out-dir", d], env)
-        r = json.load(open(os.path.join(d, "two-task_lwf_seed0_ep3.json")))
-    t = r["timings"]
-    plain = t["per_task"][0]["images_per_second"]
-    lwf = t["lwf_task2_images_per_second"]
-    out, _ = run([sys.executable, os.path.join(REF, "eval_speed.py"), str(threads), "128"], env)
-    ev = float(re.search(r"eval (\d+) img/s", out).group(1))
-    return plain, lwf, ev, rss
+def cpu_model():
+    """The CPU's model name and its widest vector extension, from /proc/cpuinfo."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} ({simd})"
 
 
 def main():
-    global REF
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="lwf-engine bench vs benches/torch_reference.py")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reference", default=REF, help="folder with lwf_ref.py and eval_speed.py")
+    ap.add_argument("--simd", metavar="PATH", help="avx512, avx2 or portable: sets LWF_SIMD for lwf-engine")
+    ap.add_argument("--train-limit", type=int, help="first N training images of each task, on both sides (quick runs)")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "lwf-engine"))
     a = ap.parse_args()
-    REF = a.reference
-    if not os.path.isfile(os.path.join(REF, "lwf_ref.py")):
-        sys.exit(f"compare_torch: no lwf_ref.py in {REF}: pass --reference DIR")
+    limit = ["--train-limit", str(a.train_limit)] if a.train_limit else []
+    ours_cmd = [a.binary, "bench", "--threads", str(a.threads), "--json"] + limit
+    torch_cmd = [sys.executable, os.path.join(ROOT, "benches", "torch_reference.py"),
+                 "--threads", str(a.threads)] + limit
+    ours_env = dict(os.environ, LWF_SIMD=a.simd) if a.simd else None
+    print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {a.threads} threads; "
+          f"LWF_SIMD={a.simd or os.environ.get('LWF_SIMD', '(best available)')}", flush=True)
+
     rows = {"ours": [], "torch": []}
     for i in range(a.runs):
-        rows["ours"].append(ours(a.threads))
-        rows["torch"].append(reference(a.threads))
-        print(f"run {i + 1}: ours {rows['ours'][-1]}  torch {rows['torch'][-1]}", flush=True)
+        o, _ = measure(ours_cmd, ours_env)
+        t, tr = measure(torch_cmd)
+        rows["ours"].append(o)
+        rows["torch"].append(t)
+        fmt = lambda v: "[" + ", ".join(f"{x:.0f}" for x in v) + "]"
+        print(f"run {i + 1}: ours {fmt(o)}  torch {fmt(t)}  "
+              f"({tr['backend']}, accuracy after task 1 {tr['accuracy_after_task1']}, "
+              f"after task 2 {tr['accuracy_after_task2']})", flush=True)
     med = {k: [statistics.median(col) for col in zip(*v)] for k, v in rows.items()}
     names = ["plain training (img/s)", "LwF phase (img/s)", "evaluation (img/s)", "peak RSS (MB)"]
     print(f"\nmedians of {a.runs} alternating runs, {a.threads} threads")
