@@ -18,6 +18,11 @@ pub enum Error {
     /// Bad user input that is not tied to one file (flags, class ranges).
     #[error("{0}")]
     Config(String),
+    /// A report that breaks its own rules (an accuracy matrix with a
+    /// missing cell, a negative time), e.g. a hand-edited run file given to
+    /// `merge`.
+    #[error("{0}")]
+    Report(String),
     /// No usable GPU adapter, or the device failed.
     #[error("{0}")]
     Device(String),

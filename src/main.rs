@@ -494,7 +494,27 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
     Ok(())
 }
 
+/// A panic (a broken invariant, a GPU device lost in a read-back) still ends
+/// in one line on stderr, like every other error; nothing half-written is
+/// left, since outputs are only renamed into place after the work.
+fn one_line_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        let msg: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" (internal error at {}:{})", l.file(), l.line()));
+        eprintln!("lwf-engine: error: {}{at}", msg.join(" "));
+    }));
+}
+
 fn main() -> ExitCode {
+    one_line_panics();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 pub use folder::{load_folder, FolderOptions, FolderSummary};
 pub use load::{load, load_images, load_with, resolve, FASHION_MNIST};
 pub use split::{
-    check_classes_present, epoch_order, format_classes, joint_split, local_label, parse_classes, parse_tasks,
-    protocol_tasks, task_view, to_local, Batches, ClassList, Protocol, TaskList, TaskView,
+    check_classes_present, format_classes, joint_split, local_label, parse_classes, parse_tasks,
+    protocol_tasks, task_view, to_local, ClassList, Protocol, TaskList, TaskView,
 };
 
 /// Image pixels in their stored type.

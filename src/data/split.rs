@@ -270,65 +270,6 @@ pub fn to_local(classes: &[u32], labels: &mut [u32]) {
     }
 }
 
-/// A random order of `0..n` for one epoch.
-pub fn epoch_order(n: usize, rng: &mut Rng) -> Vec<usize> {
-    rng.permutation(n)
-}
-
-/// One epoch's example indices cut into batches of `batch_size`; the last
-/// batch keeps the remainder (PyTorch's `DataLoader(drop_last=False)`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Batches {
-    order: Vec<usize>,
-    batch_size: usize,
-}
-
-impl Batches {
-    /// Batches over `order` as given. Panics if `batch_size` is 0.
-    pub fn new(order: Vec<usize>, batch_size: usize) -> Batches {
-        assert!(batch_size > 0, "Batches: batch size must be positive");
-        Batches { order, batch_size }
-    }
-
-    /// `indices` (e.g. a [`TaskView`]'s) in a seeded random order.
-    pub fn shuffled(indices: &[usize], batch_size: usize, rng: &mut Rng) -> Batches {
-        let order = epoch_order(indices.len(), rng).into_iter().map(|i| indices[i]).collect();
-        Batches::new(order, batch_size)
-    }
-
-    /// `indices` in their given order (evaluation, recording teacher outputs).
-    pub fn sequential(indices: &[usize], batch_size: usize) -> Batches {
-        Batches::new(indices.to_vec(), batch_size)
-    }
-
-    /// The number of batches, counting a final partial one.
-    pub fn len(&self) -> usize {
-        self.order.len().div_ceil(self.batch_size)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
-    /// The whole epoch order.
-    pub fn order(&self) -> &[usize] {
-        &self.order
-    }
-
-    /// The batches, each a slice of example indices.
-    pub fn iter(&self) -> std::slice::Chunks<'_, usize> {
-        self.order.chunks(self.batch_size)
-    }
-}
-
-impl<'a> IntoIterator for &'a Batches {
-    type Item = &'a [usize];
-    type IntoIter = std::slice::Chunks<'a, usize>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
 /// One split holding the old tasks' images followed by the new task's, with
 /// task views into it (`extend --method joint`, which trains on both).
 pub fn joint_split(
@@ -390,17 +331,5 @@ mod tests {
         let mut l = [7, 5];
         to_local(&[5, 6, 7], &mut l);
         assert_eq!(l, [2, 0]);
-    }
-
-    #[test]
-    fn batches_keep_the_last_partial_batch() {
-        let b = Batches::sequential(&[4, 5, 6, 7, 8], 2);
-        assert_eq!(b.len(), 3);
-        assert_eq!(b.iter().collect::<Vec<_>>(), [&[4, 5][..], &[6, 7], &[8]]);
-        let mut rng = Rng::new(3);
-        let s = Batches::shuffled(&[10, 20, 30], 2, &mut rng);
-        let mut o = s.order().to_vec();
-        o.sort();
-        assert_eq!(o, [10, 20, 30]);
     }
 }

@@ -64,7 +64,7 @@ impl AccMatrix {
     pub fn set_row(&mut self, t: usize, accs: &[f64]) -> Result<()> {
         let n = self.n();
         if t >= n || accs.len() != t + 1 {
-            return Err(Error::Config(format!(
+            return Err(Error::Report(format!(
                 "accuracy row after task {t} needs {} values for a {n}-task matrix, got {}",
                 t + 1,
                 accs.len()
@@ -82,20 +82,20 @@ impl AccMatrix {
     pub fn validate(&self, what: &str) -> Result<()> {
         let n = self.n();
         if n == 0 {
-            return Err(Error::Config(format!("{what}: the accuracy matrix is empty")));
+            return Err(Error::Report(format!("{what}: the accuracy matrix is empty")));
         }
         for (t, row) in self.0.iter().enumerate() {
             if row.len() != n {
-                return Err(Error::Config(format!("{what}: row {t} has {} cells, expected {n}", row.len())));
+                return Err(Error::Report(format!("{what}: row {t} has {} cells, expected {n}", row.len())));
             }
             for (j, cell) in row.iter().enumerate() {
                 match (j <= t, cell) {
                     (true, Some(a)) => check_fraction(*a, &format!("{what}[{t}][{j}]"))?,
                     (true, None) => {
-                        return Err(Error::Config(format!("{what}[{t}][{j}] is missing (task {j} seen)")))
+                        return Err(Error::Report(format!("{what}[{t}][{j}] is missing (task {j} seen)")))
                     }
                     (false, Some(_)) => {
-                        return Err(Error::Config(format!("{what}[{t}][{j}] is set but task {j} is unseen")))
+                        return Err(Error::Report(format!("{what}[{t}][{j}] is set but task {j} is unseen")))
                     }
                     (false, None) => {}
                 }
@@ -162,7 +162,7 @@ fn check_fraction(a: f64, what: &str) -> Result<()> {
     if a.is_finite() && (0.0..=1.0).contains(&a) {
         Ok(())
     } else {
-        Err(Error::Config(format!("{what} = {a} is not a fraction in [0, 1]")))
+        Err(Error::Report(format!("{what} = {a} is not a fraction in [0, 1]")))
     }
 }
 
@@ -172,7 +172,7 @@ fn check_non_negative(x: f64, what: &str) -> Result<()> {
     if x.is_finite() && x >= 0.0 {
         Ok(())
     } else {
-        Err(Error::Config(format!("{what} = {x} must be finite and >= 0")))
+        Err(Error::Report(format!("{what} = {x} must be finite and >= 0")))
     }
 }
 
@@ -495,7 +495,7 @@ impl RunResult {
         let timings = Timings::from_tasks(&p.task_timings)?;
         // validate() guarantees n >= 1 and a full lower triangle, so the
         // Options below are Some and the forgetting list has no gaps.
-        let missing = || Error::Config("accuracy matrix incomplete".to_string());
+        let missing = || Error::Report("accuracy matrix incomplete".to_string());
         Ok(RunResult {
             final_task_aware_avg: a.final_avg().ok_or_else(missing)?,
             final_class_il_acc: *p.class_il_after_each_task.last().ok_or_else(missing)?,
@@ -532,13 +532,13 @@ impl RunResult {
 /// Every per-task input must describe the same n tasks.
 fn check_shapes(p: &RunParts, n: usize) -> Result<()> {
     if n == 0 {
-        return Err(Error::Config("a run needs at least one task".to_string()));
+        return Err(Error::Report("a run needs at least one task".to_string()));
     }
     for (what, m) in
         [("acc_matrix_task_aware", &p.task_aware), ("acc_matrix_class_il_per_task", &p.class_il_per_task)]
     {
         if m.n() != n {
-            return Err(Error::Config(format!("{what} is {}×{0}, but there are {n} tasks", m.n())));
+            return Err(Error::Report(format!("{what} is {}×{0}, but there are {n} tasks", m.n())));
         }
         m.validate(what)?;
     }
@@ -548,7 +548,7 @@ fn check_shapes(p: &RunParts, n: usize) -> Result<()> {
     ];
     for (what, len) in lens {
         if len != n {
-            return Err(Error::Config(format!("{what} has {len} entries, but there are {n} tasks")));
+            return Err(Error::Report(format!("{what} has {len} entries, but there are {n} tasks")));
         }
     }
     for (t, &acc) in p.class_il_after_each_task.iter().enumerate() {

@@ -63,7 +63,7 @@ pub fn render_plot_svg(protocol: &str, results: &[RunResult]) -> Result<String> 
     let lines = seed_mean_lines(results);
     let n = results.iter().map(RunResult::n_tasks).max().unwrap_or(0);
     if lines.is_empty() || n == 0 {
-        return Err(Error::Config("no accuracies to plot".to_string()));
+        return Err(Error::Report("no accuracies to plot".to_string()));
     }
     let (cil_lines, classifiers) = class_il_lines(results);
     let tasks: Vec<String> = (1..=n).map(|j| format!("task {j}")).collect();
@@ -151,7 +151,7 @@ fn y_floor(lines: &[Line]) -> f64 {
 }
 
 fn plot_error(e: impl std::fmt::Display) -> Error {
-    Error::Config(format!("drawing the plot: {e}"))
+    Error::Report(format!("drawing the plot: {e}"))
 }
 
 /// A task's marker at `$at` (`$shape`: `Some(task)`, or `None` for no

@@ -467,7 +467,7 @@ impl Ctx {
         match rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("wgpu backend: mapping the read-back buffer failed: {e}"),
-            Err(_) => panic!("wgpu backend: the read-back was never completed (device lost?)"),
+            Err(_) => panic!("wgpu backend: the GPU device was lost before a read-back completed"),
         }
         let out = {
             let view = slice.get_mapped_range().expect("a mapped read-back buffer");
