@@ -326,7 +326,10 @@ fn same_seed_same_numbers_bit_for_bit() {
 /// matrices have exactly the lower triangle filled.
 #[test]
 fn split5_run_fills_the_lower_triangle() {
-    let hyper = Hyper { epochs: 1, batch_size: 64, ..Hyper::default() };
+    // Every one of the 300 images a task keeps trains: with a tenth held out
+    // for validation, one epoch of 5 steps is too few for some seeds to learn
+    // task 5 (bag vs ankle boot), which is not what this test is about.
+    let hyper = Hyper { epochs: 1, batch_size: 64, val_fraction: 0.0, ..Hyper::default() };
     let cfg = experiment("split5", &[Method::Lwf], &[0], hyper);
     assert_eq!(cfg.tasks, [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]);
     let run = runs(&cfg).pop().unwrap();
