@@ -10,6 +10,7 @@
 //! `class_stats` in the metadata saying what they are. Written atomically.
 
 use crate::backend::Backend;
+use crate::data::Normalization;
 use crate::error::{Error, Result};
 use crate::incremental::stats::{packed_len, ClassStats, Gaussian, StatsKind};
 use crate::incremental::HeadMode;
@@ -22,6 +23,20 @@ use std::collections::HashMap;
 use std::path::Path;
 
 const META_KEY: &str = "lwf_engine";
+
+/// A number (checkpoints before per-channel normalisation) or a list of numbers.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(f32),
+        Many(Vec<f32>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => vec![v],
+        OneOrMany::Many(v) => v,
+    })
+}
 const FORMAT: &str = "lwf-engine-checkpoint/1";
 
 /// One step of a model's life: how it got here.
@@ -71,9 +86,12 @@ pub struct Meta {
     pub format: String,
     pub engine_version: String,
     pub arch: Arch,
-    /// Pixels are scaled to [0, 1], then `(x − mean) / std`.
-    pub norm_mean: f32,
-    pub norm_std: f32,
+    /// Pixels are scaled to [0, 1], then `(x − mean[c]) / std[c]` per channel
+    /// (one value: every channel). Older checkpoints hold one number each.
+    #[serde(deserialize_with = "one_or_many")]
+    pub norm_mean: Vec<f32>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub norm_std: Vec<f32>,
     pub head_mode: HeadMode,
     pub heads: Vec<HeadMeta>,
     /// The tasks learnt so far, in order (their class lists).
@@ -85,19 +103,24 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub fn new(arch: Arch, norm_mean: f32, norm_std: f32, head_mode: HeadMode) -> Self {
+    pub fn new(arch: Arch, norm: &Normalization, head_mode: HeadMode) -> Self {
         Meta {
             format: FORMAT.into(),
             engine_version: env!("CARGO_PKG_VERSION").into(),
             arch,
-            norm_mean,
-            norm_std,
+            norm_mean: norm.mean.clone(),
+            norm_std: norm.std.clone(),
             head_mode,
             heads: Vec::new(),
             tasks: Vec::new(),
             history: Vec::new(),
             class_stats: None,
         }
+    }
+
+    /// The normalisation every verb applies to this model's inputs.
+    pub fn norm(&self) -> Normalization {
+        Normalization { mean: self.norm_mean.clone(), std: self.norm_std.clone() }
     }
 
     /// All classes the model knows.
@@ -109,6 +132,7 @@ impl Meta {
     /// checkpoint whose metadata disagrees with itself is refused on load
     /// instead of failing later, deep inside evaluation.
     pub fn check_consistent(&self) -> std::result::Result<(), String> {
+        self.norm().check(self.arch.input[0])?;
         if self.tasks.is_empty() || self.tasks.iter().any(|t| t.is_empty()) {
             return Err("the metadata lists no task, or an empty one".into());
         }
@@ -141,6 +165,11 @@ impl Meta {
             ));
         }
         Ok(())
+    }
+
+    /// Every class the model knows with its name, in the order learnt.
+    pub fn named_classes(&self) -> Vec<(u32, String)> {
+        self.classes().into_iter().map(|c| (c, self.class_name(c))).collect()
     }
 
     /// The name of a global class, as recorded in the heads.

@@ -22,6 +22,11 @@ pub fn run_config(cfg: &ExperimentConfig, data: &Dataset) -> serde_json::Value {
         obj.insert("train_limit".into(), cfg.train_limit.into());
         obj.insert("test_limit".into(), cfg.test_limit.into());
         obj.insert("threads".into(), rayon::current_num_threads().into());
+        // Only when not the default: cnn-s runs keep the files written before
+        // --arch existed, so those still resume and merge with new ones.
+        if cfg.arch != crate::nn::ArchKind::default() {
+            obj.insert("arch".into(), cfg.arch.name().into());
+        }
     }
     config
 }

@@ -81,7 +81,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &mut Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         plan: &LossPlan<'_, B>,
         hyper: &Hyper,
@@ -154,7 +154,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &mut Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         batch: &[usize],
         plan: &LossPlan<'_, B>,
@@ -199,7 +199,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Normalised images of the batch into the host staging vector.
-    fn stage_images(&mut self, split: &Split, norm: Normalization, examples: &[Example], batch: &[usize]) {
+    fn stage_images(&mut self, split: &Split, norm: &Normalization, examples: &[Example], batch: &[usize]) {
         self.idx.clear();
         self.idx.extend(batch.iter().map(|&i| examples[i].idx));
         self.xs.resize(batch.len() * split.image_len(), 0.0);
@@ -212,7 +212,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         indices: &[usize],
         batch_size: usize,
     ) -> Vec<f32> {
@@ -230,7 +230,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         heads: &[usize],
         batch_size: usize,
@@ -272,7 +272,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &mut Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         fisher: &mut [B::Buf],
     ) {
