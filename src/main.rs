@@ -215,9 +215,10 @@ impl ResumeArgs {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Classes to learn: ids, ranges or names, e.g. `0-4`, `0,2,7` or `cat,dog`.
-    #[arg(long, default_value = "0-4")]
-    classes: ClassList,
+    /// Classes to learn: ids, ranges or names, e.g. `0-4`, `0,2,7` or
+    /// `cat,dog`. Default: every class of an image folder, else 0-4.
+    #[arg(long)]
+    classes: Option<ClassList>,
     /// The model: cnn-s (two conv blocks, for small grey images) or cnn-m
     /// (three, wider: colour images of 32×32 and up).
     #[arg(long, value_enum, default_value_t = ArchKind::CnnS)]

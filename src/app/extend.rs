@@ -179,8 +179,9 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         _ => String::new(),
     };
     Ok(format!(
-        "extended with classes {} by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}]{cil}{stats_note} → {}",
+        "extended with classes {} ({}) by {method} on {} in {:.1}s ({:.0} images/s); test accuracy per task [{}]{cil}{stats_note} → {}",
         data::format_classes(&classes),
+        class_names(data, &classes).join(", "),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),

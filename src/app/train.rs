@@ -19,7 +19,9 @@ pub struct TrainRequest {
     /// How an image folder is read (IDX/NPY data ignore it).
     pub folder: FolderOptions,
     /// Ids and names; names are resolved against the data's class names.
-    pub classes: ClassList,
+    /// `None`: every class of an image folder (a user's own classes), else
+    /// 0-4 (the first half of Fashion-MNIST, the paper's first task).
+    pub classes: Option<ClassList>,
     pub arch: ArchKind,
     pub out: PathBuf,
     pub seed: u64,
@@ -31,7 +33,11 @@ pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> R
     crate::fsio::check_output_file(&req.out)?;
     let data = data::load_with(&req.data, &req.folder)?;
     let where_ = data.root.display().to_string();
-    let classes = req.classes.resolve(&data.class_names, &where_)?;
+    let classes = match &req.classes {
+        Some(c) => c.resolve(&data.class_names, &where_)?,
+        None if data.ids_from_names => (0..data.num_classes as u32).collect(),
+        None => (0..5).collect(),
+    };
     data::check_classes_present(&data.train, &classes, &where_)?;
     on_backend!(choice, b => train_on(&b, &data, &classes, req, obs))
 }
@@ -89,8 +95,9 @@ fn train_on<B: Backend>(
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     finish_session(&tr);
     Ok(format!(
-        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
+        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%; class statistics: {} → {}",
         data::format_classes(classes),
+        class_names(data, classes).join(", "),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),

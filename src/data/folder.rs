@@ -118,7 +118,8 @@ pub struct FolderSummary {
 
 impl fmt::Display for FolderSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = if self.size_chosen { "the most common size" } else { "as asked" };
+        let how =
+            if self.size_chosen { "the most common size" } else { "as set by --image-size or the model" };
         write!(
             f,
             "{}: {} classes, {} train + {} test images, {}×{}×{} ({how}); ",
