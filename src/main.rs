@@ -242,7 +242,7 @@ struct ExtendArgs {
     /// The trained model to extend.
     #[arg(long)]
     model: PathBuf,
-    /// The data holding the new classes (the old data is not needed).
+    // The data holding the new classes (the old data is not needed).
     #[command(flatten)]
     data: DataArgs,
     /// New classes (ids, ranges or names); default: every class of the data

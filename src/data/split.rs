@@ -437,4 +437,17 @@ mod tests {
         o.sort();
         assert_eq!(o, [10, 20, 30]);
     }
+
+    #[test]
+    fn class_lists_take_ids_ranges_and_names() {
+        let names: Vec<String> = ["cat", "dog", "t-shirt", "horse"].map(String::from).to_vec();
+        let resolve = |s: &str| s.parse::<ClassList>().and_then(|l| l.resolve(&names, "pets"));
+        assert_eq!(resolve("0-1").unwrap(), [0, 1]);
+        assert_eq!(resolve("horse, 0").unwrap(), [0, 3]);
+        assert_eq!(resolve("t-shirt,dog,1").unwrap(), [1, 2], "a dash in a name is not a range");
+        let e = resolve("cat,cow").unwrap_err().to_string();
+        assert!(e.contains("'cow'") && e.contains("pets") && e.contains("cat, dog, t-shirt, horse"), "{e}");
+        assert!(resolve("4-2").unwrap_err().to_string().contains("backwards"));
+        assert!(resolve("0,,1").is_err() && resolve("").is_err());
+    }
 }
