@@ -420,3 +420,31 @@ fn f32_bytes(xs: &[f32]) -> Vec<u8> {
 pub(crate) fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoints written before normalisation was per channel hold one
+    /// number each for `norm_mean` and `norm_std`: they read as one channel.
+    /// New ones write lists, per channel.
+    #[test]
+    fn scalar_normalisation_of_older_checkpoints_reads_as_one_channel() {
+        let norm = Normalization { mean: vec![0.1, 0.2, 0.3], std: vec![0.4, 0.5, 0.6] };
+        let mut meta = Meta::new(Arch::cnn_m([3, 32, 32]), &norm, HeadMode::PerTask);
+        meta.tasks = vec![vec![0, 1]];
+        meta.heads = vec![HeadMeta { classes: vec![0, 1], class_names: vec!["a".into(), "b".into()] }];
+        let mut json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(json["norm_mean"], serde_json::json!([0.1f32, 0.2f32, 0.3f32]));
+        let back: Meta = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.norm(), norm);
+        json["norm_mean"] = serde_json::json!(0.286f32);
+        json["norm_std"] = serde_json::json!(0.353f32);
+        let old: Meta = serde_json::from_value(json).unwrap();
+        assert_eq!(old.norm(), Normalization { mean: vec![0.286], std: vec![0.353] });
+        assert!(old.check_consistent().is_ok(), "one value stands for every channel");
+        let mut two = old.clone();
+        two.norm_mean = vec![0.1, 0.2];
+        assert!(two.check_consistent().unwrap_err().contains("2 means"));
+    }
+}
