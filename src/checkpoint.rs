@@ -10,6 +10,7 @@
 //! `class_stats` in the metadata saying what they are. Written atomically.
 
 use crate::backend::Backend;
+use crate::data::Normalization;
 use crate::error::{Error, Result};
 use crate::incremental::stats::{packed_len, ClassStats, Gaussian, StatsKind};
 use crate::incremental::HeadMode;
@@ -22,6 +23,20 @@ use std::collections::HashMap;
 use std::path::Path;
 
 const META_KEY: &str = "lwf_engine";
+
+/// A number (checkpoints before per-channel normalisation) or a list of numbers.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(f32),
+        Many(Vec<f32>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => vec![v],
+        OneOrMany::Many(v) => v,
+    })
+}
 const FORMAT: &str = "lwf-engine-checkpoint/1";
 
 /// One step of a model's life: how it got here.
@@ -77,9 +92,12 @@ pub struct Meta {
     pub format: String,
     pub engine_version: String,
     pub arch: Arch,
-    /// Pixels are scaled to [0, 1], then `(x − mean) / std`.
-    pub norm_mean: f32,
-    pub norm_std: f32,
+    /// Pixels are scaled to [0, 1], then `(x − mean[c]) / std[c]` per channel
+    /// (one value: every channel). Older checkpoints hold one number each.
+    #[serde(deserialize_with = "one_or_many")]
+    pub norm_mean: Vec<f32>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub norm_std: Vec<f32>,
     pub head_mode: HeadMode,
     pub heads: Vec<HeadMeta>,
     /// The tasks learnt so far, in order (their class lists).
@@ -91,19 +109,24 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub fn new(arch: Arch, norm_mean: f32, norm_std: f32, head_mode: HeadMode) -> Self {
+    pub fn new(arch: Arch, norm: &Normalization, head_mode: HeadMode) -> Self {
         Meta {
             format: FORMAT.into(),
             engine_version: env!("CARGO_PKG_VERSION").into(),
             arch,
-            norm_mean,
-            norm_std,
+            norm_mean: norm.mean.clone(),
+            norm_std: norm.std.clone(),
             head_mode,
             heads: Vec::new(),
             tasks: Vec::new(),
             history: Vec::new(),
             class_stats: None,
         }
+    }
+
+    /// The normalisation every verb applies to this model's inputs.
+    pub fn norm(&self) -> Normalization {
+        Normalization { mean: self.norm_mean.clone(), std: self.norm_std.clone() }
     }
 
     /// All classes the model knows.
@@ -115,6 +138,7 @@ impl Meta {
     /// checkpoint whose metadata disagrees with itself is refused on load
     /// instead of failing later, deep inside evaluation.
     pub fn check_consistent(&self) -> std::result::Result<(), String> {
+        self.norm().check(self.arch.input[0])?;
         if self.tasks.is_empty() || self.tasks.iter().any(|t| t.is_empty()) {
             return Err("the metadata lists no task, or an empty one".into());
         }
@@ -147,6 +171,11 @@ impl Meta {
             ));
         }
         Ok(())
+    }
+
+    /// Every class the model knows with its name, in the order learnt.
+    pub fn named_classes(&self) -> Vec<(u32, String)> {
+        self.classes().into_iter().map(|c| (c, self.class_name(c))).collect()
     }
 
     /// The name of a global class, as recorded in the heads.
@@ -396,4 +425,32 @@ fn f32_bytes(xs: &[f32]) -> Vec<u8> {
 
 pub(crate) fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoints written before normalisation was per channel hold one
+    /// number each for `norm_mean` and `norm_std`: they read as one channel.
+    /// New ones write lists, per channel.
+    #[test]
+    fn scalar_normalisation_of_older_checkpoints_reads_as_one_channel() {
+        let norm = Normalization { mean: vec![0.1, 0.2, 0.3], std: vec![0.4, 0.5, 0.6] };
+        let mut meta = Meta::new(Arch::cnn_m([3, 32, 32]), &norm, HeadMode::PerTask);
+        meta.tasks = vec![vec![0, 1]];
+        meta.heads = vec![HeadMeta { classes: vec![0, 1], class_names: vec!["a".into(), "b".into()] }];
+        let mut json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(json["norm_mean"], serde_json::json!([0.1f32, 0.2f32, 0.3f32]));
+        let back: Meta = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.norm(), norm);
+        json["norm_mean"] = serde_json::json!(0.286f32);
+        json["norm_std"] = serde_json::json!(0.353f32);
+        let old: Meta = serde_json::from_value(json).unwrap();
+        assert_eq!(old.norm(), Normalization { mean: vec![0.286], std: vec![0.353] });
+        assert!(old.check_consistent().is_ok(), "one value stands for every channel");
+        let mut two = old.clone();
+        two.norm_mean = vec![0.1, 0.2];
+        assert!(two.check_consistent().unwrap_err().contains("2 means"));
+    }
 }

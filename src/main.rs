@@ -4,11 +4,12 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lwf_engine::app::{self, BackendChoice, Shard};
-use lwf_engine::data::{ClassList, Protocol, TaskList};
+use lwf_engine::data::{ClassList, FolderOptions, Protocol, TaskList};
 use lwf_engine::incremental::classifier::ClassifierKind;
 use lwf_engine::incremental::select::SelectGrid;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
 use lwf_engine::incremental::{HeadMode, Hyper, Method, Observer};
+use lwf_engine::nn::ArchKind;
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +34,7 @@ enum Cmd {
     Extend(ExtendArgs),
     /// Accuracy of a saved model on the test split of a data set.
     Eval(EvalArgs),
-    /// Class names and probabilities for each image of a file.
+    /// Class names and probabilities for each image of image files, folders or IDX/NPY files.
     Predict(PredictArgs),
     /// Compare methods on a protocol (two-task, splitN) over seeds; writes JSON, CSV and an SVG plot.
     Experiment(ExperimentArgs),
@@ -61,6 +62,56 @@ struct Common {
     /// CPU threads (rayon); 0 = one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+}
+
+/// `--data` and how an image folder is read (IDX/NPY data ignore the rest).
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Data: `fashion-mnist` (shipped), a directory of IDX or NPY files, or an
+    /// image folder: one sub-folder of PNG/JPEG images per class (DIR/<class>/),
+    /// or DIR/train/<class>/ and DIR/test/<class>/.
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Image folder without train/ and test/: the share of each class's
+    /// images held out for testing (seeded, the same split every run).
+    #[arg(long, default_value_t = 0.2, value_parser = parse_fraction)]
+    test_fraction: f64,
+    /// Image folder: resize every image to HxW (or N for N×N). Default: the
+    /// most common size; for a saved model (extend, eval), the model's.
+    #[arg(long, value_name = "HxW", value_parser = parse_image_size)]
+    image_size: Option<(usize, usize)>,
+    /// Image folder: refuse files that are not .png/.jpg/.jpeg instead of
+    /// skipping them with a warning.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl DataArgs {
+    fn folder(&self) -> FolderOptions {
+        FolderOptions {
+            test_fraction: self.test_fraction,
+            image_size: self.image_size,
+            strict: self.strict,
+            ..FolderOptions::default()
+        }
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(f),
+        _ => Err(format!("expected a fraction above 0 and below 1, e.g. 0.2, got '{s}'")),
+    }
+}
+
+/// `HxW`, `H×W` or `N` (N×N), each at least 1.
+fn parse_image_size(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected HxW or N with sides of at least 1, e.g. 32x32 or 32, got '{s}'");
+    let side = |t: &str| t.trim().parse::<usize>().ok().filter(|&v| v >= 1).ok_or_else(bad);
+    match s.split_once(['x', 'X', '×']) {
+        Some((h, w)) => Ok((side(h)?, side(w)?)),
+        None => side(s).map(|n| (n, n)),
+    }
 }
 
 #[derive(Args, Clone)]
@@ -211,12 +262,16 @@ impl ResumeArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Data set: `fashion-mnist` (shipped) or a directory of IDX or NPY files.
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
-    /// Classes to learn, e.g. `0-4` or `0,2,7`.
-    #[arg(long, default_value = "0-4")]
-    classes: ClassList,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Classes to learn: ids, ranges or names, e.g. `0-4`, `0,2,7` or
+    /// `cat,dog`. Default: every class of an image folder, else 0-4.
+    #[arg(long)]
+    classes: Option<ClassList>,
+    /// The model: cnn-s (two conv blocks, for small grey images) or cnn-m
+    /// (three, wider: colour images of 32×32 and up).
+    #[arg(long, value_enum, default_value_t = ArchKind::CnnS)]
+    arch: ArchKind,
     /// Where to write the model (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -236,10 +291,11 @@ struct ExtendArgs {
     /// The trained model to extend.
     #[arg(long)]
     model: PathBuf,
-    /// Data holding the new classes (the old data is not needed).
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
-    /// New classes; default: every class of the data the model does not know.
+    // The data holding the new classes (the old data is not needed).
+    #[command(flatten)]
+    data: DataArgs,
+    /// New classes (ids, ranges or names); default: every class of the data
+    /// the model does not know.
     #[arg(long)]
     classes: Option<ClassList>,
     /// How the new classes are learnt.
@@ -268,8 +324,8 @@ struct ExtendArgs {
 struct EvalArgs {
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
+    #[command(flatten)]
+    data: DataArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -285,17 +341,22 @@ struct EvalArgs {
 struct PredictArgs {
     #[arg(long)]
     model: PathBuf,
-    /// Images: an IDX (optionally .gz) or NPY file.
-    #[arg(long)]
-    input: PathBuf,
+    /// Images: PNG/JPEG files, folders of them (searched recursively), IDX
+    /// (optionally .gz) or NPY files; several may follow one --input.
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
     /// Classes listed per image.
     #[arg(long, default_value_t = 3)]
     top_k: usize,
     /// Predict only the first N images.
     #[arg(long)]
     limit: Option<usize>,
-    #[arg(long)]
+    /// Print one JSON object instead of a table.
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print CSV rows file,rank,class,name,probability instead of a table.
+    #[arg(long)]
+    csv: bool,
     /// How classes are scored (default: ncm-task when the model holds class
     /// statistics, else heads).
     #[arg(long, value_enum)]
@@ -323,8 +384,11 @@ struct ExperimentArgs {
     /// Comma-separated seeds.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     seeds: Vec<u64>,
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
+    #[command(flatten)]
+    data: DataArgs,
+    /// The model every run trains (see train --arch).
+    #[arg(long, value_enum, default_value_t = ArchKind::CnnS)]
+    arch: ArchKind,
     /// Directory for the JSON, CSV and SVG results.
     #[arg(long, default_value = "results")]
     out: PathBuf,
@@ -352,8 +416,11 @@ struct ExperimentArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
+    #[command(flatten)]
+    data: DataArgs,
+    /// The model timed (see train --arch).
+    #[arg(long, value_enum, default_value_t = ArchKind::CnnS)]
+    arch: ArchKind,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -418,8 +485,10 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
         Cmd::Train(a) => {
             let be = setup(&a.common)?;
             let req = app::TrainRequest {
-                data: a.data,
-                classes: a.classes.0,
+                folder: a.data.folder(),
+                data: a.data.data,
+                classes: a.classes,
+                arch: a.arch,
                 out: a.out,
                 seed: a.seed,
                 hyper: a.hyper.hyper()?,
@@ -432,8 +501,9 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
             let be = setup(&a.common)?;
             let req = app::ExtendRequest {
                 model: a.model,
-                data: a.data,
-                classes: a.classes.map(|c| c.0),
+                folder: a.data.folder(),
+                data: a.data.data,
+                classes: a.classes,
                 method: a.method,
                 old_data: a.old_data,
                 out: a.out,
@@ -447,18 +517,24 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
         }
         Cmd::Eval(a) => {
             let be = setup(&a.common)?;
-            let r = app::eval(be, &a.model, &a.data, a.classifier)?;
+            let r = app::eval(be, &a.model, &a.data.data, &a.data.folder(), a.classifier)?;
             println!("{}", if a.json { r.to_json() } else { r.to_table() });
         }
         Cmd::Predict(a) => {
             let be = setup(&a.common)?;
             let p = app::predict(be, &a.model, &a.input, a.top_k, a.limit, a.classifier)?;
-            println!("{}", if a.json { p.to_json() } else { p.to_table() });
+            match (a.json, a.csv) {
+                (true, _) => println!("{}", p.to_json()),
+                (_, true) => print!("{}", p.to_csv()),
+                _ => println!("{}", p.to_table()),
+            }
         }
         Cmd::Experiment(a) => {
             let be = setup(&a.common)?;
             let req = app::ExperimentRequest {
-                data: a.data,
+                folder: a.data.folder(),
+                data: a.data.data,
+                arch: a.arch,
                 protocol: a.protocol,
                 tasks: a.tasks.map(|t| t.0),
                 methods: a.methods,
@@ -487,7 +563,8 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
                 }
                 (be, false) => be,
             };
-            let r = app::bench(be, &a.data, a.train_limit, &a.hyper.hyper()?, &obs)?;
+            let folder = a.data.folder();
+            let r = app::bench(be, &a.data.data, &folder, a.train_limit, &a.hyper.hyper()?, a.arch, &obs)?;
             println!("{}", if a.json { r.to_json() } else { r.to_table() });
         }
     }

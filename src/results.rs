@@ -25,6 +25,11 @@ pub fn run_config(cfg: &ExperimentConfig, data: &Dataset) -> serde_json::Value {
         if let Some(grid) = &cfg.select {
             obj.insert("select".into(), serde_json::to_value(grid).expect("serialisable grid"));
         }
+        // Only when not the default: cnn-s runs keep the files written before
+        // --arch existed, so those still resume and merge with new ones.
+        if cfg.arch != crate::nn::ArchKind::default() {
+            obj.insert("arch".into(), cfg.arch.name().into());
+        }
     }
     config
 }

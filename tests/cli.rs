@@ -254,7 +254,7 @@ fn train_extend_eval_predict_with_new_data_only() {
         &["extend", "--model", p(&m1), "--data", new.s(), "--classes", "5-9", "--method", "lwf"],
         &with(&["--out", p(&m2)], &QUICK),
     ));
-    assert!(s.contains("extended with classes 5-9 by lwf") && s.contains(p(&m2)), "{s}");
+    assert!(s.contains("extended with classes 5-9 (") && s.contains(") by lwf") && s.contains(p(&m2)), "{s}");
     // The new-only data has no test image of task 1: its accuracy is "-".
     assert!(s.contains("0-4: -"), "{s}");
     // Class statistics were carried and the old means moved by drift
@@ -1014,4 +1014,148 @@ fn extend_select_chooses_lambda_and_records_it() {
     fails(&with(&other, &["--select", "--select-tolerance", "1.5"]), &["--select-tolerance"]);
     fails(&with(&other, &["--val-fraction", "1.5"]), &["--val-fraction"]);
     assert!(!m3.exists());
+}
+
+// ---- image folders ---------------------------------------------------------------------
+
+/// A small learnable image: the class's colour plus seeded noise, with a
+/// bright square whose corner the class also sets. Saved as PNG or JPEG (by
+/// `name`'s extension), grey or colour, at `h` × `w`.
+fn class_image(path: &Path, class: usize, i: usize, (h, w): (u32, u32), grey: bool) {
+    const COLOURS: [[u8; 3]; 4] = [[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]];
+    let mut state = (class * 1000 + i) as u64 * 0x9E37_79B9_7F4A_7C15 + 1;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 41) as i32 - 20
+    };
+    let (cy, cx) = ((class as u32 / 2) * h / 2, (class as u32 % 2) * w / 2);
+    let mut img = image::RgbImage::new(w, h);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let inside = (cy..cy + h / 2).contains(&y) && (cx..cx + w / 2).contains(&x);
+        for (ch, v) in px.0.iter_mut().enumerate() {
+            let base = if inside { 250 } else { COLOURS[class][ch] as i32 };
+            *v = (base + noise()).clamp(0, 255) as u8;
+        }
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    if grey {
+        image::DynamicImage::ImageRgb8(img).to_luma8().save(path).unwrap();
+    } else {
+        img.save(path).unwrap();
+    }
+}
+
+/// `dir/<name>/…` for each (class index, name): `n` images each, mostly
+/// 16×16 colour PNGs, with JPEGs, grey images and other sizes mixed in.
+fn image_folder(dir: &Path, classes: &[(usize, &str)], n: usize) {
+    for &(class, name) in classes {
+        for i in 0..n {
+            let ext = if i % 3 == 1 { "jpg" } else { "png" };
+            let size = match i % 7 {
+                3 => (20, 20),
+                5 => (12, 18),
+                _ => (16, 16),
+            };
+            class_image(&dir.join(name).join(format!("img{i:02}.{ext}")), class, i, size, i % 5 == 2);
+        }
+    }
+}
+
+/// The model's classes and their names, from its metadata.
+fn model_classes(path: &Path) -> (Vec<Vec<u32>>, Vec<(u32, String)>) {
+    let ck = lwf_engine::checkpoint::load(path, &lwf_engine::backend::CpuBackend::new()).unwrap();
+    (ck.meta.tasks.clone(), ck.meta.named_classes())
+}
+
+/// A user's own images end to end: train cnn-m on a folder of two classes
+/// given by name, extend it with a folder holding only two new classes
+/// (whose sorted names interleave with the old ones, so ids follow the
+/// model, not the folder), eval on a folder of all four, predict files and
+/// folders in three formats; the same folder and seed give the same ids and
+/// numbers; bad input is one line.
+#[test]
+fn image_folders_train_extend_eval_predict() {
+    let t = TempDir::new("images");
+    let (old, new, all) = (t.path("old"), t.path("new"), t.path("all"));
+    image_folder(&old, &[(0, "cat"), (1, "dog")], 21);
+    image_folder(&new, &[(2, "ant"), (3, "eel")], 21);
+    image_folder(&all, &[(0, "cat"), (1, "dog"), (2, "ant"), (3, "eel")], 10);
+    let quick = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--ewc-samples", "20"];
+    let (m1, m1b, m2) = (t.path("m1.safetensors"), t.path("m1b.safetensors"), t.path("m2.safetensors"));
+
+    let train = |out: &Path, classes: &str| {
+        let args = ["train", "--data", p(&old), "--arch", "cnn-m", "--classes", classes, "--out", p(out)];
+        let out = run(&with(&args, &quick));
+        assert!(out.status.success(), "train failed: {}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let stderr = train(&m1, "cat,dog");
+    assert!(stderr.contains("3×16×16 (the most common size)"), "the chosen size is said: {stderr}");
+    // The same folder and seed: the same ids and the same numbers (the
+    // second run reads the decoded images from the cache); ids given as
+    // numbers or mixed with names are the same classes.
+    let stderr = train(&m1b, "0,dog");
+    assert!(stderr.contains("read from cache"), "{stderr}");
+    assert_eq!(checkpoint_bits(&m1), checkpoint_bits(&m1b));
+    let (tasks, named) = model_classes(&m1);
+    assert_eq!(tasks, [vec![0, 1]]);
+    assert_eq!(named, [(0, "cat".to_string()), (1, "dog".to_string())]);
+
+    // extend: the folder's own ids would be ant 0, eel 1; the model's are 2, 3.
+    ok(&with(
+        &["extend", "--model", p(&m1), "--data", p(&new), "--classes", "ant,eel", "--out", p(&m2)],
+        &quick,
+    ));
+    let (tasks, named) = model_classes(&m2);
+    assert_eq!(tasks, [vec![0, 1], vec![2, 3]]);
+    let names: Vec<&str> = named.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["cat", "dog", "ant", "eel"]);
+
+    // eval on a folder of all four classes, at the model's size without --image-size.
+    let ev = json(&ok(&["eval", "--model", p(&m2), "--data", p(&all), "--json"]));
+    assert_eq!(ev["images"], 8, "20 % of 10 images of each of 4 classes: {ev}");
+    for a in ev["task_aware"].as_array().unwrap() {
+        frac(a, "task-aware accuracy");
+    }
+    frac(&ev["class_il"], "class-IL");
+
+    // predict: two files, then a folder (searched recursively) and a file.
+    let (f1, f2) = (new.join("ant").join("img01.jpg"), old.join("cat").join("img03.png"));
+    let table = ok(&["predict", "--model", p(&m2), "--input", p(&f1), p(&f2), "--top-k", "2"]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[0].starts_with(p(&f1)) && rows[1].starts_with(p(&f2)), "{table}");
+    let pr = json(&ok(&["predict", "--model", p(&m2), "--input", p(&new), p(&f2), "--json"]));
+    let preds = pr["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 43, "42 images under new/ and one file: {pr}");
+    assert_eq!(preds[42]["file"], p(&f2), "{pr}");
+    for pred in preds {
+        for entry in pred["top"].as_array().unwrap() {
+            assert!(names.contains(&entry[1].as_str().unwrap()), "{pr}");
+        }
+    }
+    let csv = ok(&["predict", "--model", p(&m2), "--input", p(&new.join("eel")), "--csv", "--top-k", "4"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "file,rank,class,name,probability");
+    assert_eq!(lines.len(), 1 + 21 * 4, "{csv}");
+    let first: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!((first[0], first[1]), (p(&new.join("eel").join("img00.png")), "1"), "{csv}");
+    let sum: f64 = lines[1..5].iter().map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "one image's four probabilities sum to {sum}");
+
+    // Bad input: one line naming the flag or file, nothing written.
+    let out = t.path("never.safetensors");
+    let base = ["train", "--data", p(&old), "--out", p(&out)];
+    fails(&with(&base, &["--image-size", "0x5"]), &["--image-size", "0x5"]);
+    fails(&with(&base, &["--test-fraction", "1.5"]), &["--test-fraction", "1.5"]);
+    fails_with(&with(&base, &["--classes", "cat,cow"]), &["--classes", "'cow'", "cat, dog"], true);
+    let empty = t.path("empty");
+    std::fs::create_dir_all(empty.join("sub")).unwrap();
+    fails(&["predict", "--model", p(&m2), "--input", p(&empty)], &[p(&empty), "no .png"]);
+    let bad = t.path("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\n not really").unwrap();
+    fails(&["predict", "--model", p(&m2), "--input", p(&f1), p(&bad)], &[p(&bad), "decode"]);
+    assert!(!out.exists());
 }

@@ -117,12 +117,16 @@ fn shipped_fashion_mnist_loads_with_checksums_and_balanced_classes() {
     assert_eq!(ds.num_classes, 10);
     assert_eq!(ds.class_names[0], "T-shirt/top");
     assert_eq!(ds.class_names[9], "Ankle boot");
-    assert_eq!(ds.norm, Normalization::FASHION_MNIST);
+    assert_eq!(ds.fixed_norm, Some(Normalization::fashion_mnist()));
     assert_eq!(ds.train.class_counts(10), vec![6000; 10]);
     assert_eq!(ds.test.class_counts(10), vec![1000; 10]);
     // The published statistics are the training set's own.
-    let own = Normalization::from_split(&ds.train);
-    assert!((own.mean - 0.2860).abs() < 5e-4 && (own.std - 0.3530).abs() < 5e-4, "{own:?}");
+    let all: Vec<usize> = (0..ds.train.len()).collect();
+    let own = Normalization::of_images(&ds.train, &all);
+    assert!((own.mean[0] - 0.2860).abs() < 5e-4 && (own.std[0] - 0.3530).abs() < 5e-4, "{own:?}");
+    // Whatever the first task, Fashion-MNIST keeps the published constants.
+    let view = data::task_view(&ds.train, &[5, 6]);
+    assert_eq!(ds.norm_for(&view), Normalization::fashion_mnist());
 }
 
 #[test]
@@ -134,7 +138,10 @@ fn gzipped_and_raw_idx_load_and_classes_default_to_numbers() {
     assert_eq!(ds.num_classes, 3);
     assert_eq!(ds.class_names, ["class 0", "class 1", "class 2"]);
     assert_eq!(ds.train.pixels, Pixels::U8(pixels(5, 4, 3)));
-    assert_eq!(ds.norm, Normalization::from_split(&ds.train));
+    // Other data: the first task's training images set the normalisation.
+    assert_eq!(ds.fixed_norm, None);
+    let view = data::task_view(&ds.train, &[0, 2]);
+    assert_eq!(ds.norm_for(&view), Normalization::of_images(&ds.train, &view.indices));
     // The same bytes uncompressed, and classes.txt widening num_classes.
     let raw = std::fs::read(d.path("t10k-images-idx3-ubyte.gz")).unwrap();
     std::fs::remove_file(d.path("t10k-images-idx3-ubyte.gz")).unwrap();
@@ -279,8 +286,12 @@ fn npy_round_trip_u8_nhw_and_f32_nchw() {
     assert_eq!((ds.train.c, ds.train.h, ds.train.w), (3, 2, 2));
     assert_eq!(ds.train.pixels, Pixels::F32(xs.clone()));
     assert_eq!(ds.train.labels, [1, 0]);
-    let mean = xs.iter().sum::<f32>() / xs.len() as f32;
-    assert!((ds.norm.mean - mean).abs() < 1e-6, "{:?}", ds.norm);
+    // Per channel, over the first task's images (class 1: image 0).
+    let norm = ds.norm_for(&data::task_view(&ds.train, &[1]));
+    for (ch, m) in norm.mean.iter().enumerate() {
+        let want = xs[ch * 4..ch * 4 + 4].iter().sum::<f32>() / 4.0;
+        assert!((m - want).abs() < 1e-6, "{norm:?}");
+    }
     let split = data::load_images(&d.path("test_images.npy")).unwrap();
     assert_eq!((split.len(), split.c, split.labels.len()), (1, 3, 0));
 }
@@ -359,16 +370,16 @@ fn task_views_and_class_presence() {
 fn fill_batch_writes_normalised_images_contiguously() {
     let px: Vec<u8> = vec![0, 255, 128, 64, 1, 2, 3, 4];
     let s = Split::new(Pixels::U8(px.clone()), vec![0, 1], 1, 2, 2);
-    let norm = Normalization::FASHION_MNIST;
+    let norm = Normalization::fashion_mnist();
     let mut out = vec![f32::NAN; 12];
-    s.fill_batch(&[1, 0, 1], norm, &mut out);
+    s.fill_batch(&[1, 0, 1], &norm, &mut out);
     let expect = |p: u8| (p as f32 / 255.0 - 0.2860) / 0.3530;
     let want: Vec<f32> = [&px[4..], &px[..4], &px[4..]].concat().into_iter().map(expect).collect();
     assert_eq!(out, want);
     assert!((out[5] - (1.0 - 0.2860) / 0.3530).abs() < 1e-6);
     let f = Split::new(Pixels::F32(vec![0.25, 0.75]), vec![], 1, 1, 1);
     let mut out = [0.0f32; 1];
-    f.fill_batch(&[1], Normalization { mean: 0.5, std: 0.5 }, &mut out);
+    f.fill_batch(&[1], &Normalization { mean: vec![0.5], std: vec![0.5] }, &mut out);
     assert_eq!(out, [0.5]);
 }
 

@@ -312,6 +312,19 @@ fn conv2d_at_cnn_s_sizes_matches_naive() {
     check_conv(p, 1).unwrap();
 }
 
+/// cnn-m's convolutions at 32×32 colour input, each through the path the
+/// CPU backend picks for it (3 input channels: direct; 32 and 64: Winograd,
+/// the third block's 64 → 128 at 8×8 included), against the naive reference
+/// and against im2col.
+#[test]
+fn conv2d_at_cnn_m_sizes_matches_naive() {
+    for (c, hw, oc) in [(3, 32, 32), (32, 16, 64), (64, 8, 128)] {
+        let p = Conv2dParams { n: 3, c, h: hw, w: hw, oc, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 };
+        check_conv(p, c as u64).unwrap();
+        check_against_im2col(p, c as u64 + 1).unwrap();
+    }
+}
+
 /// Every backward kernel accumulates: running it on a buffer that holds `d0`
 /// gives `d0 + (the result on zeros)`.
 #[test]

@@ -137,7 +137,8 @@ fn checkpoint_bytes() -> &'static [u8] {
         let mut net = Net::<B>::new(&b, arch.clone(), &mut Rng::new(1));
         net.add_head(&b, &mut Rng::new(2), &[0, 1]);
         net.add_head(&b, &mut Rng::new(3), &[2]);
-        let mut meta = Meta::new(arch, 0.5, 0.25, HeadMode::PerTask);
+        let norm = lwf_engine::data::Normalization { mean: vec![0.5], std: vec![0.25] };
+        let mut meta = Meta::new(arch, &norm, HeadMode::PerTask);
         meta.tasks = vec![vec![0, 1], vec![2]];
         meta.heads = vec![
             HeadMeta { classes: vec![0, 1], class_names: vec!["a".into(), "b".into()] },

@@ -436,7 +436,8 @@ impl Model for NetModel {
     fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
         let b = B::new();
         let n = self.n;
-        let x = tape.input(&[n, 1, 8, 8], &self.x);
+        let [c, h, w] = self.net.arch.input;
+        let x = tape.input(&[n, c, h, w], &self.x);
         let z = self.net.forward(tape, x, &[0, 1]);
         let zt0 = tape.input(&[n, 3], &self.zt0);
         let zt1 = tape.input(&[n, 2], &self.zt1);
@@ -486,13 +487,19 @@ fn small_arch() -> Arch {
     Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![3, 4], hidden: 8 }
 }
 
-fn net_model(n: usize, t: f32, seed: u64) -> NetModel {
+/// cnn-m's shape at a small size: three conv blocks over 3-channel images.
+fn small_arch_m() -> Arch {
+    Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16 }
+}
+
+fn net_model(arch: Arch, n: usize, t: f32, seed: u64) -> NetModel {
     let b = B::new();
     let mut rng = Rng::new(seed);
-    let mut net = Net::new(&b, small_arch(), &mut rng);
+    let len = arch.image_len();
+    let mut net = Net::new(&b, arch, &mut rng);
     net.add_head(&b, &mut rng, &[0, 1, 2]);
     net.add_head(&b, &mut rng, &[3, 4, 5, 6]);
-    let x = normal_vec(&mut rng, n * 64, 1.0);
+    let x = normal_vec(&mut rng, n * len, 1.0);
     let labels = (0..n).map(|i| if i == 1 { IGNORE_LABEL } else { rng.below(4) as u32 }).collect();
     let zt0 = normal_vec(&mut rng, n * 3, 2.0);
     let zt1 = normal_vec(&mut rng, n * 2, 2.0);
@@ -506,7 +513,7 @@ proptest! {
     /// `frozen` trunk layers frozen (those must get no gradient).
     #[test]
     fn cnn_s_net_grads(n in 1usize..4, t in 1.0f32..5.0, frozen in 0usize..4, seed: u64) {
-        let mut m = net_model(n, t, seed);
+        let mut m = net_model(small_arch(), n, t, seed);
         m.net.set_trainable(true, frozen, &[0, 1]);
         let ids: Vec<ParamId> = m.net.params().iter().map(|p| p.id).collect();
         prop_assert_eq!(ids.len(), 10);
@@ -515,6 +522,22 @@ proptest! {
         let tol = Tol { h_rel: 2e-3, ..Tol::default() };
         let rep = verdict(&mut m, &ids, seed, tol)?;
         prop_assume!(rep.checked >= 5 * (10 - 2 * frozen));
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(12))]
+
+    /// The same over cnn-m's shape: colour input (the first convolution's 3
+    /// channels) and a third conv block, every parameter of both heads.
+    #[test]
+    fn cnn_m_net_grads(n in 1usize..3, t in 1.0f32..5.0, seed: u64) {
+        let mut m = net_model(small_arch_m(), n, t, seed);
+        let ids: Vec<ParamId> = m.net.params().iter().map(|p| p.id).collect();
+        prop_assert_eq!(ids.len(), 12);
+        let tol = Tol { h_rel: 2e-3, ..Tol::default() };
+        let rep = verdict(&mut m, &ids, seed, tol)?;
+        prop_assume!(rep.checked >= 5 * 12);
     }
 }
 
@@ -613,7 +636,7 @@ fn no_dx_is_computed_for_an_input_that_needs_no_gradient() {
 #[test]
 fn frozen_trunk_and_old_head_launch_no_backward_work_below_the_new_head() {
     let b = B::new();
-    let mut m = net_model(3, 2.0, 9);
+    let mut m = net_model(small_arch(), 3, 2.0, 9);
     m.net.set_trainable(false, 0, &[1]);
     let (without, with, grads) = allocations(&b, &m);
     assert_eq!(with, without, "backward computed a dX below the trainable head");

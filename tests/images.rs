@@ -427,21 +427,31 @@ fn fashion_mnist_written_as_png_folders_loads_byte_identical() {
     assert_eq!(multiset(&ds.test), multiset(&test));
 }
 
-/// Not a check: how long N small PNGs take to decode, and to read back from
-/// the cache. `cargo test --release --test images -- --ignored --nocapture`
+/// Not a check: how long Fashion-MNIST's 70,000 images take to decode as
+/// PNG folders (DIR/train|test/<class name>/), and to read back from the
+/// cache. `cargo test --release --test images -- --ignored --nocapture`;
+/// with `LWF_TIMING_DIR=DIR` the folder is written there and kept (to time
+/// `lwf-engine` on it).
 #[test]
 #[ignore]
 fn timing_decoded_vs_cached() {
-    let n = 10_000;
     let fm = data::load(data::FASHION_MNIST).unwrap();
-    let dir = TempDir::new("timing");
-    for i in 0..n {
-        let img = GrayImage::from_raw(28, 28, image(&fm.train, i).to_vec()).unwrap();
-        img.save(dir.file(&format!("{}/{i:05}.png", fm.train.labels[i]))).unwrap();
+    let kept = std::env::var_os("LWF_TIMING_DIR").map(PathBuf::from);
+    let temp = TempDir::new("timing");
+    let root = kept.clone().unwrap_or_else(|| temp.0.clone());
+    let t = std::time::Instant::now();
+    for (side, split) in [("train", &fm.train), ("test", &fm.test)] {
+        for i in 0..split.len() {
+            let class = &fm.class_names[split.labels[i] as usize].replace('/', "-");
+            let path = root.join(side).join(class).join(format!("{i:05}.png"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            GrayImage::from_raw(28, 28, image(split, i).to_vec()).unwrap().save(path).unwrap();
+        }
     }
+    eprintln!("wrote 70,000 PNGs in {:.1} s to {}", t.elapsed().as_secs_f64(), root.display());
     for _ in 0..2 {
         let t = std::time::Instant::now();
-        let s = load(&dir, &opts()).1;
-        eprintln!("{n} PNGs 28×28: {:?} in {:.3} s", s.cache, t.elapsed().as_secs_f64());
+        let s = load_folder(&root, &opts()).unwrap().1;
+        eprintln!("70,000 PNGs 28×28: {:?} in {:.3} s ({s})", s.cache, t.elapsed().as_secs_f64());
     }
 }

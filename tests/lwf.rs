@@ -16,7 +16,7 @@
 
 use lwf_engine::app::{self, BackendChoice};
 use lwf_engine::backend::CpuBackend;
-use lwf_engine::data::{self, Dataset, Split, TaskView};
+use lwf_engine::data::{self, Dataset, Normalization, Split, TaskView};
 use lwf_engine::incremental::eval::{evaluate, Accuracies};
 use lwf_engine::incremental::methods::{
     examples_for, learn_task, streams, train_first_task, validation_split, MethodState, TaskContext,
@@ -26,9 +26,14 @@ use lwf_engine::incremental::select::{learn_task_selected, SelectGrid};
 use lwf_engine::incremental::train::Trainer;
 use lwf_engine::incremental::{HeadMode, Hyper, Method, Silent};
 use lwf_engine::metrics::EngineInfo;
-use lwf_engine::nn::{Arch, Net};
+use lwf_engine::nn::{Arch, ArchKind, Net};
 use lwf_engine::rng::Rng;
 use std::sync::OnceLock;
+
+/// Fashion-MNIST's fixed normalisation, as every verb uses it.
+fn fm_norm() -> Normalization {
+    Normalization::fashion_mnist()
+}
 
 type B = CpuBackend;
 
@@ -99,11 +104,12 @@ fn base_at(offset: usize) -> &'static Base {
         let seed = seed() + offset as u64;
         let hyper = Hyper { epochs: 2, ..Hyper::default() };
         let mut tr = Trainer::new(b.clone());
-        let cx = TaskContext { split: &d.train, norm: d.norm, hyper: &hyper, seed, obs: &Silent };
+        let cx = TaskContext { split: &d.train, norm: &fm_norm(), hyper: &hyper, seed, obs: &Silent };
         let mut net = Net::new(&b, Arch::cnn_s([1, 28, 28]), &mut Rng::derive(seed, streams::TRUNK));
         train_first_task(&mut tr, &mut net, &view(&tasks()[0], N1), &cx).expect("task 1 trains");
         let test = test_prefix(&d.test, TEST_PER_CLASS);
-        let acc = evaluate(&mut tr, &net, &test, d.norm, &tasks()[..1], HeadMode::PerTask, 256, None, &[]);
+        let acc =
+            evaluate(&mut tr, &net, &test, &fm_norm(), &tasks()[..1], HeadMode::PerTask, 256, None, &[]);
         check_accuracies("after task 1", &acc, 1);
         Base { net, acc }
     })
@@ -121,7 +127,7 @@ struct After {
 fn old_logits(tr: &mut Trainer<B>, net: &Net<B>, view: &TaskView) -> Vec<Vec<f64>> {
     let d = fmnist();
     let probe = examples_for(view, &d.train, 0, &view.classes);
-    let t = tr.record_outputs(net, &d.train, d.norm, &probe, &[0], 256, false).0.pop().unwrap();
+    let t = tr.record_outputs(net, &d.train, &fm_norm(), &probe, &[0], 256, false).0.pop().unwrap();
     t.logits.chunks(t.cols).map(|r| r[..5].iter().map(|&z| z as f64).collect()).collect()
 }
 
@@ -156,7 +162,7 @@ fn task2_at(offset: usize, method: Method, mode: HeadMode) -> After {
     let mut tr = Trainer::new(b.clone());
     let y_o = old_logits(&mut tr, &base.net, &v2);
     let mut net = base.net.duplicate(&b);
-    let cx = TaskContext { split: &d.train, norm: d.norm, hyper: &hyper, seed, obs: &Silent };
+    let cx = TaskContext { split: &d.train, norm: &fm_norm(), hyper: &hyper, seed, obs: &Silent };
     let mut state = MethodState::default();
     learn_task(&mut tr, &mut net, method, 1, &v2, std::slice::from_ref(&v1), &mut state, &cx)
         .unwrap_or_else(|e| panic!("task 2 by {method}: {e}"));
@@ -178,7 +184,7 @@ fn task2_at(offset: usize, method: Method, mode: HeadMode) -> After {
         }
     }
     let test = test_prefix(&d.test, TEST_PER_CLASS);
-    let acc = evaluate(&mut tr, &net, &test, d.norm, &tasks(), mode, 256, None, &[]);
+    let acc = evaluate(&mut tr, &net, &test, &fm_norm(), &tasks(), mode, 256, None, &[]);
     check_accuracies(&format!("{method} ({}) after task 2", mode.name()), &acc, 2);
     let old_kl = mean_kl(&y_o, &old_logits(&mut tr, &net, &v2), hyper.temperature as f64);
     After { acc, old_kl }
@@ -275,6 +281,7 @@ fn experiment(protocol: &str, methods: &[Method], seeds: &[u64], hyper: Hyper) -
         methods: methods.to_vec(),
         seeds: seeds.to_vec(),
         hyper,
+        arch: ArchKind::CnnS,
         train_limit: Some(300),
         test_limit: Some(40),
         select: None,
@@ -398,8 +405,7 @@ fn selection_relaxes_from_the_most_stable_and_keeps_that_model() {
     let b = B::new();
     let hyper = Hyper { epochs: 1, batch_size: 64, ..Hyper::default() };
     assert!(hyper.val_fraction > 0.0, "the default holds out validation images");
-    let cx =
-        TaskContext { split: &fmnist().train, norm: fmnist().norm, hyper: &hyper, seed: 5, obs: &Silent };
+    let cx = TaskContext { split: &fmnist().train, norm: &fm_norm(), hyper: &hyper, seed: 5, obs: &Silent };
     let (v1, v2) = (view(&tasks()[0], 600), view(&tasks()[1], 400));
     let mut tr = Trainer::new(b.clone());
     let mut base = Net::new(&b, Arch::cnn_s([1, 28, 28]), &mut Rng::derive(5, streams::TRUNK));
@@ -460,7 +466,7 @@ fn validation_images_are_held_out_stratified_and_seeded() {
     let split = &fmnist().train;
     let v = view(&tasks()[1], 2000);
     let hyper = Hyper { val_fraction: 0.25, ..Hyper::default() };
-    let cx = TaskContext { split, norm: fmnist().norm, hyper: &hyper, seed: 3, obs: &Silent };
+    let cx = TaskContext { split, norm: &fm_norm(), hyper: &hyper, seed: 3, obs: &Silent };
     let (train, val) = validation_split(&v, &cx, 1);
     assert_eq!(validation_split(&v, &cx, 1), (train.clone(), val.clone()), "seeded");
     assert_ne!(validation_split(&v, &cx, 2).1, val, "each task draws its own");

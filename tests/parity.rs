@@ -526,17 +526,18 @@ fn sgd_step_momentum_decay() {
 
 // ---- a whole training step ------------------------------------------------------
 
-/// Two SGD steps of a small cnn-s with two heads (distillation on the old
+/// Two SGD steps of a small net with two heads (distillation on the old
 /// head, cross-entropy on the new one): the losses and every updated
 /// parameter agree with the CPU backend.
-fn train<B: Backend>(b: &B, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let arch = Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16 };
+fn train<B: Backend>(b: &B, arch: &Arch, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let arch = arch.clone();
+    let [c, h, w] = arch.input;
     let mut rng = Rng::new(42);
     let mut net = Net::new(b, arch, &mut rng);
     net.add_head(b, &mut rng, &[0, 1, 2]);
     net.add_head(b, &mut rng, &[3, 4]);
     let batch = 6;
-    let xs = rand_vec(5, batch * 144, -1.0, 1.0);
+    let xs = rand_vec(5, batch * c * h * w, -1.0, 1.0);
     let zt = rand_vec(6, batch * 3, -3.0, 3.0);
     let labels: Vec<u32> = vec![0, 1, 1, IGNORE_LABEL, 0, 1];
     let mut st = StepState::default();
@@ -548,19 +549,31 @@ fn train<B: Backend>(b: &B, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
         kd_weight: 1.0,
         anchors: None,
     };
-    let losses = (0..steps)
-        .map(|_| sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, 1, 12, 12], &loss))
-        .collect();
+    let losses =
+        (0..steps).map(|_| sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, c, h, w], &loss)).collect();
     let params = net.params().iter().map(|p| p.value.to_vec(b)).collect();
     (losses, params)
 }
 
 #[test]
 fn cnn_s_training_step() {
+    let arch = Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16 };
+    training_step_parity(&arch);
+}
+
+/// cnn-m's shape at a small size: three conv blocks over colour images (the
+/// first layer's 3 input channels, a third block at 4×4).
+#[test]
+fn cnn_m_training_step() {
+    let arch = Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16 };
+    training_step_parity(&arch);
+}
+
+fn training_step_parity(arch: &Arch) {
     let (Some(g), Some(t)) = (gpu(), gpu_tiled()) else { return };
-    let (cl, cp) = train(&cpu(), 2);
+    let (cl, cp) = train(&cpu(), arch, 2);
     for b in [g, t] {
-        let (gl, gp) = train(b, 2);
+        let (gl, gp) = train(b, arch, 2);
         assert_close("losses", &gl, &cl, 1e-5, 1e-4);
         assert_eq!(gp.len(), cp.len());
         for (i, (a, b)) in gp.iter().zip(&cp).enumerate() {
@@ -587,8 +600,8 @@ fn features_and_class_statistics() {
         12,
         12,
     );
-    let norm = Normalization { mean: 0.5, std: 0.25 };
-    fn outputs<B: Backend>(b: &B, split: &Split, norm: Normalization) -> (Vec<f32>, Vec<f32>) {
+    let norm = Normalization { mean: vec![0.5], std: vec![0.25] };
+    fn outputs<B: Backend>(b: &B, split: &Split, norm: &Normalization) -> (Vec<f32>, Vec<f32>) {
         let arch = Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16 };
         let mut rng = Rng::new(42);
         let mut net = Net::new(b, arch, &mut rng);
@@ -598,8 +611,8 @@ fn features_and_class_statistics() {
         let (teachers, feats) = tr.record_outputs(&net, split, norm, &probe, &[0], 4, true);
         (feats, teachers[0].logits.clone())
     }
-    let (cf, cz) = outputs(&cpu(), &split, norm);
-    let (gf, gz) = outputs(g, &split, norm);
+    let (cf, cz) = outputs(&cpu(), &split, &norm);
+    let (gf, gz) = outputs(g, &split, &norm);
     assert_eq!(cf.len(), n * 16);
     assert_close("features", &gf, &cf, 1e-5, 1e-4);
     assert_close("logits recorded in the same pass", &gz, &cz, 1e-5, 1e-4);

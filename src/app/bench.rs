@@ -2,13 +2,13 @@
 
 use super::{check_limits, peak_rss_mb, BackendChoice};
 use crate::backend::Backend;
-use crate::data::{self, Dataset, Protocol, TaskView};
+use crate::data::{self, Dataset, FolderOptions, Protocol, TaskView};
 use crate::error::Result;
 use crate::incremental::eval::evaluate;
 use crate::incremental::methods::{learn_task, streams, train_first_task, MethodState, TaskContext};
 use crate::incremental::train::Trainer;
 use crate::incremental::{Hyper, Method, Observer};
-use crate::nn::{Arch, Net};
+use crate::nn::{ArchKind, Net};
 use crate::rng::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -61,13 +61,15 @@ impl BenchReport {
 pub fn bench(
     choice: BackendChoice,
     data_spec: &str,
+    folder: &FolderOptions,
     train_limit: Option<usize>,
     hyper: &Hyper,
+    arch: ArchKind,
     obs: &dyn Observer,
 ) -> Result<BenchReport> {
     check_limits(&[("--train-limit", train_limit)])?;
-    let data = data::load(data_spec)?;
-    on_backend!(choice, b => bench_on(&b, &data, train_limit, hyper, obs))
+    let data = data::load_with(data_spec, folder)?;
+    on_backend!(choice, b => bench_on(&b, &data, train_limit, hyper, arch, obs))
 }
 
 fn bench_on<B: Backend>(
@@ -75,10 +77,12 @@ fn bench_on<B: Backend>(
     data: &Dataset,
     train_limit: Option<usize>,
     hyper: &Hyper,
+    arch: ArchKind,
     obs: &dyn Observer,
 ) -> Result<BenchReport> {
     let tasks = Protocol::TwoTask.tasks(data.num_classes)?;
-    let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
+    let arch = arch.build([data.train.c, data.train.h, data.train.w]);
+    arch.validate().map_err(crate::error::Error::Config)?;
     let views: Vec<TaskView> = tasks
         .iter()
         .map(|t| {
@@ -90,14 +94,14 @@ fn bench_on<B: Backend>(
         })
         .collect();
     let mut tr = Trainer::new(b.clone());
-    let cx = TaskContext { split: &data.train, norm: data.norm, hyper, seed: 0, obs };
+    let norm = data.norm_for(&views[0]);
+    let cx = TaskContext { split: &data.train, norm: &norm, hyper, seed: 0, obs };
     let mut net = Net::new(b, arch, &mut Rng::derive(0, streams::TRUNK));
     let plain = train_first_task(&mut tr, &mut net, &views[0], &cx)?;
     let lwf =
         learn_task(&mut tr, &mut net, Method::Lwf, 1, &views[1], &[], &mut MethodState::default(), &cx)?;
     let start = Instant::now();
-    let _ =
-        evaluate(&mut tr, &net, &data.test, data.norm, &tasks, hyper.head_mode, hyper.batch_size, None, &[]);
+    let _ = evaluate(&mut tr, &net, &data.test, &norm, &tasks, hyper.head_mode, hyper.batch_size, None, &[]);
     let eval_seconds = start.elapsed().as_secs_f64();
     Ok(BenchReport {
         backend: b.name(),

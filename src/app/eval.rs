@@ -1,9 +1,9 @@
 //! `eval`: accuracies of a saved model on a test split.
 
-use super::{check_input, choose_classifier, eval_present, BackendChoice};
+use super::{check_input, choose_classifier, eval_present, load_for_model, BackendChoice};
 use crate::backend::Backend;
 use crate::checkpoint;
-use crate::data::{self, Dataset, Normalization};
+use crate::data::{self, FolderOptions};
 use crate::error::Result;
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::train::Trainer;
@@ -69,25 +69,27 @@ pub fn eval(
     choice: BackendChoice,
     model: &Path,
     data_spec: &str,
+    folder: &FolderOptions,
     classifier: Option<ClassifierKind>,
 ) -> Result<EvalReport> {
-    let data = data::load(data_spec)?;
-    on_backend!(choice, b => eval_on(&b, model, &data, classifier))
+    on_backend!(choice, b => eval_on(&b, model, data_spec, folder, classifier))
 }
 
 fn eval_on<B: Backend>(
     b: &B,
     model: &Path,
-    data: &Dataset,
+    data_spec: &str,
+    folder: &FolderOptions,
     classifier: Option<ClassifierKind>,
 ) -> Result<EvalReport> {
     let ck = checkpoint::load(model, b)?;
+    let data = load_for_model(data_spec, folder, &ck.meta)?;
     check_input(model, &ck.meta.arch, &data.test, &data.root)?;
     let kind = choose_classifier(model, classifier, ck.stats.as_ref())?;
     let mut tr = Trainer::new(b.clone());
-    let norm = Normalization { mean: ck.meta.norm_mean, std: ck.meta.norm_std };
+    let norm = ck.meta.norm();
     let start = Instant::now();
-    let acc = eval_present(&mut tr, &ck.net, &ck.meta, &data.test, norm, 128, ck.stats.as_ref());
+    let acc = eval_present(&mut tr, &ck.net, &ck.meta, &data.test, &norm, 128, ck.stats.as_ref());
     let chosen = acc.of(kind).expect("an available classifier is evaluated");
     let known = ck.meta.classes();
     let images = data.test.labels.iter().filter(|l| known.contains(l)).count();

@@ -3,17 +3,21 @@
 
 use super::{check_limits, BackendChoice};
 use crate::backend::Backend;
-use crate::data::{self, Dataset, Protocol};
+use crate::data::{self, Dataset, FolderOptions, Protocol};
 use crate::error::{Error, Result};
 use crate::incremental::protocol::{run_experiment, run_experiment_with, ExperimentConfig, MethodRun};
 use crate::incremental::select::SelectGrid;
 use crate::incremental::{Hyper, Method, Observer};
 use crate::metrics::EngineInfo;
+use crate::nn::ArchKind;
 use std::path::{Path, PathBuf};
 
 /// `experiment`: methods × seeds on a protocol; writes JSON, CSV and SVG.
 pub struct ExperimentRequest {
     pub data: String,
+    /// How an image folder is read.
+    pub folder: FolderOptions,
+    pub arch: ArchKind,
     pub protocol: Protocol,
     /// Explicit tasks instead of the protocol's.
     pub tasks: Option<Vec<Vec<u32>>>,
@@ -93,6 +97,7 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
         methods: req.methods.clone(),
         seeds: req.seeds.clone(),
         hyper: req.hyper.clone(),
+        arch: req.arch,
         train_limit: req.train_limit,
         test_limit: req.test_limit,
         select: req.select.clone(),
@@ -101,7 +106,7 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
 
 pub fn experiment(choice: BackendChoice, req: &ExperimentRequest, obs: &dyn Observer) -> Result<String> {
     crate::fsio::check_output_dir(&req.out)?;
-    let data = data::load(&req.data)?;
+    let data = data::load_with(&req.data, &req.folder)?;
     let cfg = experiment_config(req, &data)?;
     let mut results =
         if req.resume { crate::results::finished_runs(&req.out, &cfg, &data)? } else { Vec::new() };

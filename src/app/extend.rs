@@ -1,11 +1,12 @@
 //! `extend`: new classes into a saved model, from the new data only.
 
 use super::{
-    check_input, class_names, eval_present, finish_session, validation_note, BackendChoice, Resumable,
+    check_input, class_names, eval_present, finish_session, load_for_model, validation_note, BackendChoice,
+    Resumable,
 };
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry};
-use crate::data::{self, Dataset, Normalization, TaskView};
+use crate::data::{self, ClassList, FolderOptions, TaskView};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::methods::{add_task_fisher, learn_task, MethodState, TaskContext};
@@ -18,8 +19,10 @@ use std::path::PathBuf;
 pub struct ExtendRequest {
     pub model: PathBuf,
     pub data: String,
-    /// New classes; `None`: every class of the data the model does not know.
-    pub classes: Option<Vec<u32>>,
+    /// How an image folder is read; its size and channels default to the model's.
+    pub folder: FolderOptions,
+    /// New classes (ids or names); `None`: every class of the data the model does not know.
+    pub classes: Option<ClassList>,
     pub method: Method,
     pub old_data: Option<String>,
     pub out: PathBuf,
@@ -59,23 +62,18 @@ pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) ->
                 .into(),
         ));
     }
-    let data = data::load(&req.data)?;
-    on_backend!(choice, b => extend_on(&b, method, &data, req, obs))
+    on_backend!(choice, b => extend_on(&b, method, req, obs))
 }
 
-fn extend_on<B: Backend>(
-    b: &B,
-    method: Method,
-    data: &Dataset,
-    req: &ExtendRequest,
-    obs: &dyn Observer,
-) -> Result<String> {
+fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn Observer) -> Result<String> {
+    // The model first: it says how the data's images are read.
     let ck = checkpoint::load(&req.model, b)?;
     let (mut net, mut meta) = (ck.net, ck.meta);
+    let data = &load_for_model(&req.data, &req.folder, &meta)?;
     check_input(&req.model, &meta.arch, &data.train, &data.root)?;
     let known = meta.classes();
     let classes = match &req.classes {
-        Some(c) => c.clone(),
+        Some(c) => c.resolve(&data.class_names, &data.root.display().to_string())?,
         None => {
             let present: Vec<u32> = (0..data.num_classes as u32)
                 .filter(|c| data.train.labels.contains(c) && !known.contains(c))
@@ -108,7 +106,7 @@ fn extend_on<B: Backend>(
     }
     // Only joint reads old data; it must hold every class the model knows.
     let old_data = match (method, &req.old_data) {
-        (Method::Joint, Some(spec)) => Some(data::load(spec)?),
+        (Method::Joint, Some(spec)) => Some(load_for_model(spec, &req.folder, &meta)?),
         (Method::Joint, None) => Some(data.clone()),
         _ => None,
     };
@@ -136,16 +134,11 @@ fn extend_on<B: Backend>(
         "verb": "extend", "model": req.model, "data": data.root, "classes": classes, "method": method,
         "old_data": req.old_data, "seed": req.seed, "hyper": req.hyper,
     });
+    let norm = meta.norm();
     tr.session = req.resumable.session(&req.out, run)?;
     let had_stats = ck.stats.is_some();
     let mut state = MethodState { fisher: ck.fisher, stats: ck.stats };
-    let cx = TaskContext {
-        split: &split,
-        norm: Normalization { mean: meta.norm_mean, std: meta.norm_std },
-        hyper: &req.hyper,
-        seed: req.seed,
-        obs,
-    };
+    let cx = TaskContext { split: &split, norm: &norm, hyper: &req.hyper, seed: req.seed, obs };
     let (report, selection) = match &req.select {
         Some(grid) => {
             let (r, s) =
@@ -224,8 +217,9 @@ fn extend_on<B: Backend>(
         )
     });
     Ok(format!(
-        "extended with classes {} by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note} → {}",
+        "extended with classes {} ({}) by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note} → {}",
         data::format_classes(&classes),
+        class_names(data, &classes).join(", "),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),

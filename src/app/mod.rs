@@ -7,8 +7,7 @@
 
 use crate::backend::Backend;
 use crate::checkpoint::Meta;
-use crate::data::Normalization;
-use crate::data::{Dataset, Split};
+use crate::data::{self, Dataset, FolderOptions, Normalization, Split};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::eval::{evaluate, Accuracies};
@@ -94,6 +93,22 @@ fn check_input(model: &Path, arch: &Arch, split: &Split, data: &Path) -> Result<
     Ok(())
 }
 
+/// Load `spec` for a saved model: an image folder is decoded at the model's
+/// input size and channel count (so `--image-size` need not be repeated; a
+/// size given anyway that differs is then refused by [`check_input`]), and
+/// its classes take the model's ids by name ([`Dataset::align_classes`]).
+fn load_for_model(spec: &str, opts: &FolderOptions, meta: &Meta) -> Result<Dataset> {
+    let [c, h, w] = meta.arch.input;
+    let mut opts = opts.clone();
+    opts.image_size.get_or_insert((h, w));
+    if [1, 3].contains(&c) {
+        opts.channels.get_or_insert(c);
+    }
+    let mut data = data::load_with(spec, &opts)?;
+    data.align_classes(&meta.named_classes());
+    Ok(data)
+}
+
 fn class_names(data: &Dataset, classes: &[u32]) -> Vec<String> {
     classes
         .iter()
@@ -146,7 +161,7 @@ fn eval_present<B: Backend>(
     net: &Net<B>,
     meta: &Meta,
     test: &Split,
-    norm: Normalization,
+    norm: &Normalization,
     bs: usize,
     stats: Option<&ClassStats>,
 ) -> Accuracies {

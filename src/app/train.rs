@@ -3,20 +3,26 @@
 use super::{class_names, finish_session, validation_note, BackendChoice, Resumable};
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry, Meta};
-use crate::data::{self, Dataset};
+use crate::data::{self, ClassList, Dataset, FolderOptions};
 use crate::error::{Error, Result};
 use crate::incremental::eval::evaluate;
 use crate::incremental::methods::{add_task_fisher, streams, task_stats, train_first_task, TaskContext};
 use crate::incremental::train::Trainer;
 use crate::incremental::{Hyper, Observer};
-use crate::nn::{Arch, Net};
+use crate::nn::{ArchKind, Net};
 use crate::rng::Rng;
 use std::path::PathBuf;
 
 /// `train`: a new model on some classes of a data set.
 pub struct TrainRequest {
     pub data: String,
-    pub classes: Vec<u32>,
+    /// How an image folder is read (IDX/NPY data ignore it).
+    pub folder: FolderOptions,
+    /// Ids and names; names are resolved against the data's class names.
+    /// `None`: every class of an image folder (a user's own classes), else
+    /// 0-4 (the first half of Fashion-MNIST, the paper's first task).
+    pub classes: Option<ClassList>,
+    pub arch: ArchKind,
     pub out: PathBuf,
     pub seed: u64,
     pub hyper: Hyper,
@@ -25,10 +31,15 @@ pub struct TrainRequest {
 
 pub fn train(choice: BackendChoice, req: &TrainRequest, obs: &dyn Observer) -> Result<String> {
     crate::fsio::check_output_file(&req.out)?;
-    let data = data::load(&req.data)?;
-    let classes = &req.classes;
-    data::check_classes_present(&data.train, classes, &data.root.display().to_string())?;
-    on_backend!(choice, b => train_on(&b, &data, classes, req, obs))
+    let data = data::load_with(&req.data, &req.folder)?;
+    let where_ = data.root.display().to_string();
+    let classes = match &req.classes {
+        Some(c) => c.resolve(&data.class_names, &where_)?,
+        None if data.ids_from_names => (0..data.num_classes as u32).collect(),
+        None => (0..5).collect(),
+    };
+    data::check_classes_present(&data.train, &classes, &where_)?;
+    on_backend!(choice, b => train_on(&b, &data, &classes, req, obs))
 }
 
 fn train_on<B: Backend>(
@@ -38,18 +49,20 @@ fn train_on<B: Backend>(
     req: &TrainRequest,
     obs: &dyn Observer,
 ) -> Result<String> {
-    let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
+    let arch = req.arch.build([data.train.c, data.train.h, data.train.w]);
     arch.validate().map_err(Error::Config)?;
     let mut tr = Trainer::new(b.clone());
     let run = serde_json::json!({
         "verb": "train", "data": data.root, "classes": classes, "seed": req.seed, "hyper": req.hyper,
+        "arch": arch,
     });
     tr.session = req.resumable.session(&req.out, run)?;
     let mut net = Net::new(b, arch.clone(), &mut Rng::derive(req.seed, streams::TRUNK));
     let view = data::task_view(&data.train, classes);
-    let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &req.hyper, seed: req.seed, obs };
+    let norm = data.norm_for(&view);
+    let cx = TaskContext { split: &data.train, norm: &norm, hyper: &req.hyper, seed: req.seed, obs };
     let report = train_first_task(&mut tr, &mut net, &view, &cx)?;
-    let mut meta = Meta::new(arch, data.norm.mean, data.norm.std, req.hyper.head_mode);
+    let mut meta = Meta::new(arch, &norm, req.hyper.head_mode);
     meta.heads =
         vec![checkpoint::HeadMeta { classes: classes.to_vec(), class_names: class_names(data, classes) }];
     meta.tasks = vec![classes.to_vec()];
@@ -74,7 +87,7 @@ fn train_on<B: Backend>(
         &mut tr,
         &net,
         &data.test,
-        data.norm,
+        &norm,
         &meta.tasks,
         meta.head_mode,
         req.hyper.batch_size,
@@ -84,8 +97,9 @@ fn train_on<B: Backend>(
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     finish_session(&tr);
     Ok(format!(
-        "trained classes {} on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%{}; class statistics: {} → {}",
+        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%{}; class statistics: {} → {}",
         data::format_classes(classes),
+        class_names(data, classes).join(", "),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),

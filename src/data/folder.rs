@@ -118,7 +118,8 @@ pub struct FolderSummary {
 
 impl fmt::Display for FolderSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = if self.size_chosen { "the most common size" } else { "as asked" };
+        let how =
+            if self.size_chosen { "the most common size" } else { "as set by --image-size or the model" };
         write!(
             f,
             "{}: {} classes, {} train + {} test images, {}×{}×{} ({how}); ",
@@ -210,7 +211,41 @@ pub fn load_folder(root: &Path, opts: &FolderOptions) -> Result<(Dataset, Folder
         cache_error: cache.error,
         skipped: scan.skipped,
     };
-    Ok((load::assemble(root.to_path_buf(), train, test, Some(scan.class_names)), summary))
+    Ok((load::assemble(root.to_path_buf(), train, test, Some(scan.class_names), true), summary))
+}
+
+/// Decode image files as a model reads them: each converted to `channels`
+/// (1 or 3) and resized to `size` (height, width) through the loader's own
+/// decoder, into an unlabelled split in `paths` order. Errors name the file.
+pub fn decode_files(paths: &[PathBuf], channels: usize, size: (usize, usize)) -> Result<Split> {
+    let opts = FolderOptions { channels: Some(channels), image_size: Some(size), ..FolderOptions::default() };
+    check_options(&opts)?;
+    let keys: Vec<cache::FileKey> =
+        paths.iter().map(|p| cache::FileKey { path: p, rel: "", len: 0, mtime_ns: 0 }).collect();
+    let root = paths.first().map_or(Path::new("."), |p| p.as_path());
+    let images = decode::decode_all(root, &keys, &opts)?;
+    Ok(Split { pixels: Pixels::U8(images.pixels), labels: Vec::new(), c: images.c, h: images.h, w: images.w })
+}
+
+/// Every `.png`/`.jpg`/`.jpeg` file under `dir` and its sub-folders, sorted
+/// by path, hidden entries skipped. A folder without one is an error.
+pub fn image_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for path in sorted_files(&d)? {
+            if path.is_dir() {
+                stack.push(path);
+            } else if is_image_file(&path) {
+                found.push(path);
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(Error::format(dir, "no .png, .jpg or .jpeg images in this folder or its sub-folders"));
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// The indices of the train and test images in `scan.entries`.
@@ -306,7 +341,8 @@ fn is_hidden(name: &str) -> bool {
     name.starts_with('.')
 }
 
-fn is_image_name(path: &Path) -> bool {
+/// Whether `path` names an image by its extension (compared case-insensitively).
+pub fn is_image_file(path: &Path) -> bool {
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
     ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
@@ -383,7 +419,7 @@ impl Scan {
             let folder = dir.join(name);
             let before = self.entries.len();
             for path in sorted_files(&folder)? {
-                if is_image_name(&path) && path.is_file() {
+                if is_image_file(&path) && path.is_file() {
                     self.entries.push(entry(root, path, class, test)?);
                 } else if strict {
                     let msg = "not a .png, .jpg or .jpeg image (strict mode refuses other files)";

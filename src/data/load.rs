@@ -93,7 +93,7 @@ pub fn load_with(spec: &str, opts: &FolderOptions) -> Result<Dataset> {
         let done: Vec<&str> = files.paths.iter().filter_map(|p| p.file_name()?.to_str()).collect();
         sums.verify_rest(&root, &done)?;
     }
-    Ok(assemble(root, train, test, names))
+    Ok(assemble(root, train, test, names, false))
 }
 
 /// Load unlabelled images (IDX or NPY, raw or gzipped, told apart by content)
@@ -109,8 +109,14 @@ pub fn load_images(path: &Path) -> Result<Split> {
     Ok(Split { pixels, labels: Vec::new(), c, h, w })
 }
 
-/// Name the data set, count the classes and pick the normalisation.
-pub(super) fn assemble(root: PathBuf, train: Split, test: Split, names: Option<Vec<String>>) -> Dataset {
+/// Name the data set, count the classes and fix Fashion-MNIST's normalisation.
+pub(super) fn assemble(
+    root: PathBuf,
+    train: Split,
+    test: Split,
+    names: Option<Vec<String>>,
+    ids_from_names: bool,
+) -> Dataset {
     let max_label = train.labels.iter().chain(&test.labels).max().map_or(0, |&m| m as usize + 1);
     let num_classes = max_label.max(names.as_ref().map_or(0, Vec::len));
     let class_names = names.unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect());
@@ -118,8 +124,8 @@ pub(super) fn assemble(root: PathBuf, train: Split, test: Split, names: Option<V
     let is_fmnist = name == FASHION_MNIST
         && matches!(train.pixels, Pixels::U8(_))
         && (train.c, train.h, train.w) == (1, 28, 28);
-    let norm = if is_fmnist { Normalization::FASHION_MNIST } else { Normalization::from_split(&train) };
-    Dataset { name, root, train, test, class_names, num_classes, norm }
+    let fixed_norm = is_fmnist.then(Normalization::fashion_mnist);
+    Dataset { name, root, train, test, class_names, num_classes, fixed_norm, ids_from_names }
 }
 
 /// The directory's own name, looking through `.` and `..`.

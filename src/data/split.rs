@@ -88,14 +88,69 @@ fn check_disjoint(tasks: &[Vec<u32>]) -> Result<()> {
     Ok(())
 }
 
-/// Classes as the command line takes them (`0-4`, `0,2,7`; see [`parse_classes`]).
+/// Classes as the command line takes them: ids and ranges (`0-4`, `0,2,7`;
+/// see [`parse_classes`]) and class names (`cat,dog`), mixed as the user
+/// likes. Names are resolved against a data set's class names by
+/// [`ClassList::resolve`], once the data is loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClassList(pub Vec<u32>);
+pub struct ClassList(pub Vec<ClassRef>);
+
+/// One entry of a [`ClassList`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClassRef {
+    /// A number or a range of numbers.
+    Ids(Vec<u32>),
+    /// A class's name (an image folder's class folder, a line of `classes.txt`).
+    Name(String),
+}
 
 impl std::str::FromStr for ClassList {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        parse_classes(s).map(ClassList)
+        if s.trim().is_empty() {
+            return parse_classes(s).map(|ids| ClassList(vec![ClassRef::Ids(ids)]));
+        }
+        let numeric = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        s.split(',')
+            .map(str::trim)
+            .map(|part| match part.split_once('-') {
+                // Digits (or digits-digits) are ids; anything else is a name,
+                // so a name such as `t-shirt` is not read as a range.
+                _ if numeric(part) => parse_classes(part).map(ClassRef::Ids),
+                Some((a, b)) if numeric(a.trim()) && numeric(b.trim()) => {
+                    parse_classes(part).map(ClassRef::Ids)
+                }
+                _ if part.is_empty() => parse_classes(s).map(ClassRef::Ids),
+                _ => Ok(ClassRef::Name(part.to_string())),
+            })
+            .collect::<Result<_>>()
+            .map(ClassList)
+    }
+}
+
+impl ClassList {
+    /// The sorted, deduplicated class ids, names looked up in `names` (the
+    /// data set's class names, index = id); an unknown name is an error
+    /// listing the known ones. `data` names the data set in that message.
+    pub fn resolve(&self, names: &[String], data: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for r in &self.0 {
+            match r {
+                ClassRef::Ids(v) => ids.extend(v),
+                ClassRef::Name(n) => match names.iter().position(|k| k == n) {
+                    Some(i) => ids.push(i as u32),
+                    None => {
+                        return Err(Error::Config(format!(
+                            "--classes: no class named '{n}' in {data}; its classes are {}",
+                            names.join(", ")
+                        )))
+                    }
+                },
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 }
 
@@ -331,5 +386,18 @@ mod tests {
         let mut l = [7, 5];
         to_local(&[5, 6, 7], &mut l);
         assert_eq!(l, [2, 0]);
+    }
+
+    #[test]
+    fn class_lists_take_ids_ranges_and_names() {
+        let names: Vec<String> = ["cat", "dog", "t-shirt", "horse"].map(String::from).to_vec();
+        let resolve = |s: &str| s.parse::<ClassList>().and_then(|l| l.resolve(&names, "pets"));
+        assert_eq!(resolve("0-1").unwrap(), [0, 1]);
+        assert_eq!(resolve("horse, 0").unwrap(), [0, 3]);
+        assert_eq!(resolve("t-shirt,dog,1").unwrap(), [1, 2], "a dash in a name is not a range");
+        let e = resolve("cat,cow").unwrap_err().to_string();
+        assert!(e.contains("'cow'") && e.contains("pets") && e.contains("cat, dog, t-shirt, horse"), "{e}");
+        assert!(resolve("4-2").unwrap_err().to_string().contains("backwards"));
+        assert!(resolve("0,,1").is_err() && resolve("").is_err());
     }
 }

@@ -88,7 +88,7 @@ pub fn evaluate<B: Backend>(
     tr: &mut Trainer<B>,
     net: &Net<B>,
     test: &Split,
-    norm: Normalization,
+    norm: &Normalization,
     tasks: &[Vec<u32>],
     mode: HeadMode,
     batch_size: usize,

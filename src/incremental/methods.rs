@@ -96,7 +96,7 @@ impl<B: Backend> Default for MethodState<B> {
 /// hyper-parameters, the seed and where progress goes.
 pub struct TaskContext<'c> {
     pub split: &'c Split,
-    pub norm: Normalization,
+    pub norm: &'c Normalization,
     pub hyper: &'c Hyper,
     pub seed: u64,
     pub obs: &'c dyn Observer,

@@ -14,8 +14,9 @@ use super::{Hyper, Method, Observer};
 use crate::backend::Backend;
 use crate::data::split::{task_view, TaskView};
 use crate::data::Dataset;
+use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::nn::{Arch, Net};
+use crate::nn::{ArchKind, Net};
 use crate::rng::Rng;
 use std::time::Instant;
 
@@ -28,6 +29,8 @@ pub struct ExperimentConfig {
     pub methods: Vec<Method>,
     pub seeds: Vec<u64>,
     pub hyper: Hyper,
+    /// The model every run trains.
+    pub arch: ArchKind,
     /// Keep only the first N training images of each task (quick runs, tests).
     pub train_limit: Option<usize>,
     /// Keep only the first N test images of each class.
@@ -110,12 +113,14 @@ pub fn run_experiment_with<B: Backend>(
 ) -> Result<()> {
     cfg.hyper.validate()?;
     check_tasks(data, &cfg.tasks)?;
-    let arch = Arch::cnn_s([data.train.c, data.train.h, data.train.w]);
+    let arch = cfg.arch.build([data.train.c, data.train.h, data.train.w]);
     arch.validate().map_err(Error::Config)?;
     let mut views: Vec<TaskView> = cfg.tasks.iter().map(|t| task_view(&data.train, t)).collect();
     if let Some(n) = cfg.train_limit {
         views = views.into_iter().map(|v| v.limit(n)).collect();
     }
+    // As `train` would: the first task's images set the normalisation.
+    let norm = data.norm_for(&views[0]);
     let test = match cfg.test_limit {
         Some(n) => per_class_prefix(&data.test, n),
         None => data.test.clone(),
@@ -125,14 +130,14 @@ pub fn run_experiment_with<B: Backend>(
             continue;
         }
         let mut tr = Trainer::new(b.clone());
-        let cx = TaskContext { split: &data.train, norm: data.norm, hyper: &cfg.hyper, seed, obs };
+        let cx = TaskContext { split: &data.train, norm: &norm, hyper: &cfg.hyper, seed, obs };
         let mut base = Net::new(b, arch.clone(), &mut Rng::derive(seed, streams::TRUNK));
         let mut report = train_first_task(&mut tr, &mut base, &views[0], &cx)?;
         let t0 = Instant::now();
         let base_stats = task_stats(&mut tr, &base, &views[0], &cx, cfg.hyper.class_stats);
         report.timing.stats_seconds = t0.elapsed().as_secs_f64();
         let first =
-            record(&mut tr, &base, &test, data, &cfg.tasks[..1], &cfg.hyper, report, Some(&base_stats));
+            record(&mut tr, &base, &test, &norm, &cfg.tasks[..1], &cfg.hyper, report, Some(&base_stats));
         obs.note(&format!("[seed {seed}] task 1: accuracy {:.4}", first.acc.task_aware[0]));
         for &method in cfg.methods.iter().filter(|&&m| !skip(m, seed)) {
             let hyper = Hyper { head_mode: method.head_mode(cfg.hyper.head_mode), ..cfg.hyper.clone() };
@@ -161,12 +166,12 @@ pub fn run_experiment_with<B: Backend>(
                     ),
                 };
                 let stats = state.stats.as_ref();
-                let mut rec = record(&mut tr, &net, &test, data, &cfg.tasks[..=t], &hyper, report, stats);
+                let mut rec = record(&mut tr, &net, &test, &norm, &cfg.tasks[..=t], &hyper, report, stats);
                 rec.selection = selection;
                 if let (Some(before), Some(after)) = (before, stats) {
                     let (old, hyper) = (&views[..t], &hyper);
                     rec.drift_check =
-                        Some(drift_check(&mut tr, &net, old, &test, data, cfg, hyper, &before, after, &cx));
+                        Some(drift_check(&mut tr, &net, old, &test, cfg, hyper, &before, after, &cx));
                 }
                 let of = |k| rec.acc.of(k).map_or(f64::NAN, |c| c.overall);
                 let (ncm, ncm_task) = (of(ClassifierKind::Ncm), of(ClassifierKind::NcmTask));
@@ -193,7 +198,7 @@ fn record<B: Backend>(
     tr: &mut Trainer<B>,
     net: &Net<B>,
     test: &crate::data::Split,
-    data: &Dataset,
+    norm: &Normalization,
     seen: &[Vec<u32>],
     hyper: &Hyper,
     mut report: TaskReport,
@@ -201,7 +206,7 @@ fn record<B: Backend>(
 ) -> TaskRecord {
     let start = Instant::now();
     let kinds = ClassifierKind::available(stats);
-    let acc = evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, stats, &kinds);
+    let acc = evaluate(tr, net, test, norm, seen, hyper.head_mode, hyper.batch_size, stats, &kinds);
     report.timing.eval_seconds = start.elapsed().as_secs_f64();
     TaskRecord { acc, report, selection: None, drift_check: None }
 }
@@ -214,7 +219,6 @@ fn drift_check<B: Backend>(
     net: &Net<B>,
     old: &[TaskView],
     test: &crate::data::Split,
-    data: &Dataset,
     cfg: &ExperimentConfig,
     hyper: &Hyper,
     before: &ClassStats,
@@ -240,8 +244,7 @@ fn drift_check<B: Backend>(
     oracle.append(new_part);
     let seen = &cfg.tasks[..=old.len()];
     let ncm = [ClassifierKind::Ncm];
-    let acc =
-        evaluate(tr, net, test, data.norm, seen, hyper.head_mode, hyper.batch_size, Some(&oracle), &ncm);
+    let acc = evaluate(tr, net, test, cx.norm, seen, hyper.head_mode, hyper.batch_size, Some(&oracle), &ncm);
     let ncm_recomputed_class_il = acc.of(ClassifierKind::Ncm).map_or(f64::NAN, |c| c.overall);
     DriftCheck { compensated_cosine, uncompensated_cosine, ncm_recomputed_class_il }
 }

@@ -101,7 +101,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &mut Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         plan: &LossPlan<'_, B>,
         hyper: &Hyper,
@@ -187,7 +187,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &mut Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         batch: &[usize],
         plan: &LossPlan<'_, B>,
@@ -232,7 +232,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Normalised images of the batch into the host staging vector.
-    fn stage_images(&mut self, split: &Split, norm: Normalization, examples: &[Example], batch: &[usize]) {
+    fn stage_images(&mut self, split: &Split, norm: &Normalization, examples: &[Example], batch: &[usize]) {
         self.idx.clear();
         self.idx.extend(batch.iter().map(|&i| examples[i].idx));
         self.xs.resize(batch.len() * split.image_len(), 0.0);
@@ -246,7 +246,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         v: &Validation,
         batch_size: usize,
     ) -> (f64, Option<f64>) {
@@ -286,7 +286,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         indices: &[usize],
         batch_size: usize,
     ) -> Vec<f32> {
@@ -304,7 +304,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         heads: &[usize],
         batch_size: usize,
@@ -346,7 +346,7 @@ impl<B: Backend> Trainer<B> {
         &mut self,
         net: &mut Net<B>,
         split: &Split,
-        norm: Normalization,
+        norm: &Normalization,
         examples: &[Example],
         fisher: &mut [B::Buf],
     ) {

@@ -160,7 +160,7 @@ fn summary_csv(results: &[RunResult]) -> String {
 }
 
 /// Quote a text field when it would otherwise break the row (RFC 4180).
-fn csv_field(s: &str) -> String {
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
