@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lwf_engine::app::{self, BackendChoice, Shard};
+use lwf_engine::backend::cpu::simd::{self, SimdPath};
 use lwf_engine::data::{ClassList, FolderOptions, Protocol, TaskList};
 use lwf_engine::incremental::classifier::ClassifierKind;
 use lwf_engine::incremental::select::SelectGrid;
@@ -62,6 +63,10 @@ struct Common {
     /// CPU threads (rayon); 0 = one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Instruction set of the CPU kernels (default: LWF_SIMD, else the best
+    /// this CPU has); a path the CPU lacks is an error.
+    #[arg(long, value_enum)]
+    simd: Option<SimdPath>,
 }
 
 /// `--data` and how an image folder is read (IDX/NPY data ignore the rest).
@@ -473,6 +478,9 @@ impl Observer for Bars {
 
 fn setup(c: &Common) -> lwf_engine::Result<BackendChoice> {
     app::set_threads(c.threads)?;
+    // Once, before any kernel runs: the kernels would otherwise resolve
+    // LWF_SIMD on first use and panic on a bad value.
+    simd::configure(c.simd)?;
     Ok(c.backend)
 }
 

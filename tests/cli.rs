@@ -759,13 +759,96 @@ fn every_verb_has_help_naming_its_key_flags() {
             "experiment",
             &["--protocol", "--tasks", "--methods", "--seeds", "--out", "--train-limit", "--test-limit"],
         ),
-        ("bench", &["--backend", "--threads", "--train-limit", "--json"]),
+        ("bench", &["--backend", "--threads", "--simd", "--train-limit", "--json"]),
     ];
     for (verb, flags) in verbs {
         let help = ok(&[verb, "--help"]);
         for f in flags {
             assert!(help.contains(f), "`{verb} --help` should mention {f}:\n{help}");
         }
+    }
+}
+
+// ---- bench and --simd --------------------------------------------------------------------
+
+/// A forced `--simd portable` bench runs on that path and its JSON names it,
+/// beside the old fields (benches/compare_torch.py reads them), the machine
+/// (CPU model, FMA probe, peak) and inference at every batch size. No
+/// figure is checked beyond being a positive number: the machine is shared.
+#[test]
+fn bench_json_names_the_forced_simd_path_and_the_machine() {
+    let d = npy_dir("bench", &(0..10).collect::<Vec<_>>(), 400, 30, 14);
+    let out = ok(&[
+        "bench",
+        "--data",
+        d.s(),
+        "--train-limit",
+        "200",
+        "--epochs",
+        "1",
+        "--json",
+        "--simd",
+        "portable",
+    ]);
+    let j: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(j["simd"], "portable", "{j}");
+    for key in [
+        "plain_epoch_images_per_second",
+        "lwf_phase_images_per_second",
+        "eval_images_per_second",
+        "plain_epoch_gflops",
+        "lwf_phase_gflops",
+        "plain_flops_per_image",
+        "lwf_flops_per_image",
+    ] {
+        let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {j}"));
+        assert!(v > 0.0 && v.is_finite(), "{key} = {v}");
+    }
+    assert!(!j["cpu_model"].as_str().unwrap().is_empty());
+    let probe = j["fma_probe"].as_array().unwrap();
+    if lwf_engine::backend::cpu::simd::SimdPath::Avx2.supported() {
+        assert!(!probe.is_empty(), "{j}");
+        // Portable code has no probe of its own: read against the best path's.
+        assert!(j["peak_gflops"].as_f64().unwrap() > 0.0, "{j}");
+        assert!(j["plain_epoch_peak_fraction"].as_f64().unwrap() > 0.0, "{j}");
+        assert_ne!(j["peak_path"], "portable");
+    }
+    let rows = j["eval_by_batch"].as_array().unwrap();
+    for batch in [1, 32, 128, 1000] {
+        let row = rows.iter().find(|r| r["batch"] == batch && r["threads"] == 1).expect("1-thread row");
+        assert!(row["images_per_second"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // The table prints the same things.
+    let table = ok(&["bench", "--data", d.s(), "--train-limit", "50", "--epochs", "1", "--simd", "portable"]);
+    for want in ["kernels: portable", "FMA probe", "GFLOP/s", "inference images/s by batch size"] {
+        assert!(table.contains(want), "{want}: {table}");
+    }
+}
+
+/// A bad `LWF_SIMD` is a one-line error before any work (the kernels would
+/// panic on it); `--simd` wins over it. A forced path the CPU lacks is the
+/// same one-line error (only checkable on a CPU without AVX-512).
+#[test]
+fn bad_simd_choice_is_one_line_error() {
+    let d = npy_dir("simd", &(0..10).collect::<Vec<_>>(), 60, 5, 14);
+    let args = ["bench", "--data", d.s(), "--train-limit", "20", "--epochs", "1", "--warmup-epochs", "0"];
+    let out = Command::new(BIN).args(args).env("LWF_SIMD", "bogus").output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && out.status.code().is_some(), "{err}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("lwf-engine: error: ") && err.contains("LWF_SIMD") && err.contains("bogus"),
+        "{err}"
+    );
+    let mut forced = args.to_vec();
+    forced.extend(["--simd", "portable", "--json"]);
+    let out = Command::new(BIN).args(&forced).env("LWF_SIMD", "bogus").output().unwrap();
+    assert!(out.status.success(), "--simd wins over LWF_SIMD: {}", text(&out.stderr));
+    if !lwf_engine::backend::cpu::simd::SimdPath::Avx512.supported() {
+        let mut forced = args.to_vec();
+        forced.extend(["--simd", "avx512"]);
+        fails(&forced, &["avx512", "lacks"]);
     }
 }
 

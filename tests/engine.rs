@@ -559,3 +559,39 @@ fn param_count_matches_the_built_net() {
         assert_eq!(arch.param_count(&heads), Some(built), "{arch:?} with heads {heads:?}");
     }
 }
+
+/// Inference as `evaluate` and `bench` run it (`HeadArgmax`): after the first
+/// batch of a size, further batches take every device buffer from the
+/// workspace, one image at a time and 1000 at once (cnn-s on 28×28, the
+/// shapes the CPU kernels see in `eval`).
+#[test]
+fn steady_state_inference_allocates_no_device_buffers() {
+    use lwf_engine::autodiff::Workspace;
+    use lwf_engine::incremental::eval::HeadArgmax;
+    use lwf_engine::incremental::HeadMode;
+    let b = B::new();
+    let mut rng = Rng::new(3);
+    let mut net = Net::new(&b, Arch::cnn_s([1, 28, 28]), &mut rng);
+    let tasks: Vec<Vec<u32>> = vec![(0..5).collect(), (5..10).collect()];
+    for t in &tasks {
+        net.add_head(&b, &mut rng, t);
+    }
+    for batch in [1, 1000] {
+        let mut ws = Workspace::new();
+        let mut step = HeadArgmax::for_tasks(&b, &net, &tasks, HeadMode::PerTask, batch);
+        let dims = [batch, 1, 28, 28];
+        let mut after_first = None;
+        for i in 0..3 {
+            let x = normal_vec(&mut Rng::derive(5, i), batch * 784, 1.0);
+            step.run(&mut ws, &net, &x, dims, None);
+            assert_eq!(step.best.len(), 2);
+            for (vals, idx) in &step.best {
+                assert!(vals[..batch].iter().all(|v| v.is_finite()));
+                assert!(idx[..batch].iter().all(|&j| j < 5));
+            }
+            let n = *after_first.get_or_insert(ws.allocations);
+            assert!(n > 0);
+            assert_eq!(ws.allocations, n, "batch {batch}: call {} allocated new device buffers", i + 1);
+        }
+    }
+}

@@ -9,7 +9,7 @@ use super::classifier::{ClassifierKind, FeatureClassifier};
 use super::stats::ClassStats;
 use super::train::Trainer;
 use super::HeadMode;
-use crate::autodiff::Tape;
+use crate::autodiff::{Tape, Workspace};
 use crate::backend::Backend;
 use crate::data::{Normalization, Split};
 use crate::nn::{Linear, Net};
@@ -79,6 +79,69 @@ fn task_heads<B: Backend>(
     }
 }
 
+/// The inference step of [`evaluate`], kept apart so that `bench` times
+/// exactly it: one batch through the trunk and the task heads, then each
+/// head's row maxima and their positions, read back to the host. The device
+/// buffers come from the caller's [`Workspace`] (and the maxima's from here),
+/// so after the first batch of a size a call allocates no device buffer.
+pub struct HeadArgmax<B: Backend> {
+    b: B,
+    /// One output block per task, with the global class of each output.
+    pub heads: Vec<(Linear<B>, Vec<u32>)>,
+    vals: B::Buf,
+    idx: B::IdxBuf,
+    /// After [`HeadArgmax::run`], per head: the batch's row maxima and their
+    /// positions within the head.
+    pub best: Vec<(Vec<f32>, Vec<u32>)>,
+}
+
+impl<B: Backend> HeadArgmax<B> {
+    /// For `heads` (see [`HeadArgmax::for_tasks`]) and batches of at most
+    /// `max_batch` images.
+    pub fn new(b: &B, heads: Vec<(Linear<B>, Vec<u32>)>, max_batch: usize) -> Self {
+        let best = Vec::with_capacity(heads.len());
+        HeadArgmax { b: b.clone(), heads, vals: b.zeros(max_batch), idx: b.zeros_idx(max_batch), best }
+    }
+
+    /// The heads of `net` that hold `tasks` (per task, or the blocks of the
+    /// shared head), as `evaluate` scores them.
+    pub fn for_tasks(b: &B, net: &Net<B>, tasks: &[Vec<u32>], mode: HeadMode, max_batch: usize) -> Self {
+        Self::new(b, task_heads(b, net, tasks, mode), max_batch)
+    }
+
+    /// Run `xs`, `dims` = (N, C, H, W) with N at most the `max_batch` given
+    /// to `new`, filling `best`; with `features`, the trunk's features
+    /// (N × hidden) are read back into it too.
+    pub fn run(
+        &mut self,
+        ws: &mut Workspace<B>,
+        net: &Net<B>,
+        xs: &[f32],
+        dims: [usize; 4],
+        features: Option<&mut Vec<f32>>,
+    ) {
+        let b = &self.b;
+        let n = dims[0];
+        assert!(
+            n <= b.len(&self.vals),
+            "HeadArgmax::run: batch {n} over the {} it was built for",
+            b.len(&self.vals)
+        );
+        self.best.clear();
+        let mut tape = Tape::new(b, ws);
+        let x = tape.input(&dims, xs);
+        let f = net.features(&mut tape, x);
+        for (lin, classes) in &self.heads {
+            let z = tape.linear(f, lin);
+            b.max_rows(&mut self.vals, &mut self.idx, tape.value(z), n, classes.len());
+            self.best.push((b.download(&self.vals), b.download_idx(&self.idx)));
+        }
+        if let Some(out) = features {
+            *out = b.download(tape.value(f));
+        }
+    }
+}
+
 /// Evaluate `net` on the test images of the seen `tasks`, with the heads and
 /// the class-incremental classifiers `kinds` beside them (`&[]`: the heads
 /// alone, which reads no features back; each of `kinds` must be available
@@ -110,36 +173,24 @@ pub fn evaluate<B: Backend>(
     let nt = tasks.len();
     let (mut seen, mut ta_ok, mut cil_ok) = (vec![0usize; nt], vec![0usize; nt], vec![0usize; nt]);
     let mut xs = Vec::new();
-    let mut vals = b.zeros(batch_size);
-    let mut idx = b.zeros_idx(batch_size);
+    let mut step = HeadArgmax::new(&b, heads, batch_size);
+    let mut feats = Vec::new();
     for batch in examples.chunks(batch_size) {
         let n = batch.len();
         let ids: Vec<usize> = batch.iter().map(|e| e.0).collect();
         xs.resize(n * test.image_len(), 0.0);
         test.fill_batch(&ids, norm, &mut xs);
-        // Per head: (row maxima, their positions).
-        let mut best: Vec<(Vec<f32>, Vec<u32>)> = Vec::with_capacity(heads.len());
-        {
-            let mut tape = Tape::new(&b, &mut tr.st.ws);
-            let x = tape.input(&[n, test.c, test.h, test.w], &xs);
-            let f = net.features(&mut tape, x);
-            for (lin, classes) in &heads {
-                let z = tape.linear(f, lin);
-                b.max_rows(&mut vals, &mut idx, tape.value(z), n, classes.len());
-                best.push((b.download(&vals), b.download_idx(&idx)));
-            }
-            if !others.is_empty() {
-                let feats = b.download(tape.value(f));
-                for (c, ok) in others.iter().zip(other_ok.iter_mut()) {
-                    let top = c.argmax(&c.scores(&feats[..n * dim], n));
-                    for (r, &(i, t)) in batch.iter().enumerate() {
-                        if c.classes[top[r]] == test.labels[i] {
-                            ok[t] += 1;
-                        }
-                    }
+        let want_feats = (!others.is_empty()).then_some(&mut feats);
+        step.run(&mut tr.st.ws, net, &xs, [n, test.c, test.h, test.w], want_feats);
+        for (c, ok) in others.iter().zip(other_ok.iter_mut()) {
+            let top = c.argmax(&c.scores(&feats[..n * dim], n));
+            for (r, &(i, t)) in batch.iter().enumerate() {
+                if c.classes[top[r]] == test.labels[i] {
+                    ok[t] += 1;
                 }
             }
         }
+        let (heads, best) = (&step.heads, &step.best);
         for (r, &(i, t)) in batch.iter().enumerate() {
             let label = test.labels[i];
             seen[t] += 1;

@@ -13,7 +13,7 @@ use crate::data::split::TaskView;
 use crate::data::{Normalization, Split};
 use crate::error::Result;
 use crate::metrics::{TaskTiming, ValPoint};
-use crate::nn::Net;
+use crate::nn::{Arch, Net};
 use crate::rng::Rng;
 use std::time::Instant;
 
@@ -167,6 +167,35 @@ pub fn train_first_task<B: Backend>(
     report.add(phase);
     report.timing.train_seconds = start.elapsed().as_secs_f64() - report.timing.validation_seconds;
     Ok(report)
+}
+
+/// FLOPs per new image of LwF's whole phase for a second task, following
+/// [`learn_task`]'s steps (the counts per image are `Arch`'s): Y_o recorded
+/// once (forward through the old head), `warmup_epochs` with the trunk
+/// frozen (per task: forward and weight gradient of the new head alone;
+/// shared: of the whole grown head, which KD keeps in place) and `epochs`
+/// training everything. `bench` divides it by the phase's seconds, which
+/// cover the same work.
+pub fn lwf_phase_flops(
+    arch: &Arch,
+    mode: HeadMode,
+    old_classes: usize,
+    new_classes: usize,
+    warmup_epochs: usize,
+    epochs: usize,
+) -> f64 {
+    let record = arch.forward_flops(&[old_classes]);
+    let (warm, main) = match mode {
+        HeadMode::PerTask => (
+            arch.head_train_flops(&[new_classes], &[new_classes]),
+            arch.train_flops(&[old_classes, new_classes]),
+        ),
+        HeadMode::Shared => {
+            let all = old_classes + new_classes;
+            (arch.head_train_flops(&[all], &[all]), arch.train_flops(&[all]))
+        }
+    };
+    record + warmup_epochs as f64 * warm + epochs as f64 * main
 }
 
 /// Learn task `t` (t ≥ 1) with `method`. `old` holds the finished tasks' data
