@@ -433,7 +433,7 @@ fn fashion_mnist_written_as_png_folders_loads_byte_identical() {
 /// with `LWF_TIMING_DIR=DIR` the folder is written there and kept (to time
 /// `lwf-engine` on it).
 #[test]
-#[ignore]
+#[ignore = "timing, not a check: writes and decodes 70,000 PNGs; run by hand"]
 fn timing_decoded_vs_cached() {
     let fm = data::load(data::FASHION_MNIST).unwrap();
     let kept = std::env::var_os("LWF_TIMING_DIR").map(PathBuf::from);

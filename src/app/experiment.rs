@@ -83,12 +83,7 @@ pub fn experiment_config(req: &ExperimentRequest, data: &Dataset) -> Result<Expe
         return Err(Error::Config("--seeds is empty".into()));
     }
     if let Some(grid) = &req.select {
-        grid.validate()?;
-        if req.hyper.val_fraction <= 0.0 {
-            return Err(Error::Config(
-                "--select needs validation images: --val-fraction must be above 0".into(),
-            ));
-        }
+        grid.check(&req.hyper)?;
     }
     check_limits(&[("--train-limit", req.train_limit), ("--test-limit", req.test_limit)])?;
     Ok(ExperimentConfig {

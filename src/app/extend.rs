@@ -48,12 +48,7 @@ pub fn extend(choice: BackendChoice, req: &ExtendRequest, obs: &dyn Observer) ->
                     .into(),
             ));
         }
-        if req.hyper.val_fraction <= 0.0 {
-            return Err(Error::Config(
-                "--select needs validation images: --val-fraction must be above 0".into(),
-            ));
-        }
-        grid.validate()?;
+        grid.check(&req.hyper)?;
     }
     if method == Method::JointShared {
         return Err(Error::Config(

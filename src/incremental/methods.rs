@@ -218,8 +218,9 @@ pub fn learn_task<B: Backend>(
     let mode = method.head_mode(hyper.head_mode);
     let old_heads: Vec<usize> = (0..net.heads.len()).collect();
     let mut report = TaskReport::default();
-    let (new, val_view) = validation_split(new, cx, t);
-    let new = &new;
+    // From here on `new` is the part that trains; `val_view` is held out.
+    let (train_part, val_view) = validation_split(new, cx, t);
+    let new = &train_part;
 
     // (1) LwF: the old model's outputs on the new images, before any change;
     // in the same pass, the old trunk's features of the new images (drift

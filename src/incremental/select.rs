@@ -53,6 +53,18 @@ impl Default for SelectGrid {
 }
 
 impl SelectGrid {
+    /// The grid is valid and `hyper` holds validation images to select on
+    /// (checked by the verbs before any work, and by the selection itself).
+    pub fn check(&self, hyper: &Hyper) -> Result<()> {
+        self.validate()?;
+        if hyper.val_fraction <= 0.0 {
+            return Err(Error::Config(
+                "--select needs validation images: --val-fraction must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.lambdas.is_empty() {
@@ -200,10 +212,7 @@ pub fn learn_task_selected<B: Backend>(
     cx: &TaskContext<'_>,
     grid: &SelectGrid,
 ) -> Result<(TaskReport, Selection)> {
-    grid.validate()?;
-    if cx.hyper.val_fraction <= 0.0 {
-        return Err(Error::Config("--select needs validation images: --val-fraction must be above 0".into()));
-    }
+    grid.check(cx.hyper)?;
     let start = Instant::now();
     let base = cx.hyper;
     let lrs = if grid.lrs.is_empty() { vec![base.lr] } else { grid.lrs.clone() };

@@ -241,7 +241,9 @@ impl<B: Backend> Trainer<B> {
 
     /// Accuracy of the learning head on the validation images and, with
     /// teachers, the distillation loss of the old heads on them (summed over
-    /// teachers, averaged per image, at the validation's temperature).
+    /// teachers, averaged per image, at the validation's temperature): the
+    /// tape's own distillation term, the one training minimises, with one
+    /// loss read-back per batch.
     pub fn validate(
         &mut self,
         net: &Net<B>,
@@ -251,33 +253,45 @@ impl<B: Backend> Trainer<B> {
         batch_size: usize,
     ) -> (f64, Option<f64>) {
         let head = v.examples[0].head;
-        let heads: Vec<usize> = std::iter::once(head).chain(v.teachers.iter().map(|t| t.head)).collect();
-        let (outs, _) = self.record_outputs(net, split, norm, &v.examples, &heads, batch_size, false);
-        let (z, cols) = (&outs[0].logits, outs[0].cols);
-        let hits = v
-            .examples
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| {
-                let row = &z[i * cols..(i + 1) * cols];
-                let best = (0..cols).fold(0, |b, k| if row[k] > row[b] { k } else { b });
-                best == e.label as usize
-            })
-            .count();
-        let accuracy = hits as f64 / v.examples.len() as f64;
-        if v.teachers.is_empty() {
-            return (accuracy, None);
-        }
-        let n = v.examples.len();
-        let mut total = 0.0;
-        for (t, s) in v.teachers.iter().zip(&outs[1..]) {
-            for i in 0..n {
-                let zt = &t.logits[i * t.cols..(i + 1) * t.cols];
-                let zs = &s.logits[i * s.cols..i * s.cols + t.cols];
-                total += kd_row(zs, zt, v.temperature as f64);
+        let cols = net.heads[head].linear.out_f;
+        let (mut hits, mut kd) = (0usize, 0.0f64);
+        let positions: Vec<usize> = (0..v.examples.len()).collect();
+        for batch in positions.chunks(batch_size) {
+            let n = batch.len();
+            self.stage_images(split, norm, &v.examples, batch);
+            self.teacher_rows.resize_with(v.teachers.len(), Vec::new);
+            for (rows, t) in self.teacher_rows.iter_mut().zip(&v.teachers) {
+                rows.clear();
+                for &i in batch {
+                    rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
+                }
             }
+            let mut tape = Tape::new(&self.b, &mut self.st.ws);
+            let x = tape.input(&[n, split.c, split.h, split.w], &self.xs);
+            let f = net.features(&mut tape, x);
+            let z = tape.linear(f, &net.heads[head].linear);
+            let logits = self.b.download(tape.value(z));
+            hits += batch
+                .iter()
+                .enumerate()
+                .filter(|&(r, &i)| {
+                    let row = &logits[r * cols..(r + 1) * cols];
+                    let best = (0..cols).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+                    best == v.examples[i].label as usize
+                })
+                .count();
+            if v.teachers.is_empty() {
+                continue;
+            }
+            for (t, rows) in v.teachers.iter().zip(&self.teacher_rows) {
+                let zs = if t.head == head { z } else { tape.linear(f, &net.heads[t.head].linear) };
+                let zt = tape.input(&[n, t.cols], rows);
+                tape.distill(zs, zt, v.temperature, 1.0);
+            }
+            kd += tape.loss_value() as f64;
         }
-        (accuracy, Some(total / n as f64))
+        let total = v.examples.len() as f64;
+        (hits as f64 / total, (!v.teachers.is_empty()).then(|| kd / total))
     }
 
     /// The trunk's output features (rows of `net.arch.hidden`) of the images
@@ -373,15 +387,4 @@ impl<B: Backend> Trainer<B> {
             }
         }
     }
-}
-
-/// `−Σ_i softmax(zt/T)_i · log softmax(zs/T)_i` of one row, in f64.
-fn kd_row(zs: &[f32], zt: &[f32], t: f64) -> f64 {
-    let log_softmax = |z: &[f32]| {
-        let m = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
-        let lse = m + z.iter().map(|&x| (x as f64 / t - m).exp()).sum::<f64>().ln();
-        z.iter().map(|&x| x as f64 / t - lse).collect::<Vec<f64>>()
-    };
-    let (ls, lt) = (log_softmax(zs), log_softmax(zt));
-    -lt.iter().zip(&ls).map(|(a, b)| a.exp() * b).sum::<f64>()
 }
