@@ -33,15 +33,30 @@ const NV512: usize = 2;
 /// on the given path (which must be one this CPU supports; [`super::simd`]
 /// only hands out those).
 pub fn gemm(path: SimdPath, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
+    product(path, c, a, b, m, n, k, false)
+}
+
+/// `c += a · b`, as [`gemm`] but accumulating: each element's FMA chain
+/// starts from its value in `c` (the Winograd weight gradient sums its tile
+/// blocks this way).
+pub fn gemm_acc(path: SimdPath, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
+    product(path, c, a, b, m, n, k, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn product(path: SimdPath, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, add: bool) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "microgemm: {m}×{n}×{k} does not fit");
     assert!(path.supported(), "microgemm: SIMD path {path} is not supported by this CPU");
     match path {
         // SAFETY: `supported` (asserted above) checked AVX-512 F/BW/DQ/VL + AVX2 + FMA;
         // the lengths are checked above.
-        SimdPath::Avx512 => unsafe { x86::gemm512::<MR512, NV512>(c, a, b, m, n, k) },
+        SimdPath::Avx512 => unsafe { x86::gemm512::<MR512, NV512>(c, a, b, m, n, k, add) },
         // SAFETY: `supported` (asserted above) checked AVX2 + FMA; lengths checked above.
-        SimdPath::Avx2 => unsafe { x86::gemm(c, a, b, m, n, k) },
-        SimdPath::Portable => gemm_slices(c, a, b, Gemm::nn(m, n, k)),
+        SimdPath::Avx2 => unsafe { x86::gemm(c, a, b, m, n, k, add) },
+        SimdPath::Portable => {
+            let g = Gemm::nn(m, n, k);
+            gemm_slices(c, a, b, if add { g.acc() } else { g })
+        }
     }
 }
 
@@ -50,7 +65,7 @@ mod x86 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// AVX-512 `c = a · b` in `R` × `V·16` blocks of C.
+    /// AVX-512 `c = a · b` (`c += a · b` with `add`) in `R` × `V·16` blocks of C.
     ///
     /// # Safety
     /// AVX-512 F (+ AVX2, FMA); `a`, `b`, `c` hold m×k, k×n and m×n values.
@@ -62,6 +77,7 @@ mod x86 {
         m: usize,
         n: usize,
         k: usize,
+        add: bool,
     ) {
         const { assert!(R >= 1 && R <= 14 && V >= 1 && V <= 4) };
         let width = V * 16;
@@ -73,14 +89,14 @@ mod x86 {
                 // SAFETY: rows i0.., columns j0..j0 + cols are inside the matrices.
                 unsafe {
                     match (cols.div_ceil(16), m - i0 >= R) {
-                        (v, true) if v >= V => block512::<R, V>(c, a, b, i0, j0, cols, n, k),
-                        (v, false) if v >= V => rows512::<V>(c, a, b, i0, j0, cols, n, k, m - i0),
-                        (1, true) => block512::<R, 1>(c, a, b, i0, j0, cols, n, k),
-                        (1, false) => rows512::<1>(c, a, b, i0, j0, cols, n, k, m - i0),
-                        (2, true) => block512::<R, 2>(c, a, b, i0, j0, cols, n, k),
-                        (2, false) => rows512::<2>(c, a, b, i0, j0, cols, n, k, m - i0),
-                        (_, true) => block512::<R, 3>(c, a, b, i0, j0, cols, n, k),
-                        (_, false) => rows512::<3>(c, a, b, i0, j0, cols, n, k, m - i0),
+                        (v, true) if v >= V => block512::<R, V>(c, a, b, i0, j0, cols, n, k, add),
+                        (v, false) if v >= V => rows512::<V>(c, a, b, i0, j0, cols, n, k, m - i0, add),
+                        (1, true) => block512::<R, 1>(c, a, b, i0, j0, cols, n, k, add),
+                        (1, false) => rows512::<1>(c, a, b, i0, j0, cols, n, k, m - i0, add),
+                        (2, true) => block512::<R, 2>(c, a, b, i0, j0, cols, n, k, add),
+                        (2, false) => rows512::<2>(c, a, b, i0, j0, cols, n, k, m - i0, add),
+                        (_, true) => block512::<R, 3>(c, a, b, i0, j0, cols, n, k, add),
+                        (_, false) => rows512::<3>(c, a, b, i0, j0, cols, n, k, m - i0, add),
                     }
                 }
             }
@@ -100,31 +116,33 @@ mod x86 {
         n: usize,
         k: usize,
         rows: usize,
+        add: bool,
     ) {
         // SAFETY: forwarded from the caller; `rows` rows remain from i0.
         unsafe {
             match rows {
-                1 => block512::<1, V>(c, a, b, i0, j0, cols, n, k),
-                2 => block512::<2, V>(c, a, b, i0, j0, cols, n, k),
-                3 => block512::<3, V>(c, a, b, i0, j0, cols, n, k),
-                4 => block512::<4, V>(c, a, b, i0, j0, cols, n, k),
-                5 => block512::<5, V>(c, a, b, i0, j0, cols, n, k),
-                6 => block512::<6, V>(c, a, b, i0, j0, cols, n, k),
-                7 => block512::<7, V>(c, a, b, i0, j0, cols, n, k),
-                8 => block512::<8, V>(c, a, b, i0, j0, cols, n, k),
-                9 => block512::<9, V>(c, a, b, i0, j0, cols, n, k),
-                10 => block512::<10, V>(c, a, b, i0, j0, cols, n, k),
-                11 => block512::<11, V>(c, a, b, i0, j0, cols, n, k),
-                12 => block512::<12, V>(c, a, b, i0, j0, cols, n, k),
-                _ => block512::<13, V>(c, a, b, i0, j0, cols, n, k),
+                1 => block512::<1, V>(c, a, b, i0, j0, cols, n, k, add),
+                2 => block512::<2, V>(c, a, b, i0, j0, cols, n, k, add),
+                3 => block512::<3, V>(c, a, b, i0, j0, cols, n, k, add),
+                4 => block512::<4, V>(c, a, b, i0, j0, cols, n, k, add),
+                5 => block512::<5, V>(c, a, b, i0, j0, cols, n, k, add),
+                6 => block512::<6, V>(c, a, b, i0, j0, cols, n, k, add),
+                7 => block512::<7, V>(c, a, b, i0, j0, cols, n, k, add),
+                8 => block512::<8, V>(c, a, b, i0, j0, cols, n, k, add),
+                9 => block512::<9, V>(c, a, b, i0, j0, cols, n, k, add),
+                10 => block512::<10, V>(c, a, b, i0, j0, cols, n, k, add),
+                11 => block512::<11, V>(c, a, b, i0, j0, cols, n, k, add),
+                12 => block512::<12, V>(c, a, b, i0, j0, cols, n, k, add),
+                _ => block512::<13, V>(c, a, b, i0, j0, cols, n, k, add),
             }
         }
     }
 
     /// One R × (V·16) block of C at (i0, j0), of which `cols` columns are
-    /// real. Every load and store of B and C goes through a lane mask (all
-    /// ones but in the last block: as fast as a plain access), so nothing
-    /// outside the matrices is touched.
+    /// real, starting from zero or (`add`) from C's values. Every load and
+    /// store of B and C goes through a lane mask (all ones but in the last
+    /// block: as fast as a plain access), so nothing outside the matrices is
+    /// touched.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block512<const R: usize, const V: usize>(
@@ -136,17 +154,27 @@ mod x86 {
         cols: usize,
         n: usize,
         k: usize,
+        add: bool,
     ) {
         let masks: [__mmask16; V] = std::array::from_fn(|v| {
             let left = cols.saturating_sub(v * 16).min(16);
             ((1u32 << left) - 1) as __mmask16
         });
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         // SAFETY (all pointer arithmetic below): row r < R of A is row i0 + r
         // < m, p < k, and B/C columns j0 + v·16.. are accessed only under the
         // masks, which cover the `cols` real columns.
         unsafe {
+            let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| {
+                let row = cp.add((i0 + r) * n + j0);
+                std::array::from_fn(|v| {
+                    if add {
+                        _mm512_maskz_loadu_ps(masks[v], row.add(v * 16))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                })
+            });
             for p in 0..k {
                 let row = bp.add(p * n + j0);
                 let bv: [__m512; V] =
@@ -167,22 +195,24 @@ mod x86 {
         }
     }
 
+    /// AVX2 `c = a · b` (`c += a · b` with `add`) in 6×16 blocks of C.
+    ///
     /// # Safety
     /// AVX2 + FMA; `a`, `b`, `c` hold m×k, k×n and m×n values.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gemm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
+    pub unsafe fn gemm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, add: bool) {
         for i0 in (0..m).step_by(MR) {
             for j0 in (0..n).step_by(NR) {
                 let cols = (n - j0).min(NR);
                 // SAFETY: rows i0.., columns j0..j0 + cols are inside the matrices.
                 unsafe {
                     match m - i0 {
-                        1 => block::<1>(c, a, b, i0, j0, cols, n, k),
-                        2 => block::<2>(c, a, b, i0, j0, cols, n, k),
-                        3 => block::<3>(c, a, b, i0, j0, cols, n, k),
-                        4 => block::<4>(c, a, b, i0, j0, cols, n, k),
-                        5 => block::<5>(c, a, b, i0, j0, cols, n, k),
-                        _ => block::<MR>(c, a, b, i0, j0, cols, n, k),
+                        1 => block::<1>(c, a, b, i0, j0, cols, n, k, add),
+                        2 => block::<2>(c, a, b, i0, j0, cols, n, k, add),
+                        3 => block::<3>(c, a, b, i0, j0, cols, n, k, add),
+                        4 => block::<4>(c, a, b, i0, j0, cols, n, k, add),
+                        5 => block::<5>(c, a, b, i0, j0, cols, n, k, add),
+                        _ => block::<MR>(c, a, b, i0, j0, cols, n, k, add),
                     }
                 }
             }
@@ -198,9 +228,9 @@ mod x86 {
         (lo, hi)
     }
 
-    /// One R×16 block of C at (i0, j0), of which `cols` columns are real;
-    /// partial blocks load and store through lane masks, so nothing outside
-    /// the matrices is touched.
+    /// One R×16 block of C at (i0, j0), of which `cols` columns are real,
+    /// starting from zero or (`add`) from C's values; partial blocks load and
+    /// store through lane masks, so nothing outside the matrices is touched.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block<const R: usize>(
@@ -212,13 +242,22 @@ mod x86 {
         cols: usize,
         n: usize,
         k: usize,
+        add: bool,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         // SAFETY (all pointer arithmetic below): row r < R of A is row i0 + r
         // < m, p < k, and B/C columns j0.. are read or written only under the
         // masks when fewer than 16 remain.
         unsafe {
+            let (m0, m1) = masks(cols);
+            let mut acc: [[__m256; 2]; R] = std::array::from_fn(|r| {
+                let row = cp.add((i0 + r) * n + j0);
+                if add {
+                    [_mm256_maskload_ps(row, m0), _mm256_maskload_ps(row.add(8), m1)]
+                } else {
+                    [_mm256_setzero_ps(); 2]
+                }
+            });
             // The k loop, with `$b` (B's 16 values of row `$row` at j0) and
             // the stores of the block given by the caller.
             macro_rules! sweep {
@@ -242,7 +281,6 @@ mod x86 {
                 sweep!(row => (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
                     out, v => { _mm256_storeu_ps(out, v[0]); _mm256_storeu_ps(out.add(8), v[1]) });
             } else {
-                let (m0, m1) = masks(cols);
                 sweep!(row => (_mm256_maskload_ps(row, m0), _mm256_maskload_ps(row.add(8), m1));
                     out, v => { _mm256_maskstore_ps(out, m0, v[0]); _mm256_maskstore_ps(out.add(8), m1, v[1]) });
             }
@@ -253,7 +291,7 @@ mod x86 {
 /// Elsewhere the kernels never run (only the portable path is supported).
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
-    pub unsafe fn gemm(_: &mut [f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize) {
+    pub unsafe fn gemm(_: &mut [f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: bool) {
         unreachable!("microgemm needs AVX2")
     }
     pub unsafe fn gemm512<const R: usize, const V: usize>(
@@ -263,6 +301,7 @@ mod x86 {
         _: usize,
         _: usize,
         _: usize,
+        _: bool,
     ) {
         unreachable!("microgemm needs AVX-512")
     }
@@ -293,11 +332,19 @@ mod tests {
         (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
     }
 
-    /// `c` on `path`, with guard values past the end that must survive.
-    fn run(path: SimdPath, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    /// `c` on `path`, with guard values past the end that must survive:
+    /// `gemm` over a C of NaNs (which it must not read), or `gemm_acc` onto
+    /// `c0` when given.
+    fn run(path: SimdPath, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c0: Option<&[f32]>) -> Vec<f32> {
         let mut got = vec![f32::NAN; m * n + 20];
         got[m * n..].fill(7.0);
-        gemm(path, &mut got, a, b, m, n, k);
+        match c0 {
+            Some(c0) => {
+                got[..m * n].copy_from_slice(c0);
+                gemm_acc(path, &mut got, a, b, m, n, k);
+            }
+            None => gemm(path, &mut got, a, b, m, n, k),
+        }
         assert!(got[m * n..].iter().all(|&v| v == 7.0), "{path} {m}×{n}×{k}: wrote past C");
         got.truncate(m * n);
         got
@@ -316,14 +363,18 @@ mod tests {
             eprintln!("microgemm: checking the {path} path against the naive gemm");
             for (m, n, k) in SHAPES {
                 let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
-                let mut want = vec![0.0; m * n];
-                naive::sgemm(&mut want, &a, &b, Gemm::nn(m, n, k));
-                let got = run(path, &a, &b, m, n, k);
-                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (k as f32).sqrt() * 4.0,
-                        "{path} {m}×{n}×{k} at {i}: {g} vs {w}"
-                    );
+                let c0 = random(&mut rng, m * n);
+                for add in [false, true] {
+                    let mut want = if add { c0.clone() } else { vec![0.0; m * n] };
+                    let g = Gemm::nn(m, n, k);
+                    naive::sgemm(&mut want, &a, &b, if add { g.acc() } else { g });
+                    let got = run(path, &a, &b, m, n, k, add.then_some(&c0[..]));
+                    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * (k as f32).sqrt() * 4.0,
+                            "{path} {m}×{n}×{k} (accumulate: {add}) at {i}: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
@@ -347,9 +398,11 @@ mod tests {
             eprintln!("microgemm: neither AVX-512 nor AVX2 on this CPU; nothing to compare");
             return;
         };
-        for (m, n, k) in SHAPES {
+        for ((m, n, k), add) in SHAPES.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
-            let (got, want) = (run(path, &a, &b, m, n, k), run(reference, &a, &b, m, n, k));
+            let c0 = random(&mut rng, m * n);
+            let c0 = add.then_some(&c0[..]);
+            let (got, want) = (run(path, &a, &b, m, n, k, c0), run(reference, &a, &b, m, n, k, c0));
             if reference == SimdPath::Portable {
                 for (&g, &w) in got.iter().zip(&want) {
                     assert!((g - w).abs() <= 1e-5 * (k as f32).sqrt() * 4.0, "{m}×{n}×{k}: {g} vs {w}");

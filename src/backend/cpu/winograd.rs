@@ -21,7 +21,7 @@
 //! (tests/engine.rs compares against the naive f64 reference).
 
 use super::simd::{self, SimdPath};
-use super::{batch_partials, gemm_slices, microgemm, Conv2dParams, Gemm};
+use super::{batch_partials, microgemm, Conv2dParams};
 use rayon::iter::Either;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -56,6 +56,9 @@ struct Scratch {
     plane: Vec<f32>,
     /// Intermediate rows of a transform.
     rows: Vec<f32>,
+    /// One ξ plane of `v` transposed to `[slot][channel]` (the weight
+    /// gradient's gemm reads it as its row-major B).
+    vt: Vec<f32>,
 }
 
 thread_local! {
@@ -443,6 +446,22 @@ fn grad_transform(dm: &mut [f32], place: Place, dy_img: &[f32], channels: usize,
     }
 }
 
+/// `dst` (`cols × rows`) = `src` (`rows × cols`) transposed, in square
+/// blocks so that both sides are read and written a cache line at a time.
+fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                let row = &src[r * cols..][..cols];
+                for c in c0..(c0 + B).min(cols) {
+                    dst[c * rows + r] = row[c];
+                }
+            }
+        }
+    }
+}
+
 // ---- the three passes ----------------------------------------------------------------
 
 /// A "same" 3×3 convolution of `input` (`n` images of `ic × h × w`) with the
@@ -587,12 +606,21 @@ fn bwd_weight_on(
                         s,
                     );
                 });
+                // dU_ξ (oc × ic) += dM_ξ (oc × tiles) · V_ξᵀ (tiles × ic):
+                // V_ξ is transposed first (ic·tiles copies against
+                // oc·ic·tiles multiply-adds) so the micro-gemm reads both
+                // operands in its own layout, with no packing.
+                let vt = grow(&mut s.vt, tiles * ic);
                 for xi in 0..XI {
-                    gemm_slices(
+                    transpose(vt, &vb[xi * vs..][..ic * tiles], ic, tiles);
+                    microgemm::gemm_acc(
+                        path,
                         &mut du[xi * oc * ic..(xi + 1) * oc * ic],
                         &mb[xi * ms..][..oc * tiles],
-                        &vb[xi * vs..][..ic * tiles],
-                        Gemm::nn(oc, ic, tiles).trans(false, true).acc(),
+                        vt,
+                        oc,
+                        ic,
+                        tiles,
                     );
                 }
                 start += imgs;
