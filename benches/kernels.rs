@@ -12,7 +12,7 @@
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use lwf_engine::backend::cpu::naive;
-use lwf_engine::backend::{Backend, Conv2dParams, Gemm};
+use lwf_engine::backend::{Backend, Conv2dParams, Gemm, PoolParams};
 use lwf_engine::rng::Rng;
 use lwf_engine::CpuBackend;
 use std::hint::black_box;
@@ -123,6 +123,26 @@ fn conv2d(c: &mut Criterion) {
             let fwd = report(
                 "fwd",
                 bench(&mut g, &format!("{name}_fwd"), || b.conv2d_fwd(black_box(&mut y), &x, &w, &p)),
+            );
+            // The trainer's forward: bias and 2×2 max pooling fused in.
+            let (ph, pw) = (p.oh() / 2, p.ow() / 2);
+            let (mut pooled, mut argmax) = (b.zeros(p.n * p.oc * ph * pw), b.zeros_idx(p.n * p.oc * ph * pw));
+            let bias = b.upload(&random(&mut rng, p.oc));
+            let pool = PoolParams { n: p.n, c: p.oc, h: p.oh(), w: p.ow(), k: 2, s: 2 };
+            report(
+                "fwd_pool",
+                bench(&mut g, &format!("{name}_fwd_pool"), || {
+                    b.conv2d_bias_maxpool_fwd(
+                        black_box(&mut pooled),
+                        &mut argmax,
+                        &mut y,
+                        &x,
+                        &w,
+                        &bias,
+                        &p,
+                        &pool,
+                    )
+                }),
             );
             let data = report(
                 "bwd_data",

@@ -511,6 +511,19 @@ impl<'a, B: Backend> Tape<'a, B> {
                 let bias = (dy, p.oh() * p.ow());
                 conv_backward(b, ws, nodes, grads, pgrads, x, l, &p, dy, bias);
             }
+            (Op::ConvPool { x, l, p, argmax, pool }, Some(dy)) if !nodes[x.i()].needs_grad => {
+                // The first layer: only the parameters' gradients, the
+                // weight's straight from the pooled gradient (the backend
+                // may skip building the convolution's output gradient).
+                let mut dconv = ws.take(b, p.y_len());
+                if let Some(dw) = pgrads.get_mut(l.w.id) {
+                    b.conv2d_maxpool_bwd_weight(dw, &mut dconv, value_of(nodes, *x), dy, argmax, p, pool);
+                }
+                if let Some(db) = pgrads.get_mut(l.b.id) {
+                    b.bias_grad(db, dy, p.n, p.oc, pool.oh() * pool.ow());
+                }
+                ws.give(b, dconv);
+            }
             (Op::ConvPool { x, l, p, argmax, pool }, Some(dy)) => {
                 // The convolution's output gradient: the pooled gradient
                 // routed back to each window's argmax, zero elsewhere.

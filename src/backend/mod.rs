@@ -218,6 +218,26 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn maxpool2d_fwd(&self, y: &mut Self::Buf, argmax: &mut Self::IdxBuf, x: &Self::Buf, p: &PoolParams);
     /// `dx[argmax] += dy`.
     fn maxpool2d_bwd(&self, dx: &mut Self::Buf, dy: &Self::Buf, argmax: &Self::IdxBuf, p: &PoolParams);
+    /// `dw += ∂L/∂w` of `maxpool(conv(x, w))` from the *pooled* output
+    /// gradient `dy` and the pooling's `argmax`, for a convolution whose
+    /// input needs no gradient (the first layer). Only each window's winner
+    /// has a gradient, so a backend can sum over those alone and never build
+    /// the convolution's output gradient. The default builds it in `dconv`
+    /// (`p.y_len()` elements of scratch) and runs the two kernels.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_bwd_weight(
+        &self,
+        dw: &mut Self::Buf,
+        dconv: &mut Self::Buf,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        argmax: &Self::IdxBuf,
+        p: &Conv2dParams,
+        pool: &PoolParams,
+    ) {
+        self.maxpool2d_bwd_set(dconv, dy, argmax, pool);
+        self.conv2d_bwd_weight(dw, x, dconv, p);
+    }
     /// `dx = 0, then dx[argmax] += dy`: for a `dx` that nothing else flows
     /// into (the fused convolution + pooling's), so a backend can zero each
     /// plane as it scatters into it instead of zeroing all of `dx` in a pass

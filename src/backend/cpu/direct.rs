@@ -16,7 +16,7 @@
 //! gradient, and any other layer takes the im2col path for backward-data.
 
 use super::simd::{self, SimdPath};
-use super::{add_partials, batch_partials, Conv2dParams};
+use super::{add_partials, batch_partials, Conv2dParams, PoolParams};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -427,6 +427,106 @@ pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, parti
     add_partials(&mut dw[..p.oc * patch], &parts);
 }
 
+/// Whether [`bwd_weight_pooled`] takes this pooling of this convolution:
+/// the pooling covers the convolution's whole output, planes of `oh × ow`.
+pub fn pooled_applies(p: &Conv2dParams, pool: &PoolParams) -> bool {
+    shape_fits(p) && pool.n == p.n && pool.c == p.oc && pool.h == p.oh() && pool.w == p.ow()
+}
+
+/// `dw += ∂L/∂w` of `maxpool(conv(x))` from the pooled gradient `dy` and
+/// the argmax of each window (an index into the convolution's output
+/// plane): each window's winner `(oy, ox)` adds `dy · x[oy + i][ox + j]` to
+/// tap `(i, j)`, the only terms of the dense sum whose output gradient is
+/// not zero; zero pooled gradients (ReLU's) are skipped. Per thread chunk
+/// of images (`batch_partials`), summed in chunk order.
+///
+/// The taps of one input row are one 4-lane multiply and add (the fourth
+/// lane is the padded row's next value, never stored), auto-vectorised on
+/// every path with the same operations, so every path gives the same bits.
+pub fn bwd_weight_pooled(
+    dw: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    argmax: &[u32],
+    p: &Conv2dParams,
+    pool: &PoolParams,
+    partials: &Mutex<Vec<Vec<f32>>>,
+) {
+    bwd_weight_pooled_on(simd::active(), dw, x, dy, argmax, p, pool, partials)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bwd_weight_pooled_on(
+    path: SimdPath,
+    dw: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    argmax: &[u32],
+    p: &Conv2dParams,
+    pool: &PoolParams,
+    partials: &Mutex<Vec<Vec<f32>>>,
+) {
+    check_path(path);
+    assert!(pooled_applies(p, pool), "direct::bwd_weight_pooled: {p:?} pooled by {pool:?}");
+    let g = Padded::new(p);
+    let ow = p.ow();
+    let (x_len, patch, cells) = (p.c * p.h * p.w, p.patch(), pool.oh() * pool.ow());
+    let parts = batch_partials(partials, p.n, p.oc * patch, |part, images| {
+        PADDED.with(|buf| {
+            let (padded, _) = &mut *buf.borrow_mut();
+            // One float of slack: the last window's fourth lane reads it.
+            padded.resize(p.c * g.plane() + 1, 0.0);
+            for img in images {
+                pad_image(padded, &x[img * x_len..(img + 1) * x_len], p, g);
+                let at = img * p.oc * cells;
+                let (dy_img, arg_img) = (&dy[at..at + p.oc * cells], &argmax[at..at + p.oc * cells]);
+                with_simd!(path; for (k, (dy_k, arg_k)) in
+                    dy_img.chunks_exact(cells).zip(arg_img.chunks_exact(cells)).enumerate()
+                {
+                    winners_bwd_weight(&mut part[k * patch..(k + 1) * patch], dy_k, arg_k, padded, p.c, ow, g);
+                });
+            }
+        })
+    });
+    add_partials(&mut dw[..p.oc * patch], &parts);
+}
+
+/// One output channel's `dw_k` (`c × 3 × 3`) over one image's windows:
+/// `dy_k` and `arg_k` per window, `padded` the image's padded planes.
+#[inline(always)]
+fn winners_bwd_weight(
+    dw_k: &mut [f32],
+    dy_k: &[f32],
+    arg_k: &[u32],
+    padded: &[f32],
+    c: usize,
+    ow: usize,
+    g: Padded,
+) {
+    let plane = g.plane();
+    for ch in 0..c {
+        let x_c = &padded[ch * plane..];
+        let mut acc = [[0.0f32; 4]; K];
+        for (&d, &a) in dy_k.iter().zip(arg_k) {
+            if d == 0.0 {
+                continue;
+            }
+            let (oy, ox) = (a as usize / ow, a as usize % ow);
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                let r = &x_c[(oy + i) * g.row + ox..][..4];
+                for (s, &v) in acc_i.iter_mut().zip(r) {
+                    *s += d * v;
+                }
+            }
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (j, &s) in acc_i[..K].iter().enumerate() {
+                dw_k[(ch * K + i) * K + j] += s;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,24 +554,31 @@ mod tests {
     }
 
     /// The cnn-s first layer, odd sizes (row counts off ROWS512, widths off
-    /// the 32-float groups), 1–3 channels, pad 0 and 1.
+    /// the 32-float groups, and one exactly 32 wide), 1–3 channels, pad 0
+    /// and 1.
     fn shapes() -> Vec<Conv2dParams> {
-        [(2, 1, 28, 28, 32, 1), (1, 3, 9, 37, 5, 1), (3, 2, 7, 5, 4, 0), (1, 1, 11, 13, 3, 1)]
-            .into_iter()
-            .map(|(n, c, h, w, oc, pad)| Conv2dParams {
-                n,
-                c,
-                h,
-                w,
-                oc,
-                kh: 3,
-                kw: 3,
-                sh: 1,
-                sw: 1,
-                ph: pad,
-                pw: pad,
-            })
-            .collect()
+        [
+            (2, 1, 28, 28, 32, 1),
+            (1, 3, 9, 37, 5, 1),
+            (3, 2, 7, 5, 4, 0),
+            (1, 1, 11, 13, 3, 1),
+            (2, 3, 30, 32, 3, 1),
+        ]
+        .into_iter()
+        .map(|(n, c, h, w, oc, pad)| Conv2dParams {
+            n,
+            c,
+            h,
+            w,
+            oc,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            ph: pad,
+            pw: pad,
+        })
+        .collect()
     }
 
     /// Each vector path against the portable result (the naive
@@ -504,6 +611,78 @@ mod tests {
                     assert!(ay / 2 == py && ax / 2 == px, "{path}: argmax {a} outside window {i}");
                     assert_eq!(v.to_bits(), y[img_k * plane + a as usize].to_bits(), "{path}: pooled {i}");
                 }
+            }
+        }
+    }
+
+    /// The weight gradient from the pooled gradient (winners only) against
+    /// the dense one: the pooled gradient scattered to its argmax, then the
+    /// naive f64 sum over every output position. Random winners in each
+    /// window, a third of the pooled gradients zero (as after a ReLU).
+    /// Every vector path within rounding, and AVX-512 bitwise AVX2.
+    #[test]
+    fn pooled_weight_gradient_matches_dense() {
+        let mut rng = Rng::new(23);
+        let partials = Mutex::new(Vec::new());
+        for p in shapes() {
+            let (oh, ow) = (p.oh(), p.ow());
+            let pool = PoolParams { n: p.n, c: p.oc, h: oh, w: ow, k: 2, s: 2 };
+            let (ph, pw) = (pool.oh(), pool.ow());
+            let x = random(&mut rng, p.x_len());
+            let cells = p.n * p.oc * ph * pw;
+            let dy: Vec<f32> =
+                (0..cells).map(|_| if rng.below(3) == 0 { 0.0 } else { rng.uniform(-1.0, 1.0) }).collect();
+            let argmax: Vec<u32> = (0..cells)
+                .map(|i| {
+                    let (py, px) = ((i / pw) % ph, i % pw);
+                    ((2 * py + rng.below(2)) * ow + 2 * px + rng.below(2)) as u32
+                })
+                .collect();
+            // Dense: scatter, then Σ dconv · x over every position.
+            let mut dconv = vec![0.0f32; p.y_len()];
+            for (i, (&d, &a)) in dy.iter().zip(&argmax).enumerate() {
+                dconv[(i / (ph * pw)) * oh * ow + a as usize] += d;
+            }
+            let mut want = vec![0.0f64; p.w_len()];
+            for n in 0..p.n {
+                for k in 0..p.oc {
+                    for c in 0..p.c {
+                        for (i, j) in (0..3).flat_map(|i| (0..3).map(move |j| (i, j))) {
+                            let mut s = 0.0f64;
+                            for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                                let (iy, ix) =
+                                    ((oy + i) as isize - p.ph as isize, (ox + j) as isize - p.pw as isize);
+                                if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((n * p.c + c) * p.h + iy as usize) * p.w + ix as usize];
+                                s += dconv[((n * p.oc + k) * oh + oy) * ow + ox] as f64 * xv as f64;
+                            }
+                            want[((k * p.c + c) * 3 + i) * 3 + j] += s;
+                        }
+                    }
+                }
+            }
+            let mut results = Vec::new();
+            for path in [SimdPath::Avx2, SimdPath::Avx512] {
+                if !path.supported() {
+                    eprintln!("direct pooled dW {p:?}: {path} not supported by this CPU, not run");
+                    continue;
+                }
+                eprintln!(
+                    "direct pooled dW {}×{}×{}×{}→{}: {path} against the dense sum",
+                    p.n, p.c, p.h, p.w, p.oc
+                );
+                let mut dw = vec![0.5f32; p.w_len()];
+                bwd_weight_pooled_on(path, &mut dw, &x, &dy, &argmax, &p, &pool, &partials);
+                for (i, (&g, &v)) in dw.iter().zip(&want).enumerate() {
+                    let v = v as f32 + 0.5;
+                    assert!((g - v).abs() <= 1e-4 * (1.0 + v.abs()), "{path} {p:?} at {i}: {g} vs {v}");
+                }
+                results.push(dw);
+            }
+            if let [a, b] = &results[..] {
+                assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()), "AVX-512 vs AVX2 on {p:?}");
             }
         }
     }

@@ -335,7 +335,15 @@ mod tests {
     /// `c` on `path`, with guard values past the end that must survive:
     /// `gemm` over a C of NaNs (which it must not read), or `gemm_acc` onto
     /// `c0` when given.
-    fn run(path: SimdPath, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c0: Option<&[f32]>) -> Vec<f32> {
+    fn run(
+        path: SimdPath,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        c0: Option<&[f32]>,
+    ) -> Vec<f32> {
         let mut got = vec![f32::NAN; m * n + 20];
         got[m * n..].fill(7.0);
         match c0 {

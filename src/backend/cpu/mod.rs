@@ -36,6 +36,7 @@ mod microgemm;
 pub mod naive;
 mod pool;
 mod rows;
+mod transpose;
 mod winograd;
 
 use gemm::gemm_parallel;
@@ -272,6 +273,31 @@ impl Backend for CpuBackend {
             ConvPath::Direct => direct::bwd_weight(dw, x, dy, p, partials),
             ConvPath::Im2col => im2col::bwd_weight(dw, x, dy, p, partials),
         }
+    }
+
+    /// The direct path sums over the windows' winners only (a quarter of
+    /// the positions, zeros skipped) and never writes the 4× larger output
+    /// gradient; the other paths take the default composition.
+    fn conv2d_maxpool_bwd_weight(
+        &self,
+        dw: &mut CpuBuf,
+        dconv: &mut CpuBuf,
+        x: &CpuBuf,
+        dy: &CpuBuf,
+        argmax: &CpuIdxBuf,
+        p: &Conv2dParams,
+        pool: &PoolParams,
+    ) {
+        if !matches!(self.conv_path(p), ConvPath::Direct) || !direct::pooled_applies(p, pool) {
+            self.maxpool2d_bwd_set(dconv, dy, argmax, pool);
+            return self.conv2d_bwd_weight(dw, x, dconv, p);
+        }
+        check_conv(p, x.0.len(), dw.0.len(), p.y_len(), "conv2d_maxpool_bwd_weight");
+        assert!(
+            dy.0.len() >= pool.y_len() && argmax.0.len() >= pool.y_len(),
+            "conv2d_maxpool_bwd_weight: pooled gradient or argmax shorter than {pool:?}"
+        );
+        direct::bwd_weight_pooled(&mut dw.0, &x.0, &dy.0, &argmax.0, p, pool, &self.partials);
     }
 
     fn maxpool2d_fwd(&self, y: &mut CpuBuf, argmax: &mut CpuIdxBuf, x: &CpuBuf, p: &PoolParams) {

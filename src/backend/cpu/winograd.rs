@@ -21,7 +21,7 @@
 //! (tests/engine.rs compares against the naive f64 reference).
 
 use super::simd::{self, SimdPath};
-use super::{batch_partials, microgemm, Conv2dParams};
+use super::{batch_partials, microgemm, transpose, Conv2dParams};
 use rayon::iter::Either;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -446,22 +446,6 @@ fn grad_transform(dm: &mut [f32], place: Place, dy_img: &[f32], channels: usize,
     }
 }
 
-/// `dst` (`cols × rows`) = `src` (`rows × cols`) transposed, in square
-/// blocks so that both sides are read and written a cache line at a time.
-fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
-    const B: usize = 16;
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                let row = &src[r * cols..][..cols];
-                for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = row[c];
-                }
-            }
-        }
-    }
-}
-
 // ---- the three passes ----------------------------------------------------------------
 
 /// A "same" 3×3 convolution of `input` (`n` images of `ic × h × w`) with the
@@ -612,7 +596,7 @@ fn bwd_weight_on(
                 // operands in its own layout, with no packing.
                 let vt = grow(&mut s.vt, tiles * ic);
                 for xi in 0..XI {
-                    transpose(vt, &vb[xi * vs..][..ic * tiles], ic, tiles);
+                    transpose::transpose(path, vt, &vb[xi * vs..][..ic * tiles], ic, tiles);
                     microgemm::gemm_acc(
                         path,
                         &mut du[xi * oc * ic..(xi + 1) * oc * ic],
