@@ -1,16 +1,20 @@
-//! The Winograd path's gemms without packing: `C[m×n] = A[m×k] · B[k×n]`,
-//! row-major and contiguous, with m and k channel counts (tens) and n a
-//! block of tiles (about a hundred). At these sizes a general sgemm spends
-//! much of its time packing A and B into panels; here both are already laid
-//! out for a register-blocked kernel: each step of k loads a row segment of
-//! B and broadcasts one value of A per row of the C block. B (k × n ≈ 14 KB)
-//! stays in L1 while the row blocks of A sweep over it.
+//! Gemms without packing, `C (+)= op(A) · B`: the Winograd path's
+//! (`C[m×n] = A[m×k] · B[k×n]`, m and k channel counts, n a block of about a
+//! hundred tiles) and, through [`super::gemm`], the linear layers'. At the
+//! Winograd sizes a general sgemm spends much of its time packing A and B
+//! into panels; for the linear layers (k up to 3136) it packs a transposed
+//! operand element by element. Here the operands are used where they lie:
+//! each step of k loads a row segment of B and broadcasts one value of A per
+//! row of the C block (so a transposed A costs nothing), over panels of k
+//! whose slice of B (≤ 32 KiB) stays in L1 while the row blocks of A sweep
+//! over it.
 //!
 //! Two kernels, chosen by [`SimdPath`]: AVX2 + FMA with a 6×16 block of C
 //! in twelve ymm registers, and AVX-512 with a larger block in zmm registers
 //! (`MR512` × `NR512`, see there why that size). Both accumulate every
-//! element of C as one FMA chain over k in order, starting from zero, so they
-//! give the same bits. The portable path is the packing sgemm.
+//! element of C as one FMA chain over k in order, starting from zero (or
+//! from C), so they give the same bits. The portable path is the packing
+//! sgemm.
 
 use super::simd::SimdPath;
 use super::{gemm_slices, Gemm};
@@ -33,140 +37,178 @@ const NV512: usize = 2;
 /// on the given path (which must be one this CPU supports; [`super::simd`]
 /// only hands out those).
 pub fn gemm(path: SimdPath, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
-    product(path, c, a, b, m, n, k, false)
+    dense(path, c, a, b, m, n, k, false)
 }
 
 /// `c += a · b`, as [`gemm`] but accumulating: each element's FMA chain
 /// starts from its value in `c` (the Winograd weight gradient sums its tile
 /// blocks this way).
 pub fn gemm_acc(path: SimdPath, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
-    product(path, c, a, b, m, n, k, true)
+    dense(path, c, a, b, m, n, k, true)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn product(path: SimdPath, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, add: bool) {
+fn dense(path: SimdPath, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, add: bool) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "microgemm: {m}×{n}×{k} does not fit");
+    if path == SimdPath::Portable {
+        let g = Gemm::nn(m, n, k);
+        return gemm_slices(c, a, b, if add { g.acc() } else { g });
+    }
+    let ops =
+        Operands { a: a.as_ptr(), lda: k, trans_a: false, b: b.as_ptr(), ldb: n, c: c.as_mut_ptr(), ldc: n };
+    // SAFETY: the lengths are checked above; `c` is a unique borrow.
+    unsafe { product(path, ops, m, n, k, add) }
+}
+
+/// Where the three matrices of one product sit: A row-major with leading
+/// dimension `lda`, or (`trans_a`) stored transposed — the kernels only
+/// broadcast single values of A, so either costs the same; B and C
+/// row-major with leading dimensions `ldb` and `ldc`. Pointers to the
+/// first element of the (sub-)matrices a call works on.
+#[derive(Clone, Copy, Debug)]
+pub struct Operands {
+    pub a: *const f32,
+    pub lda: usize,
+    pub trans_a: bool,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+/// `C = op(A) · B` (`C += …` with `add`) for C m×n, k the inner dimension,
+/// on `path` (AVX-512 or AVX2; it must be one this CPU supports). Cache
+/// blocked: k in panels of [`KC`], then column blocks of C (the B panel,
+/// ≤ 32 KiB, stays in L1 while every row block of A passes over it). Every
+/// element of C is one FMA chain over k in order (a panel's partial sum is
+/// stored in C and reloaded as the next one's start), so any cut of C into
+/// blocks — e.g. over threads — gives the same bits.
+///
+/// # Safety
+/// `ops` must address m×k values of A (k×m if transposed), k×n of B and
+/// m×n of C with the given leading dimensions; C must not overlap A or B,
+/// and no other thread may touch this block of C meanwhile.
+pub unsafe fn product(path: SimdPath, ops: Operands, m: usize, n: usize, k: usize, add: bool) {
     assert!(path.supported(), "microgemm: SIMD path {path} is not supported by this CPU");
-    match path {
-        // SAFETY: `supported` (asserted above) checked AVX-512 F/BW/DQ/VL + AVX2 + FMA;
-        // the lengths are checked above.
-        SimdPath::Avx512 => unsafe { x86::gemm512::<MR512, NV512>(c, a, b, m, n, k, add) },
-        // SAFETY: `supported` (asserted above) checked AVX2 + FMA; lengths checked above.
-        SimdPath::Avx2 => unsafe { x86::gemm(c, a, b, m, n, k, add) },
-        SimdPath::Portable => {
-            let g = Gemm::nn(m, n, k);
-            gemm_slices(c, a, b, if add { g.acc() } else { g })
+    for p0 in (0..k.max(1)).step_by(KC) {
+        let panel = p0..(p0 + KC).min(k);
+        let add = add || p0 > 0;
+        // SAFETY: `supported` (asserted above) checked the path's features;
+        // the caller's contract covers the operands.
+        unsafe {
+            match (path, ops.trans_a) {
+                (SimdPath::Avx512, false) => x86::panel512::<MR512, NV512, false>(&ops, m, n, panel, add),
+                (SimdPath::Avx512, true) => x86::panel512::<MR512, NV512, true>(&ops, m, n, panel, add),
+                (SimdPath::Avx2, false) => x86::panel::<false>(&ops, m, n, panel, add),
+                (SimdPath::Avx2, true) => x86::panel::<true>(&ops, m, n, panel, add),
+                (SimdPath::Portable, _) => unreachable!("microgemm::product on the portable path"),
+            }
         }
     }
 }
 
+/// Rows of k per panel: a 256 × 32 panel of B is 32 KiB (L1 is 32–48 KiB).
+const KC: usize = 256;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::{Operands, MR, NR};
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
-    /// AVX-512 `c = a · b` (`c += a · b` with `add`) in `R` × `V·16` blocks of C.
+    /// The address of A's element (row `i`, column `p`).
+    #[inline(always)]
+    fn a_at<const TA: bool>(o: &Operands, i: usize, p: usize) -> *const f32 {
+        if TA {
+            o.a.wrapping_add(p * o.lda + i)
+        } else {
+            o.a.wrapping_add(i * o.lda + p)
+        }
+    }
+
+    /// AVX-512: one panel `ks` of k, column blocks of `V·16` outside, row
+    /// blocks of `R` inside.
     ///
     /// # Safety
-    /// AVX-512 F (+ AVX2, FMA); `a`, `b`, `c` hold m×k, k×n and m×n values.
+    /// AVX-512 F (+ AVX2, FMA); [`super::product`]'s contract.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn gemm512<const R: usize, const V: usize>(
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
+    pub unsafe fn panel512<const R: usize, const V: usize, const TA: bool>(
+        o: &Operands,
         m: usize,
         n: usize,
-        k: usize,
+        ks: Range<usize>,
         add: bool,
     ) {
         const { assert!(R >= 1 && R <= 14 && V >= 1 && V <= 4) };
         let width = V * 16;
-        for i0 in (0..m).step_by(R) {
-            for j0 in (0..n).step_by(width) {
-                let cols = (n - j0).min(width);
+        for j0 in (0..n).step_by(width) {
+            let cols = (n - j0).min(width);
+            for i0 in (0..m).step_by(R) {
                 // A narrow last column block gets a narrower kernel rather
                 // than FMAs on masked-off lanes.
                 // SAFETY: rows i0.., columns j0..j0 + cols are inside the matrices.
                 unsafe {
+                    let at = (i0, j0, cols, ks.clone(), add);
                     match (cols.div_ceil(16), m - i0 >= R) {
-                        (v, true) if v >= V => block512::<R, V>(c, a, b, i0, j0, cols, n, k, add),
-                        (v, false) if v >= V => rows512::<V>(c, a, b, i0, j0, cols, n, k, m - i0, add),
-                        (1, true) => block512::<R, 1>(c, a, b, i0, j0, cols, n, k, add),
-                        (1, false) => rows512::<1>(c, a, b, i0, j0, cols, n, k, m - i0, add),
-                        (2, true) => block512::<R, 2>(c, a, b, i0, j0, cols, n, k, add),
-                        (2, false) => rows512::<2>(c, a, b, i0, j0, cols, n, k, m - i0, add),
-                        (_, true) => block512::<R, 3>(c, a, b, i0, j0, cols, n, k, add),
-                        (_, false) => rows512::<3>(c, a, b, i0, j0, cols, n, k, m - i0, add),
+                        (v, true) if v >= V => block512::<R, V, TA>(o, at),
+                        (v, false) if v >= V => rows512::<V, TA>(o, at, m - i0),
+                        (1, true) => block512::<R, 1, TA>(o, at),
+                        (1, false) => rows512::<1, TA>(o, at, m - i0),
+                        (2, true) => block512::<R, 2, TA>(o, at),
+                        (2, false) => rows512::<2, TA>(o, at, m - i0),
+                        (_, true) => block512::<R, 3, TA>(o, at),
+                        (_, false) => rows512::<3, TA>(o, at, m - i0),
                     }
                 }
             }
         }
     }
 
+    /// One block of C: its first row and column, its real columns, the
+    /// panel of k, and whether to start from C's values.
+    type At = (usize, usize, usize, Range<usize>, bool);
+
     /// The last, partial row block (`rows` < R): one kernel per row count.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn rows512<const V: usize>(
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
-        i0: usize,
-        j0: usize,
-        cols: usize,
-        n: usize,
-        k: usize,
-        rows: usize,
-        add: bool,
-    ) {
+    unsafe fn rows512<const V: usize, const TA: bool>(o: &Operands, at: At, rows: usize) {
         // SAFETY: forwarded from the caller; `rows` rows remain from i0.
         unsafe {
             match rows {
-                1 => block512::<1, V>(c, a, b, i0, j0, cols, n, k, add),
-                2 => block512::<2, V>(c, a, b, i0, j0, cols, n, k, add),
-                3 => block512::<3, V>(c, a, b, i0, j0, cols, n, k, add),
-                4 => block512::<4, V>(c, a, b, i0, j0, cols, n, k, add),
-                5 => block512::<5, V>(c, a, b, i0, j0, cols, n, k, add),
-                6 => block512::<6, V>(c, a, b, i0, j0, cols, n, k, add),
-                7 => block512::<7, V>(c, a, b, i0, j0, cols, n, k, add),
-                8 => block512::<8, V>(c, a, b, i0, j0, cols, n, k, add),
-                9 => block512::<9, V>(c, a, b, i0, j0, cols, n, k, add),
-                10 => block512::<10, V>(c, a, b, i0, j0, cols, n, k, add),
-                11 => block512::<11, V>(c, a, b, i0, j0, cols, n, k, add),
-                12 => block512::<12, V>(c, a, b, i0, j0, cols, n, k, add),
-                _ => block512::<13, V>(c, a, b, i0, j0, cols, n, k, add),
+                1 => block512::<1, V, TA>(o, at),
+                2 => block512::<2, V, TA>(o, at),
+                3 => block512::<3, V, TA>(o, at),
+                4 => block512::<4, V, TA>(o, at),
+                5 => block512::<5, V, TA>(o, at),
+                6 => block512::<6, V, TA>(o, at),
+                7 => block512::<7, V, TA>(o, at),
+                8 => block512::<8, V, TA>(o, at),
+                9 => block512::<9, V, TA>(o, at),
+                10 => block512::<10, V, TA>(o, at),
+                11 => block512::<11, V, TA>(o, at),
+                12 => block512::<12, V, TA>(o, at),
+                _ => block512::<13, V, TA>(o, at),
             }
         }
     }
 
     /// One R × (V·16) block of C at (i0, j0), of which `cols` columns are
-    /// real, starting from zero or (`add`) from C's values. Every load and
-    /// store of B and C goes through a lane mask (all ones but in the last
-    /// block: as fast as a plain access), so nothing outside the matrices is
-    /// touched.
+    /// real, over the panel `ks`, starting from zero or (`add`) from C's
+    /// values. Every load and store of B and C goes through a lane mask (all
+    /// ones but in the last block: as fast as a plain access), so nothing
+    /// outside the matrices is touched.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block512<const R: usize, const V: usize>(
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
-        i0: usize,
-        j0: usize,
-        cols: usize,
-        n: usize,
-        k: usize,
-        add: bool,
-    ) {
+    unsafe fn block512<const R: usize, const V: usize, const TA: bool>(o: &Operands, at: At) {
+        let (i0, j0, cols, ks, add) = at;
         let masks: [__mmask16; V] = std::array::from_fn(|v| {
             let left = cols.saturating_sub(v * 16).min(16);
             ((1u32 << left) - 1) as __mmask16
         });
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         // SAFETY (all pointer arithmetic below): row r < R of A is row i0 + r
         // < m, p < k, and B/C columns j0 + v·16.. are accessed only under the
         // masks, which cover the `cols` real columns.
         unsafe {
             let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| {
-                let row = cp.add((i0 + r) * n + j0);
+                let row = o.c.add((i0 + r) * o.ldc + j0);
                 std::array::from_fn(|v| {
                     if add {
                         _mm512_maskz_loadu_ps(masks[v], row.add(v * 16))
@@ -175,19 +217,19 @@ mod x86 {
                     }
                 })
             });
-            for p in 0..k {
-                let row = bp.add(p * n + j0);
+            for p in ks {
+                let row = o.b.add(p * o.ldb + j0);
                 let bv: [__m512; V] =
                     std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], row.add(v * 16)));
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*ap.add((i0 + r) * k + p));
+                    let av = _mm512_set1_ps(*a_at::<TA>(o, i0 + r, p));
                     for (acc_v, &bv) in acc_r.iter_mut().zip(&bv) {
                         *acc_v = _mm512_fmadd_ps(av, bv, *acc_v);
                     }
                 }
             }
             for (r, acc_r) in acc.iter().enumerate() {
-                let out = cp.add((i0 + r) * n + j0);
+                let out = o.c.add((i0 + r) * o.ldc + j0);
                 for (v, &acc_v) in acc_r.iter().enumerate() {
                     _mm512_mask_storeu_ps(out.add(v * 16), masks[v], acc_v);
                 }
@@ -195,24 +237,25 @@ mod x86 {
         }
     }
 
-    /// AVX2 `c = a · b` (`c += a · b` with `add`) in 6×16 blocks of C.
+    /// AVX2: one panel `ks` of k, 16-column blocks outside, 6-row blocks inside.
     ///
     /// # Safety
-    /// AVX2 + FMA; `a`, `b`, `c` hold m×k, k×n and m×n values.
+    /// AVX2 + FMA; [`super::product`]'s contract.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gemm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, add: bool) {
-        for i0 in (0..m).step_by(MR) {
-            for j0 in (0..n).step_by(NR) {
-                let cols = (n - j0).min(NR);
+    pub unsafe fn panel<const TA: bool>(o: &Operands, m: usize, n: usize, ks: Range<usize>, add: bool) {
+        for j0 in (0..n).step_by(NR) {
+            let cols = (n - j0).min(NR);
+            for i0 in (0..m).step_by(MR) {
                 // SAFETY: rows i0.., columns j0..j0 + cols are inside the matrices.
                 unsafe {
+                    let at = (i0, j0, cols, ks.clone(), add);
                     match m - i0 {
-                        1 => block::<1>(c, a, b, i0, j0, cols, n, k, add),
-                        2 => block::<2>(c, a, b, i0, j0, cols, n, k, add),
-                        3 => block::<3>(c, a, b, i0, j0, cols, n, k, add),
-                        4 => block::<4>(c, a, b, i0, j0, cols, n, k, add),
-                        5 => block::<5>(c, a, b, i0, j0, cols, n, k, add),
-                        _ => block::<MR>(c, a, b, i0, j0, cols, n, k, add),
+                        1 => block::<1, TA>(o, at),
+                        2 => block::<2, TA>(o, at),
+                        3 => block::<3, TA>(o, at),
+                        4 => block::<4, TA>(o, at),
+                        5 => block::<5, TA>(o, at),
+                        _ => block::<MR, TA>(o, at),
                     }
                 }
             }
@@ -229,29 +272,19 @@ mod x86 {
     }
 
     /// One R×16 block of C at (i0, j0), of which `cols` columns are real,
-    /// starting from zero or (`add`) from C's values; partial blocks load and
-    /// store through lane masks, so nothing outside the matrices is touched.
+    /// over the panel `ks`, starting from zero or (`add`) from C's values;
+    /// partial blocks load and store through lane masks, so nothing outside
+    /// the matrices is touched.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize>(
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
-        i0: usize,
-        j0: usize,
-        cols: usize,
-        n: usize,
-        k: usize,
-        add: bool,
-    ) {
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    unsafe fn block<const R: usize, const TA: bool>(o: &Operands, at: At) {
+        let (i0, j0, cols, ks, add) = at;
         // SAFETY (all pointer arithmetic below): row r < R of A is row i0 + r
         // < m, p < k, and B/C columns j0.. are read or written only under the
         // masks when fewer than 16 remain.
         unsafe {
             let (m0, m1) = masks(cols);
             let mut acc: [[__m256; 2]; R] = std::array::from_fn(|r| {
-                let row = cp.add((i0 + r) * n + j0);
+                let row = o.c.add((i0 + r) * o.ldc + j0);
                 if add {
                     [_mm256_maskload_ps(row, m0), _mm256_maskload_ps(row.add(8), m1)]
                 } else {
@@ -262,17 +295,17 @@ mod x86 {
             // the stores of the block given by the caller.
             macro_rules! sweep {
                 ($row:ident => $b:expr; $out:ident, $acc:ident => $store:expr) => {{
-                    for p in 0..k {
-                        let $row = bp.add(p * n + j0);
+                    for p in ks {
+                        let $row = o.b.add(p * o.ldb + j0);
                         let (b0, b1) = $b;
                         for (r, acc_r) in acc.iter_mut().enumerate() {
-                            let av = _mm256_broadcast_ss(&*ap.add((i0 + r) * k + p));
+                            let av = _mm256_broadcast_ss(&*a_at::<TA>(o, i0 + r, p));
                             acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
                             acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
                         }
                     }
                     for (r, $acc) in acc.iter().enumerate() {
-                        let $out = cp.add((i0 + r) * n + j0);
+                        let $out = o.c.add((i0 + r) * o.ldc + j0);
                         $store;
                     }
                 }};
@@ -291,19 +324,19 @@ mod x86 {
 /// Elsewhere the kernels never run (only the portable path is supported).
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
-    pub unsafe fn gemm(_: &mut [f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: bool) {
-        unreachable!("microgemm needs AVX2")
-    }
-    pub unsafe fn gemm512<const R: usize, const V: usize>(
-        _: &mut [f32],
-        _: &[f32],
-        _: &[f32],
+    use super::Operands;
+    use std::ops::Range;
+    pub unsafe fn panel512<const R: usize, const V: usize, const TA: bool>(
+        _: &Operands,
         _: usize,
         _: usize,
-        _: usize,
+        _: Range<usize>,
         _: bool,
     ) {
         unreachable!("microgemm needs AVX-512")
+    }
+    pub unsafe fn panel<const TA: bool>(_: &Operands, _: usize, _: usize, _: Range<usize>, _: bool) {
+        unreachable!("microgemm needs AVX2")
     }
 }
 

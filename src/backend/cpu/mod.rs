@@ -276,7 +276,7 @@ impl Backend for CpuBackend {
     }
 
     /// The direct path sums over the windows' winners only (a quarter of
-    /// the positions, zeros skipped) and never writes the 4× larger output
+    /// the positions) and never writes the 4× larger output
     /// gradient; the other paths take the default composition.
     fn conv2d_maxpool_bwd_weight(
         &self,

@@ -15,24 +15,43 @@
 //! split −7 % on the plain epoch), so those rows stay scalar.
 
 use super::simd::SimdPath;
+use rayon::prelude::*;
 
 /// `dst` (`cols × rows`) = `src` (`rows × cols`) transposed, on `path`
 /// (the AVX-512 kernel when `path` is AVX-512 and the CPU has it, otherwise
 /// a blocked scalar loop).
 pub fn transpose(path: SimdPath, dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
-    let (dst, src) = (&mut dst[..rows * cols], &src[..rows * cols]);
+    columns(path, &mut dst[..rows * cols], &src[..rows * cols], rows, cols, 0);
+}
+
+/// [`transpose`] over the rayon threads, each taking a band of `src`'s
+/// columns (`dst`'s rows): for a big matrix (a linear layer's weight,
+/// 3 MB), which one core would transpose while the others wait.
+pub fn transpose_parallel(path: SimdPath, dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    // Bands of whole 16-column blocks, about 64 KiB of `src` each.
+    let band = ((16 << 10) / rows.max(1)).next_multiple_of(16).max(16);
+    let src = &src[..rows * cols];
+    dst[..rows * cols].par_chunks_mut(band * rows).enumerate().for_each(|(i, d)| {
+        columns(path, d, src, rows, cols, i * band);
+    });
+}
+
+/// Rows `c0..c0 + dst.len() / rows` of the transpose (columns of `src`).
+fn columns(path: SimdPath, dst: &mut [f32], src: &[f32], rows: usize, cols: usize, c0: usize) {
+    let width = dst.len() / rows.max(1);
     #[cfg(target_arch = "x86_64")]
     if path == SimdPath::Avx512 && path.supported() {
-        // SAFETY: AVX-512 was just checked; both slices hold rows · cols values.
-        return unsafe { x86::transpose(dst, src, rows, cols) };
+        // SAFETY: AVX-512 was just checked; `src` holds rows · cols values
+        // and `dst` the `width` rows of `rows` values starting at column c0.
+        return unsafe { x86::transpose(dst, src, rows, cols, c0..c0 + width) };
     }
     let _ = path;
     const B: usize = 16;
     for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
+        for cb in (0..width).step_by(B) {
             for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+                for c in cb..(cb + B).min(width) {
+                    dst[c * rows + r] = src[r * cols + c0 + c];
                 }
             }
         }
@@ -64,10 +83,19 @@ mod x86 {
         (upper, lower)
     }
 
+    /// Columns `band` of `src` (`rows × cols`) into the rows of `dst`.
+    ///
     /// # Safety
-    /// AVX-512 F; `src` and `dst` hold `rows · cols` values.
+    /// AVX-512 F; `src` holds `rows · cols` values, `dst` `band.len() · rows`,
+    /// `band` lies within `0..cols`.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    pub unsafe fn transpose(
+        dst: &mut [f32],
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        band: std::ops::Range<usize>,
+    ) {
         // SAFETY: block (r0, c0) reads rows r0.. of `src` under the mask of
         // the columns left and writes rows c0.. of `dst` under the mask of
         // the rows left, so only the slices' own elements are touched;
@@ -79,11 +107,17 @@ mod x86 {
             });
             for r0 in (0..rows).step_by(16) {
                 let (nr, mr) = ((rows - r0).min(16), mask(rows - r0));
-                for c0 in (0..cols).step_by(16) {
-                    let (nc, mc) = ((cols - c0).min(16), mask(cols - c0));
+                for c0 in band.clone().step_by(16) {
+                    let (nc, mc) = ((band.end - c0).min(16), mask(band.end - c0));
+                    // Whole blocks (all but the edges) load and store without
+                    // masks: masked stores measured slow on Zen 5.
+                    let whole = nr == 16 && nc == 16;
                     let mut v: [__m512; 16] = std::array::from_fn(|r| {
-                        if r < nr {
-                            _mm512_maskz_loadu_ps(mc, src.as_ptr().wrapping_add((r0 + r) * cols + c0))
+                        let at = src.as_ptr().wrapping_add((r0 + r) * cols + c0);
+                        if whole {
+                            _mm512_loadu_ps(at)
+                        } else if r < nr {
+                            _mm512_maskz_loadu_ps(mc, at)
                         } else {
                             _mm512_setzero_ps()
                         }
@@ -97,7 +131,12 @@ mod x86 {
                         }
                     }
                     for (c, col) in v.iter().enumerate().take(nc) {
-                        _mm512_mask_storeu_ps(dst.as_mut_ptr().wrapping_add((c0 + c) * rows + r0), mr, *col);
+                        let at = dst.as_mut_ptr().wrapping_add((c0 - band.start + c) * rows + r0);
+                        if whole {
+                            _mm512_storeu_ps(at, *col);
+                        } else {
+                            _mm512_mask_storeu_ps(at, mr, *col);
+                        }
                     }
                 }
             }
@@ -122,11 +161,19 @@ mod tests {
                 continue;
             }
             eprintln!("transpose: checking the {path} path");
-            for (rows, cols) in [(1, 1), (16, 16), (3, 40), (40, 3), (17, 33), (32, 112), (64, 5)] {
+            for (rows, cols) in
+                [(1, 1), (16, 16), (3, 40), (40, 3), (17, 33), (32, 112), (64, 5), (5, 3000), (300, 301)]
+            {
                 let src: Vec<f32> = (0..rows * cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
                 let mut dst = vec![f32::NAN; rows * cols + 3];
                 dst[rows * cols..].fill(7.0);
                 transpose(path, &mut dst, &src, rows, cols);
+                let mut par = vec![f32::NAN; rows * cols];
+                transpose_parallel(path, &mut par, &src, rows, cols);
+                assert!(
+                    dst[..rows * cols] == par[..],
+                    "{path} {rows}×{cols}: the parallel transpose differs"
+                );
                 for (r, c) in (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))) {
                     let (got, want) = (dst[c * rows + r], src[r * cols + c]);
                     assert!(
