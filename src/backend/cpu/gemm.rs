@@ -4,8 +4,8 @@
 //! through `matrixmultiply`'s packing sgemm (the im2col convolutions call it
 //! once per image, already in parallel over the batch; the portable path's
 //! micro-gemm is this too), and [`gemm_parallel`] cuts one big product, a
-//! linear layer's, into one block of C per rayon thread. On the AVX2 and
-//! AVX-512 paths its blocks run our cache-blocked micro-gemm
+//! linear layer's, into one block of C per rayon thread. On the AVX-512
+//! path its blocks run our cache-blocked micro-gemm
 //! ([`microgemm::product`]), which reads A in place (transposed or not)
 //! and B without packing; a transposed B (the forward pass's `x · Wᵀ`) is
 //! transposed once per call first. matrixmultiply's own threading stays
@@ -44,15 +44,17 @@ thread_local! {
 /// `C = alpha·op(A)·op(B) + beta·C` with C cut into one block of rows (or
 /// of columns) per thread: the linear layers' products, which would
 /// otherwise run on one core while the other waits. The longer of C's two
-/// sides is cut. On the AVX2 / AVX-512 paths (for `alpha = 1`, `beta` 0 or
-/// 1: every product of the engine) the blocks run [`microgemm::product`],
+/// sides is cut. On the AVX-512 path (for `alpha = 1`, `beta` 0 or 1: every
+/// product of the engine) the blocks run [`microgemm::product`],
 /// elsewhere [`gemm_slices`]'s sgemm. Each element of C sees the same
 /// sequence of multiply-adds whatever the cut, so the result does not
 /// depend on the number of threads.
 pub fn gemm_parallel(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
     check_gemm(c, a, b, &g);
     let path = simd::active();
-    let ours = path != SimdPath::Portable && g.alpha == 1.0 && (g.beta == 0.0 || g.beta == 1.0);
+    // AVX-512 only: on the AVX2 path (forced on a Zen 5) our 6×16 kernel and
+    // the scalar transposes made every phase 7 % slower than the sgemm.
+    let ours = path == SimdPath::Avx512 && g.alpha == 1.0 && (g.beta == 0.0 || g.beta == 1.0);
     if !ours && (rayon::current_num_threads() < 2 || g.flops() < PAR_GEMM_FLOPS) {
         return gemm_slices(c, a, b, g);
     }
