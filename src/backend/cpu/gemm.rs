@@ -27,7 +27,7 @@ pub fn gemm_slices(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
     check_gemm(c, a, b, &g);
     // SAFETY: `check_gemm` guarantees every index of the full product is in
     // bounds, and `c` does not alias `a` or `b` (&mut vs &).
-    unsafe { gemm_block(c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), &g, 0..g.m, 0..g.n) }
+    unsafe { gemm_block(None, c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), &g, 0..g.m, 0..g.n) }
 }
 
 /// Products of at least this many FLOPs are split over the threads by
@@ -98,12 +98,7 @@ fn cut(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm, path: Option<SimdPath>) {
         // SAFETY: `check_gemm` (in the caller) bounds the full product; the
         // blocks of C are disjoint, so no two threads write the same
         // element, and A and B are only read.
-        unsafe {
-            match path {
-                Some(path) => micro_block(path, c.get(), a.get(), b.get(), &g, rows, cols),
-                None => gemm_block(c.get(), a.get(), b.get(), &g, rows, cols),
-            }
-        }
+        unsafe { gemm_block(path, c.get(), a.get(), b.get(), &g, rows, cols) }
     };
     let blocks = len.div_ceil(chunk);
     if blocks > 1 {
@@ -111,39 +106,6 @@ fn cut(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm, path: Option<SimdPath>) {
     } else {
         (0..blocks).for_each(block);
     }
-}
-
-/// Rows `rows` × columns `cols` of `C (+)= op(A) · B` (alpha 1, beta 0 or
-/// 1, B not transposed) on the micro-gemm.
-///
-/// # Safety
-/// As [`gemm_block`].
-unsafe fn micro_block(
-    path: SimdPath,
-    c: *mut f32,
-    a: *const f32,
-    b: *const f32,
-    g: &Gemm,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-) {
-    let Gemm { m, n, k, trans_a, .. } = *g;
-    debug_assert!(!g.trans_b && g.alpha == 1.0 && (g.beta == 0.0 || g.beta == 1.0));
-    if rows.is_empty() || cols.is_empty() {
-        return;
-    }
-    let ops = Operands {
-        // A is logically [m, k]; stored [k, m] when transposed.
-        a: if trans_a { a.wrapping_add(rows.start) } else { a.wrapping_add(rows.start * k) },
-        lda: if trans_a { m } else { k },
-        trans_a,
-        b: b.wrapping_add(cols.start),
-        ldb: n,
-        c: c.wrapping_add(rows.start * n + cols.start),
-        ldc: n,
-    };
-    // SAFETY: the caller's contract; the offsets stay inside the full product.
-    unsafe { microgemm::product(path, ops, rows.len(), cols.len(), k, g.beta == 1.0) }
 }
 
 /// A pointer shared by the threads of [`gemm_parallel`], each of which
@@ -168,13 +130,16 @@ fn check_gemm(c: &[f32], a: &[f32], b: &[f32], g: &Gemm) {
     assert!(c.len() >= m * n, "sgemm: C has {} elements, needs {m}×{n}", c.len());
 }
 
-/// Rows `rows` × columns `cols` of `C = alpha·op(A)·op(B) + beta·C`.
+/// Rows `rows` × columns `cols` of `C = alpha·op(A)·op(B) + beta·C`, on
+/// our micro-gemm (`Some(path)`: alpha 1, beta 0 or 1, B not transposed) or
+/// on matrixmultiply's sgemm (`None`).
 ///
 /// # Safety
 /// `c`, `a`, `b` must hold the full product's extents (as [`check_gemm`]
 /// asserts for slices), `c` must not alias `a` or `b`, and no other thread may
 /// touch this block of `c` meanwhile.
 unsafe fn gemm_block(
+    path: Option<SimdPath>,
     c: *mut f32,
     a: *const f32,
     b: *const f32,
@@ -185,6 +150,21 @@ unsafe fn gemm_block(
     let Gemm { m, n, k, trans_a, trans_b, alpha, beta } = *g;
     if rows.is_empty() || cols.is_empty() {
         return;
+    }
+    if let Some(path) = path {
+        debug_assert!(!trans_b && alpha == 1.0 && (beta == 0.0 || beta == 1.0));
+        let ops = Operands {
+            // A is logically [m, k]; stored [k, m] when transposed.
+            a: if trans_a { a.wrapping_add(rows.start) } else { a.wrapping_add(rows.start * k) },
+            lda: if trans_a { m } else { k },
+            trans_a,
+            b: b.wrapping_add(cols.start),
+            ldb: n,
+            c: c.wrapping_add(rows.start * n + cols.start),
+            ldc: n,
+        };
+        // SAFETY: the caller's contract; the offsets stay inside the full product.
+        return unsafe { microgemm::product(path, ops, rows.len(), cols.len(), k, beta == 1.0) };
     }
     // A is logically [m, k]; stored [k, m] when transposed.
     let (rsa, csa) = if trans_a { (1, m) } else { (k, 1) };
