@@ -14,6 +14,9 @@
 //!
 //! Forward and backward-weight only: the first layer's input needs no
 //! gradient, and any other layer takes the im2col path for backward-data.
+//! When the layer is pooled (cnn-s, cnn-m), the weight gradient comes from
+//! the pooled gradient and each window's winner ([`bwd_weight_pooled`]),
+//! never from the 4× larger gradient of the convolution's output.
 
 use super::simd::{self, SimdPath};
 use super::{add_partials, batch_partials, Conv2dParams, PoolParams};
@@ -400,27 +403,44 @@ fn fwd_pool_on(
 pub fn bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams, partials: &Mutex<Vec<Vec<f32>>>) {
     check_path(simd::active());
     assert!(shape_fits(p), "direct::bwd_weight: {p:?}");
-    let g = Padded::new(p);
     let (oh, ow) = (p.oh(), p.ow());
-    let (x_len, y_len, patch) = (p.c * p.h * p.w, p.oc * oh * ow, p.patch());
+    let y_len = p.oc * oh * ow;
+    weight_gradient(dw, x, p, partials, |part, img, padded, g, dy_row| {
+        let dy_img = &dy[img * y_len..(img + 1) * y_len];
+        for (k, dy_k) in dy_img.chunks_exact(oh * ow).enumerate() {
+            for (c, x_c) in padded.chunks_exact(g.plane()).enumerate() {
+                let dw_kc = &mut part[(k * p.c + c) * K * K..][..K * K];
+                // SAFETY: `check_path` asserted a vector path this CPU
+                // has, and both include AVX2 + FMA.
+                unsafe { avx::plane_bwd_weight(dw_kc, dy_k, ow, x_c, g.row, dy_row) };
+            }
+        }
+    });
+}
+
+/// `dw += Σ_images image(part, img, padded, g, row)`, the frame both
+/// weight gradients share: per thread chunk of images (`batch_partials`),
+/// each image's input planes padded into `padded` (one float of slack past
+/// the last plane), `row` a scratch row of `g.chunks · LANES` floats zeroed
+/// once per chunk; the partials summed in chunk order.
+fn weight_gradient(
+    dw: &mut [f32],
+    x: &[f32],
+    p: &Conv2dParams,
+    partials: &Mutex<Vec<Vec<f32>>>,
+    image: impl Fn(&mut [f32], usize, &[f32], Padded, &mut [f32]) + Sync,
+) {
+    let g = Padded::new(p);
+    let (x_len, patch) = (p.c * p.h * p.w, p.patch());
     let parts = batch_partials(partials, p.n, p.oc * patch, |part, images| {
         PADDED.with(|buf| {
-            let (padded, dy_row) = &mut *buf.borrow_mut();
-            padded.resize(p.c * g.plane(), 0.0);
-            // Lanes past `ow` stay zero, so the slack columns add nothing.
-            dy_row.clear();
-            dy_row.resize(g.chunks * LANES, 0.0);
+            let (padded, row) = &mut *buf.borrow_mut();
+            padded.resize(p.c * g.plane() + 1, 0.0);
+            row.clear();
+            row.resize(g.chunks * LANES, 0.0);
             for img in images {
                 pad_image(padded, &x[img * x_len..(img + 1) * x_len], p, g);
-                let dy_img = &dy[img * y_len..(img + 1) * y_len];
-                for (k, dy_k) in dy_img.chunks_exact(oh * ow).enumerate() {
-                    for (c, x_c) in padded.chunks_exact(g.plane()).enumerate() {
-                        let dw_kc = &mut part[(k * p.c + c) * K * K..][..K * K];
-                        // SAFETY: `check_path` asserted a vector path this CPU
-                        // has, and both include AVX2 + FMA.
-                        unsafe { avx::plane_bwd_weight(dw_kc, dy_k, ow, x_c, g.row, dy_row) };
-                    }
-                }
+                image(part, img, padded, g, row);
             }
         })
     });
@@ -468,27 +488,17 @@ fn bwd_weight_pooled_on(
 ) {
     check_path(path);
     assert!(pooled_applies(p, pool), "direct::bwd_weight_pooled: {p:?} pooled by {pool:?}");
-    let g = Padded::new(p);
-    let ow = p.ow();
-    let (x_len, patch, pw, cells) = (p.c * p.h * p.w, p.patch(), pool.ow(), pool.oh() * pool.ow());
-    let parts = batch_partials(partials, p.n, p.oc * patch, |part, images| {
-        PADDED.with(|buf| {
-            let (padded, _) = &mut *buf.borrow_mut();
-            // One float of slack: the last window's fourth lane reads it.
-            padded.resize(p.c * g.plane() + 1, 0.0);
-            for img in images {
-                pad_image(padded, &x[img * x_len..(img + 1) * x_len], p, g);
-                let at = img * p.oc * cells;
-                let (dy_img, arg_img) = (&dy[at..at + p.oc * cells], &argmax[at..at + p.oc * cells]);
-                with_simd!(path; for (k, (dy_k, arg_k)) in
-                    dy_img.chunks_exact(cells).zip(arg_img.chunks_exact(cells)).enumerate()
-                {
-                    winners_bwd_weight(&mut part[k * patch..(k + 1) * patch], dy_k, arg_k, padded, p.c, ow, pw, g);
-                });
-            }
-        })
+    let (ow, patch, pw, cells) = (p.ow(), p.patch(), pool.ow(), pool.oh() * pool.ow());
+    // The padded planes' float of slack is what the last window's fourth lane reads.
+    weight_gradient(dw, x, p, partials, |part, img, padded, g, _| {
+        let at = img * p.oc * cells;
+        let (dy_img, arg_img) = (&dy[at..at + p.oc * cells], &argmax[at..at + p.oc * cells]);
+        with_simd!(path; for (k, (dy_k, arg_k)) in
+            dy_img.chunks_exact(cells).zip(arg_img.chunks_exact(cells)).enumerate()
+        {
+            winners_bwd_weight(&mut part[k * patch..(k + 1) * patch], dy_k, arg_k, padded, p.c, ow, pw, g);
+        });
     });
-    add_partials(&mut dw[..p.oc * patch], &parts);
 }
 
 /// One output channel's `dw_k` (`c × 3 × 3`) over one image's windows,

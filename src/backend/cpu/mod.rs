@@ -78,7 +78,7 @@ enum ConvPath {
     /// 3×3, stride 1, pad 1, ≥ 4 input channels: [`winograd`].
     Winograd,
     /// Tiny patch, stride 1 (the first layer): [`direct`], forward and
-    /// backward-weight.
+    /// backward-weight (from the pooled gradient when the layer is pooled).
     Direct,
     Im2col,
 }

@@ -596,6 +596,7 @@ fn bwd_weight_on(
                 // operands in its own layout, with no packing; elsewhere the
                 // sgemm packs V_ξᵀ (on the AVX2 path, forced on a Zen 5, the
                 // transpose and 6×16 kernel were 4 % slower on a plain epoch).
+                let vt = grow(&mut s.vt, if path == SimdPath::Avx512 { tiles * ic } else { 0 });
                 for xi in 0..XI {
                     let (du, dm, v) = (
                         &mut du[xi * oc * ic..(xi + 1) * oc * ic],
@@ -603,7 +604,6 @@ fn bwd_weight_on(
                         &vb[xi * vs..][..ic * tiles],
                     );
                     if path == SimdPath::Avx512 {
-                        let vt = grow(&mut s.vt, tiles * ic);
                         transpose::transpose(path, vt, v, ic, tiles);
                         microgemm::gemm_acc(path, du, dm, vt, oc, ic, tiles);
                     } else {
