@@ -128,7 +128,7 @@ fn conv2d(c: &mut Criterion) {
             let (ph, pw) = (p.oh() / 2, p.ow() / 2);
             let (mut pooled, mut argmax) = (b.zeros(p.n * p.oc * ph * pw), b.zeros_idx(p.n * p.oc * ph * pw));
             let bias = b.upload(&random(&mut rng, p.oc));
-            let pool = PoolParams { n: p.n, c: p.oc, h: p.oh(), w: p.ow(), k: 2, s: 2 };
+            let pool = PoolParams { n: p.n, c: p.oc, h: p.oh(), w: p.ow(), k: 2, s: 2, pad: 0 };
             report(
                 "fwd_pool",
                 bench(&mut g, &format!("{name}_fwd_pool"), || {

@@ -22,8 +22,8 @@
 //! dropped they go back to it, so after the first step a training step
 //! allocates no new device buffers.
 
-use crate::backend::{Backend, Conv2dParams, Gemm, PoolParams};
-use crate::param::{Conv2d, Linear, Param, ParamId};
+use crate::backend::{Backend, BnParams, Conv2dParams, Gemm, PoolParams};
+use crate::param::{BatchNorm2d, Conv2d, Linear, Param, ParamId};
 use crate::tensor::Shape;
 use std::collections::HashMap;
 
@@ -122,6 +122,21 @@ impl<B: Backend> Grads<B> {
     fn get_mut(&mut self, id: ParamId) -> Option<&mut B::Buf> {
         self.bufs.get_mut(id).and_then(|g| g.as_mut())
     }
+    /// The gradients of two different parameters at once.
+    fn get_two_mut(&mut self, a: ParamId, b: ParamId) -> (Option<&mut B::Buf>, Option<&mut B::Buf>) {
+        assert_ne!(a, b, "get_two_mut: one parameter twice");
+        let hi = a.max(b);
+        if self.bufs.len() <= hi {
+            self.bufs.resize_with(hi + 1, || None);
+        }
+        let (lo_part, hi_part) = self.bufs.split_at_mut(hi);
+        let (x, y) = (lo_part[a.min(b)].as_mut(), hi_part[0].as_mut());
+        if a < b {
+            (x, y)
+        } else {
+            (y, x)
+        }
+    }
 }
 
 /// The recorded ops: one variant per op, one arm each in `backward`.
@@ -155,6 +170,25 @@ enum Op<'a, B: Backend> {
         p: Conv2dParams,
         argmax: B::IdxBuf,
         pool: PoolParams,
+    },
+    /// BatchNorm2d. `batch` holds this batch's (mean, biased variance)
+    /// when the layer normalised with them (training mode); `None` when it
+    /// used its running statistics (evaluation, or frozen statistics).
+    BatchNorm {
+        x: Var,
+        l: &'a BatchNorm2d<B>,
+        p: BnParams,
+        batch: Option<(B::Buf, B::Buf)>,
+    },
+    /// `a + b` (a residual join).
+    Add {
+        a: Var,
+        b: Var,
+    },
+    /// (N, C, H, W) → (N, C): each plane's mean.
+    GlobalAvgPool {
+        x: Var,
+        inner: usize,
     },
     /// A view: shares its input's buffer and gradient.
     Reshape {
@@ -309,15 +343,20 @@ impl<'a, B: Backend> Tape<'a, B> {
     pub fn conv2d(&mut self, x: Var, l: &'a Conv2d<B>) -> Var {
         let p = self.conv_params(x, l);
         let mut y = self.take_buf(p.y_len());
-        self.b.conv2d_fwd_bias(&mut y, self.value(x), &l.w.value.buf, &l.b.value.buf, &p);
-        let ng = self.needs_grad(x) || l.w.trainable || l.b.trainable;
+        match &l.b {
+            Some(bias) => self.b.conv2d_fwd_bias(&mut y, self.value(x), &l.w.value.buf, &bias.value.buf, &p),
+            None => self.b.conv2d_fwd(&mut y, self.value(x), &l.w.value.buf, &p),
+        }
+        let ng = self.needs_grad(x) || l.trainable();
         self.push(Op::Conv2d { x, l, p }, Shape::new(&[p.n, p.oc, p.oh(), p.ow()]), Some(y), ng)
     }
 
     /// `maxpool(conv2d(x))` as one op: x (N, C, H, W) → (N, OC, OH', OW').
+    /// The convolution must have a bias (the cnn-s / cnn-m blocks).
     pub fn conv2d_maxpool(&mut self, x: Var, l: &'a Conv2d<B>, k: usize, s: usize) -> Var {
         let p = self.conv_params(x, l);
-        let pool = pool_params(&Shape::new(&[p.n, p.oc, p.oh(), p.ow()]), k, s);
+        let bias = l.b.as_ref().expect("conv2d_maxpool: a convolution with a bias");
+        let pool = pool_params(&Shape::new(&[p.n, p.oc, p.oh(), p.ow()]), k, s, 0);
         let mut y = self.take_buf(pool.y_len());
         let mut argmax = self.ws.take_idx(self.b, pool.y_len());
         let mut conv_out = self.take_buf(p.y_len());
@@ -327,12 +366,12 @@ impl<'a, B: Backend> Tape<'a, B> {
             &mut conv_out,
             self.value(x),
             &l.w.value.buf,
-            &l.b.value.buf,
+            &bias.value.buf,
             &p,
             &pool,
         );
         self.ws.give(self.b, conv_out);
-        let ng = self.needs_grad(x) || l.w.trainable || l.b.trainable;
+        let ng = self.needs_grad(x) || l.trainable();
         let shape = Shape::new(&[p.n, p.oc, pool.oh(), pool.ow()]);
         self.push(Op::ConvPool { x, l, p, argmax, pool }, shape, Some(y), ng)
     }
@@ -345,13 +384,81 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.push(Op::Relu { x }, shape, Some(y), ng)
     }
 
-    pub fn maxpool2d(&mut self, x: Var, k: usize, s: usize) -> Var {
-        let p = pool_params(self.shape(x), k, s);
+    /// k×k max pooling, stride s, `pad` cells of −∞ padding on each side.
+    pub fn maxpool2d(&mut self, x: Var, k: usize, s: usize, pad: usize) -> Var {
+        let p = pool_params(self.shape(x), k, s, pad);
         let mut y = self.take_buf(p.y_len());
         let mut argmax = self.ws.take_idx(self.b, p.y_len());
         self.b.maxpool2d_fwd(&mut y, &mut argmax, self.value(x), &p);
         let ng = self.needs_grad(x);
         self.push(Op::MaxPool { x, argmax, p }, Shape::new(&[p.n, p.c, p.oh(), p.ow()]), Some(y), ng)
+    }
+
+    /// BatchNorm2d of x (N, C, H, W). With `batch_stats` it normalises with
+    /// this batch's statistics (PyTorch's training mode; they are kept on the
+    /// node for backward and for [`Tape::take_batch_stats`]), else with the
+    /// layer's running statistics (evaluation, or statistics kept frozen).
+    pub fn batchnorm(&mut self, x: Var, l: &'a BatchNorm2d<B>, batch_stats: bool) -> Var {
+        let xs = self.shape(x).clone();
+        assert!(
+            xs.0.len() == 4 && xs.0[1] == l.c,
+            "batchnorm: input shape {xs} does not fit {} ({} channels)",
+            l.name,
+            l.c
+        );
+        let p = BnParams { n: xs.0[0], c: l.c, hw: xs.0[2] * xs.0[3], eps: l.eps };
+        let mut y = self.take_buf(p.x_len());
+        let batch = batch_stats.then(|| {
+            let (mut mean, mut var) = (self.take_buf(p.c), self.take_buf(p.c));
+            self.b.batchnorm_stats(&mut mean, &mut var, self.value(x), &p);
+            (mean, var)
+        });
+        let (mean, var) = match &batch {
+            Some((m, v)) => (m, v),
+            None => (&l.running_mean.buf, &l.running_var.buf),
+        };
+        self.b.batchnorm_fwd(&mut y, value_of(&self.nodes, x), mean, var, &l.w.value.buf, &l.b.value.buf, &p);
+        let ng = self.needs_grad(x) || l.trainable();
+        self.push(Op::BatchNorm { x, l, p, batch }, xs, Some(y), ng)
+    }
+
+    /// Every batch-statistics BatchNorm of this step: the layer's name, the
+    /// batch's mean and biased variance, and the count of values per channel,
+    /// moved out of the tape (call it after `backward`, which reads them) so
+    /// the caller can update the running statistics once the tape, which
+    /// borrows the layers, is gone. Hand the buffers back with
+    /// [`Workspace::give`].
+    pub fn take_batch_stats(&mut self) -> Vec<(String, B::Buf, B::Buf, usize)> {
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            if let Op::BatchNorm { l, p, batch, .. } = &mut node.op {
+                if let Some((mean, var)) = batch.take() {
+                    out.push((l.name.clone(), mean, var, p.count()));
+                }
+            }
+        }
+        out
+    }
+
+    /// `a + b`, same shapes.
+    pub fn add(&mut self, a: Var, b: Var) -> Var {
+        let shape = self.shape(a).clone();
+        assert_eq!(&shape, self.shape(b), "add: shapes {shape} and {} differ", self.shape(b));
+        let mut y = self.take_buf(shape.numel());
+        self.b.add(&mut y, self.value(a), self.value(b));
+        let ng = self.needs_grad(a) || self.needs_grad(b);
+        self.push(Op::Add { a, b }, shape, Some(y), ng)
+    }
+
+    /// Global average pooling: (N, C, H, W) → (N, C).
+    pub fn global_avgpool(&mut self, x: Var) -> Var {
+        let xs = self.shape(x).clone();
+        assert!(xs.0.len() == 4, "global_avgpool: input shape {xs} is not (N, C, H, W)");
+        let (rows, inner) = (xs.0[0] * xs.0[1], xs.0[2] * xs.0[3]);
+        let mut y = self.take_buf(rows);
+        self.b.avgpool_fwd(&mut y, self.value(x), rows, inner);
+        let ng = self.needs_grad(x);
+        self.push(Op::GlobalAvgPool { x, inner }, Shape::new(&[xs.0[0], xs.0[1]]), Some(y), ng)
     }
 
     /// (N, …) → (N, prod(…)); a view, no copy.
@@ -519,7 +626,7 @@ impl<'a, B: Backend> Tape<'a, B> {
                 if let Some(dw) = pgrads.get_mut(l.w.id) {
                     b.conv2d_maxpool_bwd_weight(dw, &mut dconv, value_of(nodes, *x), dy, argmax, p, pool);
                 }
-                if let Some(db) = pgrads.get_mut(l.b.id) {
+                if let Some(db) = l.b.as_ref().and_then(|bias| pgrads.get_mut(bias.id)) {
                     b.bias_grad(db, dy, p.n, p.oc, pool.oh() * pool.ow());
                 }
                 ws.give(b, dconv);
@@ -542,6 +649,44 @@ impl<'a, B: Backend> Tape<'a, B> {
             (Op::MaxPool { x, argmax, p }, Some(dy)) => {
                 if nodes[x.i()].needs_grad {
                     b.maxpool2d_bwd(grad_slot(b, ws, nodes, grads, *x), dy, argmax, p);
+                }
+            }
+            (Op::BatchNorm { x, l, p, batch }, Some(dy)) => {
+                let (mean, var) = match batch {
+                    Some((m, v)) => (m, v),
+                    None => (&l.running_mean.buf, &l.running_var.buf),
+                };
+                let mut sums = ws.take(b, 2 * p.c);
+                // γ and β have distinct ids, so their two slots can be
+                // borrowed at once.
+                let (dgamma, dbeta) = pgrads.get_two_mut(l.w.id, l.b.id);
+                let dx = if nodes[x.i()].needs_grad { Some(grad_slot(b, ws, nodes, grads, *x)) } else { None };
+                b.batchnorm_bwd(
+                    dx,
+                    dgamma,
+                    dbeta,
+                    &mut sums,
+                    value_of(nodes, *x),
+                    dy,
+                    mean,
+                    var,
+                    &l.w.value.buf,
+                    p,
+                    batch.is_some(),
+                );
+                ws.give(b, sums);
+            }
+            (&Op::Add { a, b: bb }, Some(dy)) => {
+                for v in [a, bb] {
+                    if nodes[v.i()].needs_grad {
+                        b.axpy(grad_slot(b, ws, nodes, grads, v), 1.0, dy);
+                    }
+                }
+            }
+            (&Op::GlobalAvgPool { x, inner }, Some(dy)) => {
+                if nodes[x.i()].needs_grad {
+                    let rows = nodes[i].shape.numel();
+                    b.avgpool_bwd(grad_slot(b, ws, nodes, grads, x), dy, rows, inner);
                 }
             }
         }
@@ -572,7 +717,7 @@ fn conv_backward<B: Backend>(
     if let Some(dw) = pgrads.get_mut(l.w.id) {
         b.conv2d_bwd_weight(dw, value_of(nodes, x), dy, p);
     }
-    if let Some(db) = pgrads.get_mut(l.b.id) {
+    if let Some(db) = l.b.as_ref().and_then(|bias| pgrads.get_mut(bias.id)) {
         b.bias_grad(db, bias_dy, p.n, p.oc, bias_inner);
     }
     if nodes[x.i()].needs_grad {
@@ -582,12 +727,12 @@ fn conv_backward<B: Backend>(
 
 /// The geometry of a k×k, stride-s max pooling of a (N, C, H, W) input,
 /// checking that the window fits.
-fn pool_params(xs: &Shape, k: usize, s: usize) -> PoolParams {
+fn pool_params(xs: &Shape, k: usize, s: usize, pad: usize) -> PoolParams {
     assert!(
-        xs.0.len() == 4 && xs.0[2] >= k && xs.0[3] >= k,
-        "maxpool2d: input shape {xs} too small for a {k}×{k} window"
+        xs.0.len() == 4 && xs.0[2] + 2 * pad >= k && xs.0[3] + 2 * pad >= k && pad < k && s > 0,
+        "maxpool2d: input shape {xs} does not fit a {k}×{k} window, stride {s}, pad {pad}"
     );
-    PoolParams { n: xs.0[0], c: xs.0[1], h: xs.0[2], w: xs.0[3], k, s }
+    PoolParams::new(xs.0[0], xs.0[1], xs.0[2], xs.0[3], k, s).padded(pad)
 }
 
 impl<B: Backend> Drop for Tape<'_, B> {
@@ -602,6 +747,10 @@ impl<B: Backend> Drop for Tape<'_, B> {
                 Op::MaxPool { argmax, .. } | Op::ConvPool { argmax, .. } => self.ws.give_idx(b, argmax),
                 Op::CrossEntropy { labels } => self.ws.give_idx(b, labels),
                 Op::AnchorPenalty { grad, .. } => self.ws.give(b, grad),
+                Op::BatchNorm { batch: Some((mean, var)), .. } => {
+                    self.ws.give(b, mean);
+                    self.ws.give(b, var);
+                }
                 _ => {}
             }
         }

@@ -1,6 +1,7 @@
-//! One SGD step of a [`Net`] on one batch: record the forward pass and the
-//! loss terms on a fresh tape, walk it backward, read the loss back (the one
-//! sync of a step) and apply the fused SGD update. The trainer's epochs, the
+//! One SGD step of a [`Net`] on one batch: record the forward pass (training
+//! mode) and the loss terms on a fresh tape, walk it backward, read the loss
+//! back (the one sync of a step), apply the fused SGD update and fold
+//! BatchNorm's batch statistics into its running ones. The trainer's epochs, the
 //! step benchmark and the tests all step through [`sgd_step`], so what is
 //! measured and tested is what trains.
 
@@ -65,10 +66,10 @@ pub fn sgd_step<B: Backend>(
     let mut heads: Vec<usize> = loss.ce.iter().map(|t| t.0).chain(loss.kd.iter().map(|t| t.0)).collect();
     heads.sort_unstable();
     heads.dedup();
-    let value = {
+    let (value, batch_stats) = {
         let mut tape = Tape::new(b, &mut st.ws);
         let xv = tape.input(&dims, x);
-        let logits = net.forward(&mut tape, xv, &heads);
+        let logits = net.forward_train(&mut tape, xv, &heads);
         for (&h, &z) in heads.iter().zip(&logits) {
             for &(_, labels) in loss.ce.iter().filter(|t| t.0 == h) {
                 tape.cross_entropy(z, labels, 1.0 / n as f32);
@@ -86,10 +87,18 @@ pub fn sgd_step<B: Backend>(
         }
         st.grads.prepare(b, net.params());
         tape.backward(&mut st.grads);
-        tape.loss_value()
+        (tape.loss_value(), tape.take_batch_stats())
     };
     if value.is_finite() {
         sgd.step(b, net, &st.grads);
+        // BatchNorm's running statistics move only with a step that was
+        // taken, as the parameters do.
+        net.update_running_stats(b, batch_stats, &mut st.ws);
+    } else {
+        for (_, mean, var, _) in batch_stats {
+            st.ws.give(b, mean);
+            st.ws.give(b, var);
+        }
     }
     value
 }

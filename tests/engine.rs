@@ -162,7 +162,7 @@ proptest! {
         n in 1usize..3, c in 1usize..4, h in 2usize..12, w in 2usize..12, k in 1usize..4, s in 1usize..4, seed: u64,
     ) {
         prop_assume!(h >= k && w >= k);
-        let p = PoolParams { n, c, h, w, k, s };
+        let p = PoolParams { n, c, h, w, k, s, pad: 0 };
         let b = B::new();
         let mut rng = Rng::new(seed);
         let (x, y, am) = tied_pooling(&b, &mut rng, &p, 4);
@@ -192,7 +192,7 @@ proptest! {
     ) {
         let p = Conv2dParams { n, c, h, w, oc, kh: 3, kw: 3, sh: stride, sw: stride, ph: 1, pw: 1 };
         prop_assume!(p.oh() >= 2 && p.ow() >= 2);
-        let pool = PoolParams { n, c: oc, h: p.oh(), w: p.ow(), k: 2, s: 2 };
+        let pool = PoolParams { n, c: oc, h: p.oh(), w: p.ow(), k: 2, s: 2, pad: 0 };
         let b = B::new();
         let mut rng = Rng::new(seed);
         let mut draw = |len: usize| -> Vec<f32> {
@@ -229,7 +229,7 @@ proptest! {
     ) {
         let (h, w, k, s) = if even { (h & !1, w & !1, 2, 2) } else { (h, w, k, s) };
         prop_assume!(h >= k && w >= k && h > 0 && w > 0);
-        let p = PoolParams { n, c, h, w, k, s };
+        let p = PoolParams { n, c, h, w, k, s, pad: 0 };
         let b = B::new();
         let mut rng = Rng::new(seed);
         // Few distinct values: ties, so winners sit anywhere in their window.
@@ -332,7 +332,7 @@ fn backward_kernels_accumulate() {
     let b = B::new();
     let mut rng = Rng::new(2);
     let p = Conv2dParams { n: 3, c: 2, h: 6, w: 5, oc: 3, kh: 3, kw: 3, sh: 1, sw: 2, ph: 1, pw: 1 };
-    let pp = PoolParams { n: 3, c: 2, h: 6, w: 5, k: 2, s: 2 };
+    let pp = PoolParams { n: 3, c: 2, h: 6, w: 5, k: 2, s: 2, pad: 0 };
     let x = b.upload(&normal_vec(&mut rng, p.x_len(), 1.0));
     let wt = b.upload(&normal_vec(&mut rng, p.w_len(), 1.0));
     let dy = b.upload(&normal_vec(&mut rng, p.y_len(), 1.0));

@@ -97,8 +97,10 @@ impl Conv2dParams {
     }
 }
 
-/// Max pooling geometry, no padding: `x: (N, C, H, W)` → `y: (N, C, OH, OW)`,
-/// `OH = (H − K) / S + 1` (floor, as PyTorch's default `ceil_mode=False`).
+/// Max pooling geometry: `x: (N, C, H, W)` → `y: (N, C, OH, OW)`,
+/// `OH = (H + 2·PAD − K) / S + 1` (floor, as PyTorch's default
+/// `ceil_mode=False`). Padding cells never win (they count as −∞, as in
+/// PyTorch), so every window's argmax is a real input cell; `PAD < K`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolParams {
     pub n: usize,
@@ -107,20 +109,50 @@ pub struct PoolParams {
     pub w: usize,
     pub k: usize,
     pub s: usize,
+    pub pad: usize,
 }
 
 impl PoolParams {
+    /// A k×k window, stride s, no padding.
+    pub fn new(n: usize, c: usize, h: usize, w: usize, k: usize, s: usize) -> Self {
+        PoolParams { n, c, h, w, k, s, pad: 0 }
+    }
+    /// The same with `pad` cells of padding on every side.
+    pub fn padded(self, pad: usize) -> Self {
+        PoolParams { pad, ..self }
+    }
     pub fn oh(&self) -> usize {
-        (self.h - self.k) / self.s + 1
+        (self.h + 2 * self.pad - self.k) / self.s + 1
     }
     pub fn ow(&self) -> usize {
-        (self.w - self.k) / self.s + 1
+        (self.w + 2 * self.pad - self.k) / self.s + 1
     }
     pub fn x_len(&self) -> usize {
         self.n * self.c * self.h * self.w
     }
     pub fn y_len(&self) -> usize {
         self.n * self.c * self.oh() * self.ow()
+    }
+}
+
+/// Batch normalisation geometry: `x: (N, C, HW)` (a conv output's planes,
+/// `HW = H·W`), each channel normalised over its `N·HW` values (PyTorch's
+/// BatchNorm2d). `eps` is added to the variance under the square root.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnParams {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub eps: f32,
+}
+
+impl BnParams {
+    pub fn x_len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+    /// Values per channel: the count the batch statistics average over.
+    pub fn count(&self) -> usize {
+        self.n * self.hw
     }
 }
 
@@ -247,7 +279,57 @@ pub trait Backend: Clone + Send + Sync + 'static {
         self.maxpool2d_bwd(dx, dy, argmax, p);
     }
 
+    // ---- batch normalisation ---------------------------------------------
+    /// Per channel `c` of `x`: `mean[c]` and the biased variance `var[c]`
+    /// (divided by `N·HW`) of its values; the training-mode statistics.
+    fn batchnorm_stats(&self, mean: &mut Self::Buf, var: &mut Self::Buf, x: &Self::Buf, p: &BnParams);
+    /// `y = (x − mean[c]) / √(var[c] + eps) · gamma[c] + beta[c]`, with the
+    /// batch's statistics (training) or the running ones (evaluation).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        mean: &Self::Buf,
+        var: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        p: &BnParams,
+    );
+    /// Backward of [`batchnorm_fwd`](Backend::batchnorm_fwd) from `dy`. With
+    /// `x̂ = (x − mean) / σ`, `σ = √(var + eps)` and the per-channel sums
+    /// `S₁ = Σ dy`, `S₂ = Σ dy·x̂` (written to `sums`, `2·C` scratch, as
+    /// `[S₁…, S₂…]`): `dbeta += S₁`, `dgamma += S₂`, and
+    /// `dx += γ/σ · (dy − (S₁ + x̂·S₂) / (N·HW))` when `batch_stats` (the
+    /// statistics were the batch's own, so the gradient flows through them
+    /// too), else `dx += γ/σ · dy` (running statistics are constants).
+    /// Each of `dx`, `dgamma`, `dbeta` is skipped when `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd(
+        &self,
+        dx: Option<&mut Self::Buf>,
+        dgamma: Option<&mut Self::Buf>,
+        dbeta: Option<&mut Self::Buf>,
+        sums: &mut Self::Buf,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        mean: &Self::Buf,
+        var: &Self::Buf,
+        gamma: &Self::Buf,
+        p: &BnParams,
+        batch_stats: bool,
+    );
+
+    // ---- global average pooling -------------------------------------------
+    /// `y[r] = mean_i x[r, i]` for `x: (rows, inner)`: a conv output's planes
+    /// (`rows = N·C`, `inner = H·W`) to one value each.
+    fn avgpool_fwd(&self, y: &mut Self::Buf, x: &Self::Buf, rows: usize, inner: usize);
+    /// `dx[r, i] += dy[r] / inner`.
+    fn avgpool_bwd(&self, dx: &mut Self::Buf, dy: &Self::Buf, rows: usize, inner: usize);
+
     // ---- elementwise ----------------------------------------------------
+    /// `y = a + b` (a residual connection's join).
+    fn add(&self, y: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf);
     /// `y = max(x, 0)`.
     fn relu_fwd(&self, y: &mut Self::Buf, x: &Self::Buf);
     /// `dx += dy · [y > 0]` — the mask comes from the *output* (micrograd).

@@ -644,7 +644,7 @@ mod tests {
         let partials = Mutex::new(Vec::new());
         for p in shapes() {
             let (oh, ow) = (p.oh(), p.ow());
-            let pool = PoolParams { n: p.n, c: p.oc, h: oh, w: ow, k: 2, s: 2 };
+            let pool = PoolParams { n: p.n, c: p.oc, h: oh, w: ow, k: 2, s: 2, pad: 0 };
             let (ph, pw) = (pool.oh(), pool.ow());
             let x = random(&mut rng, p.x_len());
             let cells = p.n * p.oc * ph * pw;

@@ -20,7 +20,7 @@
 //! deterministic per-thread weight-gradient
 //! partials.
 
-use super::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper};
+use super::{Backend, BnParams, Conv2dParams, Gemm, PoolParams, SgdHyper};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +33,7 @@ mod direct;
 mod gemm;
 mod im2col;
 mod microgemm;
+mod norm;
 pub mod naive;
 mod pool;
 mod rows;
@@ -301,7 +302,7 @@ impl Backend for CpuBackend {
     }
 
     fn maxpool2d_fwd(&self, y: &mut CpuBuf, argmax: &mut CpuIdxBuf, x: &CpuBuf, p: &PoolParams) {
-        assert!(x.0.len() >= p.x_len(), "maxpool2d_fwd: x has {} elements, needs {:?}", x.0.len(), p);
+        assert!(x.0.len() >= p.x_len() && p.pad < p.k, "maxpool2d_fwd: x has {} elements for {:?} (pad must be < k)", x.0.len(), p);
         pool::fwd(&mut y.0, &mut argmax.0, &x.0, p);
     }
 
@@ -314,6 +315,94 @@ impl Backend for CpuBackend {
     /// scatter pass.
     fn maxpool2d_bwd_set(&self, dx: &mut CpuBuf, dy: &CpuBuf, argmax: &CpuIdxBuf, p: &PoolParams) {
         pool::bwd(&mut dx.0, &dy.0, &argmax.0, p, |plane| plane.fill(0.0));
+    }
+
+    fn batchnorm_stats(&self, mean: &mut CpuBuf, var: &mut CpuBuf, x: &CpuBuf, p: &BnParams) {
+        check_bn(p, x.0.len(), &[mean.0.len(), var.0.len()], "batchnorm_stats");
+        norm::stats(&mut mean.0, &mut var.0, &x.0, p);
+    }
+
+    fn batchnorm_fwd(
+        &self,
+        y: &mut CpuBuf,
+        x: &CpuBuf,
+        mean: &CpuBuf,
+        var: &CpuBuf,
+        gamma: &CpuBuf,
+        beta: &CpuBuf,
+        p: &BnParams,
+    ) {
+        check_bn(p, x.0.len().min(y.0.len()), &[mean.0.len(), var.0.len(), gamma.0.len(), beta.0.len()], "batchnorm_fwd");
+        norm::fwd(&mut y.0, &x.0, &mean.0, &var.0, &gamma.0, &beta.0, p);
+    }
+
+    fn batchnorm_bwd(
+        &self,
+        dx: Option<&mut CpuBuf>,
+        dgamma: Option<&mut CpuBuf>,
+        dbeta: Option<&mut CpuBuf>,
+        sums: &mut CpuBuf,
+        x: &CpuBuf,
+        dy: &CpuBuf,
+        mean: &CpuBuf,
+        var: &CpuBuf,
+        gamma: &CpuBuf,
+        p: &BnParams,
+        batch_stats: bool,
+    ) {
+        let x_len = x.0.len().min(dy.0.len()).min(dx.as_ref().map_or(usize::MAX, |d| d.0.len()));
+        let mut per_channel = vec![mean.0.len(), var.0.len(), gamma.0.len(), sums.0.len() / 2];
+        per_channel.extend(dgamma.as_ref().map(|d| d.0.len()));
+        per_channel.extend(dbeta.as_ref().map(|d| d.0.len()));
+        check_bn(p, x_len, &per_channel, "batchnorm_bwd");
+        norm::bwd(
+            dx.map(|d| &mut d.0[..]),
+            dgamma.map(|d| &mut d.0[..]),
+            dbeta.map(|d| &mut d.0[..]),
+            &mut sums.0,
+            &x.0,
+            &dy.0,
+            &mean.0,
+            &var.0,
+            &gamma.0,
+            p,
+            batch_stats,
+        );
+    }
+
+    fn avgpool_fwd(&self, y: &mut CpuBuf, x: &CpuBuf, rows: usize, inner: usize) {
+        assert!(
+            inner > 0 && y.0.len() >= rows && x.0.len() >= rows * inner,
+            "avgpool_fwd: y {} / x {} too short for {rows}×{inner}",
+            y.0.len(),
+            x.0.len()
+        );
+        norm::avgpool_fwd(&mut y.0, &x.0, rows, inner);
+    }
+
+    fn avgpool_bwd(&self, dx: &mut CpuBuf, dy: &CpuBuf, rows: usize, inner: usize) {
+        assert!(
+            inner > 0 && dy.0.len() >= rows && dx.0.len() >= rows * inner,
+            "avgpool_bwd: dx {} / dy {} too short for {rows}×{inner}",
+            dx.0.len(),
+            dy.0.len()
+        );
+        norm::avgpool_bwd(&mut dx.0, &dy.0, rows, inner);
+    }
+
+    fn add(&self, y: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf) {
+        assert!(y.0.len() == a.0.len() && a.0.len() == b.0.len(), "add: lengths differ");
+        let f = |y: &mut [f32], a: &[f32], b: &[f32]| {
+            y.iter_mut().zip(a).zip(b).for_each(|((y, &a), &b)| *y = a + b);
+        };
+        if y.0.len() >= PAR_MIN {
+            y.0.par_chunks_mut(PAR_MIN)
+                .zip(a.0.par_chunks(PAR_MIN))
+                .zip(b.0.par_chunks(PAR_MIN))
+                .for_each(|((y, a), b)| f(y, a, b));
+        } else {
+            f(&mut y.0, &a.0, &b.0);
+        }
     }
 
     fn relu_fwd(&self, y: &mut CpuBuf, x: &CpuBuf) {
@@ -477,6 +566,15 @@ fn zip_apply(y: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
     } else {
         y.iter_mut().zip(x).for_each(|(y, &x)| f(y, x));
     }
+}
+
+/// A batch normalisation's buffers must hold its geometry: `x_len` values of
+/// `x` (and `y`/`dy`/`dx`), and every per-channel buffer `C`.
+fn check_bn(p: &BnParams, x_len: usize, per_channel: &[usize], op: &str) {
+    assert!(
+        x_len >= p.x_len() && per_channel.iter().all(|&l| l >= p.c) && p.hw > 0,
+        "{op}: buffers too short for {p:?} (x {x_len}, per channel {per_channel:?})"
+    );
 }
 
 fn check_conv(p: &Conv2dParams, x_len: usize, w_len: usize, y_len: usize, op: &str) {

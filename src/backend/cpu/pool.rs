@@ -20,16 +20,19 @@ pub fn fwd(y: &mut [f32], am: &mut [u32], x: &[f32], p: &PoolParams) {
     let am = &mut am[..p.y_len()];
     y.par_chunks_mut(oh * ow).zip(am.par_chunks_mut(oh * ow)).zip(x.par_chunks(hw)).for_each(
         |((y_p, a_p), x_p)| {
-            if p.k == 2 && p.s == 2 {
+            if p.k == 2 && p.s == 2 && p.pad == 0 {
                 return with_simd!(pool_2x2(y_p, a_p, x_p, p.w, oh, ow));
             }
             for oy in 0..oh {
+                // The window's rows and columns clipped to the plane: padding
+                // cells are −∞ and never win, so they are simply not scanned.
+                let (ys, ye) = window(oy, p.s, p.pad, p.k, p.h);
                 for ox in 0..ow {
-                    let (y0, x0) = (oy * p.s, ox * p.s);
-                    let mut best = y0 * p.w + x0;
-                    for ky in 0..p.k {
-                        for kx in 0..p.k {
-                            let i = (y0 + ky) * p.w + x0 + kx;
+                    let (xs, xe) = window(ox, p.s, p.pad, p.k, p.w);
+                    let mut best = ys * p.w + xs;
+                    for iy in ys..ye {
+                        for ix in xs..xe {
+                            let i = iy * p.w + ix;
                             if x_p[i] > x_p[best] {
                                 best = i;
                             }
@@ -41,6 +44,15 @@ pub fn fwd(y: &mut [f32], am: &mut [u32], x: &[f32], p: &PoolParams) {
             }
         },
     );
+}
+
+/// The input cells `start..end` along one axis (of length `len`) that the
+/// window of output cell `o` covers: `o·s − pad .. o·s − pad + k`, clipped.
+/// Never empty while `pad < k`.
+fn window(o: usize, s: usize, pad: usize, k: usize, len: usize) -> (usize, usize) {
+    let start = (o * s).saturating_sub(pad);
+    let end = (o * s + k).saturating_sub(pad).min(len);
+    (start, end)
 }
 
 /// `dx[argmax] += dy` plane by plane, in parallel, each plane of `dx` first

@@ -13,7 +13,7 @@
 mod device;
 mod kernels;
 
-use super::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper};
+use super::{Backend, BnParams, Conv2dParams, Gemm, PoolParams, SgdHyper};
 use device::{lock, u, Ctx, RawBuf, Slot};
 use kernels::{
     AnchorParams, ConvUniform, EwParams, GemmParams, KdUniform, Kernel, LossUniform, PoolUniform,
@@ -421,6 +421,52 @@ impl Backend for WgpuBackend {
         let total = p.x_len();
         let pu = pool_uniform(p, total);
         self.ctx.dispatch(Kernel::MaxpoolBwd, &pu, &[&dy.0, &argmax.0, &dx.0], self.ctx.grid_elems(total));
+    }
+
+    fn batchnorm_stats(&self, _mean: &mut WgpuBuf, _var: &mut WgpuBuf, _x: &WgpuBuf, _p: &BnParams) {
+        todo!("wgpu batchnorm_stats")
+    }
+
+    fn batchnorm_fwd(
+        &self,
+        _y: &mut WgpuBuf,
+        _x: &WgpuBuf,
+        _mean: &WgpuBuf,
+        _var: &WgpuBuf,
+        _gamma: &WgpuBuf,
+        _beta: &WgpuBuf,
+        _p: &BnParams,
+    ) {
+        todo!("wgpu batchnorm_fwd")
+    }
+
+    fn batchnorm_bwd(
+        &self,
+        _dx: Option<&mut WgpuBuf>,
+        _dgamma: Option<&mut WgpuBuf>,
+        _dbeta: Option<&mut WgpuBuf>,
+        _sums: &mut WgpuBuf,
+        _x: &WgpuBuf,
+        _dy: &WgpuBuf,
+        _mean: &WgpuBuf,
+        _var: &WgpuBuf,
+        _gamma: &WgpuBuf,
+        _p: &BnParams,
+        _batch_stats: bool,
+    ) {
+        todo!("wgpu batchnorm_bwd")
+    }
+
+    fn avgpool_fwd(&self, _y: &mut WgpuBuf, _x: &WgpuBuf, _rows: usize, _inner: usize) {
+        todo!("wgpu avgpool_fwd")
+    }
+
+    fn avgpool_bwd(&self, _dx: &mut WgpuBuf, _dy: &WgpuBuf, _rows: usize, _inner: usize) {
+        todo!("wgpu avgpool_bwd")
+    }
+
+    fn add(&self, _y: &mut WgpuBuf, _a: &WgpuBuf, _b: &WgpuBuf) {
+        todo!("wgpu add")
     }
 
     fn relu_fwd(&self, y: &mut WgpuBuf, x: &WgpuBuf) {
