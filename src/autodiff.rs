@@ -407,6 +407,12 @@ impl<'a, B: Backend> Tape<'a, B> {
             l.c
         );
         let p = BnParams { n: xs.0[0], c: l.c, hw: xs.0[2] * xs.0[3], eps: l.eps };
+        assert!(
+            !batch_stats || p.count() > 1,
+            "batchnorm: {} would normalise a batch with one value per channel (input {xs}): \
+             batch statistics need at least two",
+            l.name
+        );
         let mut y = self.take_buf(p.x_len());
         let batch = batch_stats.then(|| {
             let (mut mean, mut var) = (self.take_buf(p.c), self.take_buf(p.c));

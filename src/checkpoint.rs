@@ -7,7 +7,11 @@
 //! `class_stats.counts` (I64, classes), `class_stats.means` (F32, classes ×
 //! dim) and, with covariances, `class_stats.tukey_means` (classes × dim) and
 //! `class_stats.covs` (classes × dim(dim+1)/2, packed upper triangles), with
-//! `class_stats` in the metadata saying what they are. Written atomically.
+//! `class_stats` in the metadata saying what they are. A ResNet's BatchNorm
+//! layers add their running statistics under PyTorch's names
+//! (`bn1.running_mean`, `bn1.running_var`, F32, and `bn1.num_batches_tracked`,
+//! an I64 scalar), so the trunk's tensors are a torchvision state_dict's.
+//! Written atomically.
 
 use crate::backend::Backend;
 use crate::data::Normalization;
@@ -62,6 +66,10 @@ pub struct HistoryEntry {
     /// What `extend --select` tried and chose (λ_o, T, lr and the trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<crate::incremental::select::Selection>,
+    /// The BatchNorm policy the step trained with (`train` or `frozen`;
+    /// absent for nets without BatchNorm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bn: Option<crate::nn::BnPolicy>,
 }
 
 /// What the `class_stats.*` tensors hold.
@@ -77,7 +85,7 @@ pub struct StatsMeta {
 }
 
 const STATS_DESCRIPTION: &str = "per class: image count and mean of the L2-normalised trunk features \
-(fc1 output after ReLU), measured on the task's training images and moved by drift compensation; \
+(fc1 output after ReLU for cnn-s / cnn-m, the globally average-pooled last stage for ResNets), measured on the task's training images and moved by drift compensation; \
 with kind 'cov' also the mean and covariance (packed upper triangle) of the Tukey-transformed \
 (sqrt, then L2-normalised) features. No image is stored.";
 
@@ -229,6 +237,12 @@ pub fn save<B: Backend>(
         .iter()
         .map(|p| f32_tensor(p.name.clone(), p.value.shape.0.clone(), &p.value.to_vec(b)))
         .collect();
+    for bn in net.batchnorms() {
+        tensors.push(f32_tensor(format!("{}.running_mean", bn.name), vec![bn.c], &bn.running_mean.to_vec(b)));
+        tensors.push(f32_tensor(format!("{}.running_var", bn.name), vec![bn.c], &bn.running_var.to_vec(b)));
+        let count = (bn.num_batches_tracked as i64).to_le_bytes().to_vec();
+        tensors.push((format!("{}.num_batches_tracked", bn.name), Dtype::I64, vec![], count));
+    }
     if let Some(f) = fisher {
         for (k, buf) in f.iter().enumerate() {
             tensors.push(f32_tensor(format!("fisher.{k}"), vec![b.len(buf)], &b.download(buf)));
@@ -347,6 +361,22 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
         p.value = Tensor::from_vec(b, p.value.shape.dims(), &f32_from_bytes(view.data()));
         used += 1;
     }
+    for bn in net.batchnorms_mut() {
+        let (mean, var) = (bn_state(&st, &bn.name, "running_mean", bn.c, path)?, bn_state(&st, &bn.name, "running_var", bn.c, path)?);
+        if var.iter().any(|&v| v < 0.0) {
+            return Err(bad(format!("tensor '{}.running_var' holds a negative variance", bn.name)));
+        }
+        bn.running_mean = Tensor::from_vec(b, &[bn.c], &mean);
+        bn.running_var = Tensor::from_vec(b, &[bn.c], &var);
+        let name = format!("{}.num_batches_tracked", bn.name);
+        let view = st.tensor(&name).map_err(|_| bad(format!("tensor '{name}' is missing")))?;
+        if view.dtype() != Dtype::I64 || view.shape().iter().product::<usize>() != 1 {
+            return Err(bad(format!("tensor '{name}' is {:?} {:?}, expected an I64 scalar", view.dtype(), view.shape())));
+        }
+        let n = i64::from_le_bytes(view.data().try_into().expect("8 bytes"));
+        bn.num_batches_tracked = u64::try_from(n).map_err(|_| bad(format!("tensor '{name}' is negative ({n})")))?;
+        used += 3;
+    }
     let mut fisher = Vec::new();
     while let Ok(view) = st.tensor(&format!("fisher.{}", fisher.len())) {
         fisher.push(b.upload(&f32_from_bytes(view.data())));
@@ -365,6 +395,21 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
     }
     let fisher = if fisher.is_empty() { None } else { Some(fisher) };
     Ok(Checkpoint { net, meta, fisher, stats })
+}
+
+/// A BatchNorm's running statistic `NAME.field`: F32, `c` values, finite.
+fn bn_state(st: &SafeTensors<'_>, name: &str, field: &str, c: usize, path: &Path) -> Result<Vec<f32>> {
+    let bad = |m: String| Error::checkpoint(path, m);
+    let full = format!("{name}.{field}");
+    let view = st.tensor(&full).map_err(|_| bad(format!("tensor '{full}' is missing")))?;
+    if view.dtype() != Dtype::F32 || view.shape() != [c] {
+        return Err(bad(format!("tensor '{full}' is {:?} {:?}, expected F32 [{c}]", view.dtype(), view.shape())));
+    }
+    let v = f32_from_bytes(view.data());
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(bad(format!("tensor '{full}' holds a NaN or infinite value")));
+    }
+    Ok(v)
 }
 
 /// The class statistics, checked against their metadata and the model's tasks.

@@ -10,7 +10,7 @@ use lwf_engine::incremental::classifier::ClassifierKind;
 use lwf_engine::incremental::select::SelectGrid;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
 use lwf_engine::incremental::{HeadMode, Hyper, Method, Observer};
-use lwf_engine::nn::ArchKind;
+use lwf_engine::nn::{ArchKind, BnPolicy};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -173,6 +173,11 @@ struct HyperArgs {
     /// 0 trains on all images.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
+    /// BatchNorm while a task trains (ResNets): train normalises with each
+    /// batch's statistics and updates the running ones (PyTorch's
+    /// model.train()); frozen keeps the running statistics as they were.
+    #[arg(long, value_enum, default_value_t = BnPolicy::Train)]
+    bn: BnPolicy,
 }
 
 /// `--select`: choose LwF's λ_o (and T, lr) from the new data alone.
@@ -241,6 +246,7 @@ impl HyperArgs {
             class_stats: self.class_stats,
             sdc_sigma: self.sdc_sigma,
             val_fraction: self.val_fraction,
+            bn: self.bn,
         };
         h.validate()?;
         Ok(h)
@@ -273,8 +279,9 @@ struct TrainArgs {
     /// `cat,dog`. Default: every class of an image folder, else 0-4.
     #[arg(long)]
     classes: Option<ClassList>,
-    /// The model: cnn-s (two conv blocks, for small grey images) or cnn-m
-    /// (three, wider: colour images of 32×32 and up).
+    /// The model: cnn-s (two conv blocks, for small grey images), cnn-m
+    /// (three, wider: colour images of 32×32 and up), resnet20 / resnet32
+    /// (CIFAR ResNets, small images) or resnet18 / resnet34 (torchvision's).
     #[arg(long, value_enum, default_value_t = ArchKind::CnnS)]
     arch: ArchKind,
     /// Where to write the model (safetensors).

@@ -28,7 +28,8 @@ mod common;
 use common::*;
 use lwf_engine::autodiff::{Grads, Tape, Workspace};
 use lwf_engine::backend::{Backend, Conv2dParams, IGNORE_LABEL};
-use lwf_engine::nn::{Arch, Conv2d, Layer, Linear, Net, Param, ParamId};
+use lwf_engine::nn::{Arch, ArchKind, BatchNorm2d, BnPolicy, Conv2d, Layer, Linear, Net, Param, ParamId};
+use lwf_engine::tensor::Tensor;
 use lwf_engine::rng::Rng;
 use proptest::prelude::*;
 
@@ -42,9 +43,49 @@ enum Body {
     MaxPool {
         k: usize,
         s: usize,
+        pad: usize,
     },
     /// flatten ∘ flatten: a view of a view still shares the root's gradient.
     Flatten,
+    /// BatchNorm2d with the batch's statistics (`batch`, where the gradient
+    /// also flows through the mean and variance) or its running ones.
+    BatchNorm(BatchNorm2d<B>, bool),
+    /// `x + second leaf`: both inputs get the gradient.
+    Add(Leaf),
+    GlobalAvgPool,
+}
+
+/// The parameters of a body, in order.
+fn body_params(body: &Body) -> Vec<&Param<B>> {
+    match body {
+        Body::Linear(l) => vec![&l.w, &l.b],
+        Body::Conv(c) | Body::ConvPool(c, _) => c.params(),
+        Body::BatchNorm(bn, _) => vec![&bn.w, &bn.b],
+        Body::Add(leaf) => leaf.params(),
+        _ => vec![],
+    }
+}
+
+fn body_params_mut(body: &mut Body) -> Vec<&mut Param<B>> {
+    match body {
+        Body::Linear(l) => vec![&mut l.w, &mut l.b],
+        Body::Conv(c) | Body::ConvPool(c, _) => c.params_mut(),
+        Body::BatchNorm(bn, _) => vec![&mut bn.w, &mut bn.b],
+        Body::Add(leaf) => leaf.params_mut(),
+        _ => vec![],
+    }
+}
+
+/// A BatchNorm over `c` channels with ids `id`, `id + 1`, random γ, β and
+/// running statistics (variances in [0.5, 2)).
+fn batchnorm(b: &B, rng: &mut Rng, id: ParamId, c: usize) -> BatchNorm2d<B> {
+    let mut ids = id;
+    let mut bn = BatchNorm2d::new(b, &mut ids, "bn", c);
+    bn.w.value = Tensor::from_vec(b, &[c], &uniform_vec(rng, c, 0.5, 1.5));
+    bn.b.value = Tensor::from_vec(b, &[c], &uniform_vec(rng, c, -0.5, 0.5));
+    bn.running_mean = Tensor::from_vec(b, &[c], &uniform_vec(rng, c, -0.5, 0.5));
+    bn.running_var = Tensor::from_vec(b, &[c], &uniform_vec(rng, c, 0.5, 2.0));
+    bn
 }
 
 /// leaf → body → flatten → probe → cross-entropy.
@@ -70,11 +111,7 @@ impl Chain {
 
     fn ids(&self) -> Vec<ParamId> {
         let mut ids = vec![self.leaf.id()];
-        match &self.body {
-            Body::Linear(l) => ids.extend([l.w.id, l.b.id]),
-            Body::Conv(c) | Body::ConvPool(c, _) => ids.extend([c.w.id, c.b.id]),
-            _ => {}
-        }
+        ids.extend(body_params(&self.body).iter().filter(|p| p.trainable).map(|p| p.id));
         ids
     }
 }
@@ -82,21 +119,13 @@ impl Chain {
 impl Model for Chain {
     fn params(&self) -> Vec<&Param<B>> {
         let mut v = self.leaf.params();
-        match &self.body {
-            Body::Linear(l) => v.extend([&l.w, &l.b]),
-            Body::Conv(c) | Body::ConvPool(c, _) => v.extend([&c.w, &c.b]),
-            _ => {}
-        }
+        v.extend(body_params(&self.body));
         v.extend([&self.probe.w, &self.probe.b]);
         v
     }
     fn params_mut(&mut self) -> Vec<&mut Param<B>> {
         let mut v = self.leaf.params_mut();
-        match &mut self.body {
-            Body::Linear(l) => v.extend([&mut l.w, &mut l.b]),
-            Body::Conv(c) | Body::ConvPool(c, _) => v.extend([&mut c.w, &mut c.b]),
-            _ => {}
-        }
+        v.extend(body_params_mut(&mut self.body));
         v.extend([&mut self.probe.w, &mut self.probe.b]);
         v
     }
@@ -110,7 +139,7 @@ impl Model for Chain {
             Body::ConvPool(c, k) => {
                 // The kinks: a separate, gradient-free convolution node.
                 let conv_out = tape.conv2d(x, c);
-                pattern = pool_pattern(&b, tape, conv_out, *k, 2);
+                pattern = pool_pattern(&b, tape, conv_out, *k, 2, 0);
                 tape.conv2d_maxpool(x, c, *k, 2)
             }
             Body::Relu => {
@@ -118,14 +147,20 @@ impl Model for Chain {
                 pattern = relu_pattern(&b, tape, y);
                 y
             }
-            Body::MaxPool { k, s } => {
-                pattern = pool_pattern(&b, tape, x, *k, *s);
-                tape.maxpool2d(x, *k, *s)
+            Body::MaxPool { k, s, pad } => {
+                pattern = pool_pattern(&b, tape, x, *k, *s, *pad);
+                tape.maxpool2d(x, *k, *s, *pad)
             }
             Body::Flatten => {
                 let f = tape.flatten(x);
                 tape.flatten(f)
             }
+            Body::BatchNorm(bn, batch) => tape.batchnorm(x, bn, *batch),
+            Body::Add(second) => {
+                let x2 = second.record(tape);
+                tape.add(x, x2)
+            }
+            Body::GlobalAvgPool => tape.global_avgpool(x),
         };
         let f = tape.flatten(y);
         let z = tape.linear(f, &self.probe);
@@ -167,17 +202,21 @@ proptest! {
         prop_assert_eq!(rep.kinks, 0);
     }
 
-    /// Conv2d: dX, dW, db over kernel 1–4, stride 1–3, padding 0–2.
+    /// Conv2d: dX, dW, db over kernel 1–7, stride 1–3, padding 0–3, with
+    /// a bias or without (the ResNets' convolutions).
     #[test]
     fn conv2d_grads(
         n in 1usize..4, c in 1usize..5, oc in 1usize..5, h in 3usize..10, w in 3usize..10,
-        k in 1usize..5, s in 1usize..4, p in 0usize..3, seed: u64,
+        k in 1usize..8, s in 1usize..4, p in 0usize..4, bias: bool, seed: u64,
     ) {
         prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
         let b = B::new();
         let mut rng = Rng::new(seed);
         let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
-        let layer = conv(&b, &mut rng, 2, c, oc, k, s, p, true);
+        let mut layer = conv(&b, &mut rng, 2, c, oc, k, s, p, true);
+        if !bias {
+            layer.b = None;
+        }
         let cp = Conv2dParams { n, c, h, w, oc, kh: k, kw: k, sh: s, sw: s, ph: p, pw: p };
         let mut m = Chain::new(&b, &mut rng, leaf, Body::Conv(layer), n, oc * cp.oh() * cp.ow());
         let ids = m.ids();
@@ -230,20 +269,67 @@ proptest! {
         prop_assume!(rep.checked >= 8);
     }
 
-    /// Max pooling: dX for windows 2–3, strides 1–3 (near-ties skipped).
+    /// Max pooling: dX for windows 2–3, strides 1–3, padding 0 to k − 1
+    /// (the ResNet stem's 3×3 / 2 / 1 among them; near-ties skipped).
     #[test]
     fn maxpool2d_grads(
         n in 1usize..4, c in 1usize..5, h in 3usize..10, w in 3usize..10,
-        k in 2usize..4, s in 1usize..4, seed: u64,
+        k in 2usize..4, s in 1usize..4, pad in 0usize..3, seed: u64,
     ) {
+        let pad = pad % k;
         let b = B::new();
         let mut rng = Rng::new(seed);
         let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
-        let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
-        let mut m = Chain::new(&b, &mut rng, leaf, Body::MaxPool { k, s }, n, c * oh * ow);
+        let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::MaxPool { k, s, pad }, n, c * oh * ow);
         let ids = m.ids();
         let rep = verdict(&mut m, &ids, seed, Tol::default())?;
         prop_assume!(rep.checked >= 8);
+    }
+
+    /// BatchNorm2d in training mode (the batch's statistics: dX flows
+    /// through the mean and the variance as well as directly) and with
+    /// running statistics (eval / frozen), γ and β trainable or frozen.
+    #[test]
+    fn batchnorm_grads(
+        n in 1usize..4, c in 1usize..4, h in 1usize..5, w in 1usize..5, batch: bool,
+        affine: bool, seed: u64,
+    ) {
+        prop_assume!(!batch || n * h * w >= 2);
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -2.0, 2.0);
+        let mut bn = batchnorm(&b, &mut rng, 2, c);
+        bn.w.trainable = affine;
+        bn.b.trainable = affine;
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::BatchNorm(bn, batch), n, c * h * w);
+        let ids = m.ids();
+        let rep = verdict(&mut m, &ids, seed, Tol::default())?;
+        prop_assert_eq!(rep.kinks, 0);
+    }
+
+    /// Elementwise add: both inputs get the gradient.
+    #[test]
+    fn add_grads(n in 1usize..4, c in 1usize..4, h in 1usize..6, w in 1usize..6, seed: u64) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let second = Leaf::img(&b, &mut rng, 4, [n, c, h, w], -1.0, 1.0);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::Add(second), n, c * h * w);
+        let ids = m.ids();
+        prop_assert_eq!(&ids, &vec![0, 4]);
+        verdict(&mut m, &ids, seed, Tol::default())?;
+    }
+
+    /// Global average pooling (N, C, H, W) → (N, C), 1×1 planes included.
+    #[test]
+    fn global_avgpool_grads(n in 1usize..4, c in 1usize..5, h in 1usize..6, w in 1usize..6, seed: u64) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let leaf = Leaf::img(&b, &mut rng, 0, [n, c, h, w], -1.0, 1.0);
+        let mut m = Chain::new(&b, &mut rng, leaf, Body::GlobalAvgPool, n, c);
+        let ids = m.ids();
+        verdict(&mut m, &ids, seed, Tol::default())?;
     }
 
     /// Flatten (a view, twice): the gradient reaches the root's buffer.
@@ -438,7 +524,8 @@ impl Model for NetModel {
         let n = self.n;
         let [c, h, w] = self.net.arch.input;
         let x = tape.input(&[n, c, h, w], &self.x);
-        let z = self.net.forward(tape, x, &[0, 1]);
+        // A training-mode pass: BatchNorm (ResNets) per the net's policy.
+        let z = self.net.forward_train(tape, x, &[0, 1]);
         let zt0 = tape.input(&[n, 3], &self.zt0);
         let zt1 = tape.input(&[n, 2], &self.zt1);
         tape.cross_entropy(z[1], &self.labels, 1.0 / n as f32);
@@ -472,24 +559,52 @@ fn trunk_pattern<'a>(
                 pattern.extend(relu_pattern(b, tape, y));
                 y
             }
-            Layer::MaxPool2d { k, s } => {
-                pattern.extend(pool_pattern(b, tape, h, *k, *s));
-                tape.maxpool2d(h, *k, *s)
+            Layer::MaxPool2d { k, s, pad } => {
+                pattern.extend(pool_pattern(b, tape, h, *k, *s, *pad));
+                tape.maxpool2d(h, *k, *s, *pad)
             }
             Layer::Flatten => tape.flatten(h),
             Layer::Linear(l) => tape.linear(h, l),
+            Layer::BatchNorm(bn) => tape.batchnorm(h, bn, batch_stats(net, bn)),
+            Layer::GlobalAvgPool => tape.global_avgpool(h),
+            Layer::Basic(blk) => {
+                let a = tape.conv2d(h, &blk.conv1);
+                let a = tape.batchnorm(a, &blk.bn1, batch_stats(net, &blk.bn1));
+                let a = tape.relu(a);
+                pattern.extend(relu_pattern(b, tape, a));
+                let a = tape.conv2d(a, &blk.conv2);
+                let a = tape.batchnorm(a, &blk.bn2, batch_stats(net, &blk.bn2));
+                let s = match &blk.downsample {
+                    Some((conv, bn)) => {
+                        let s = tape.conv2d(h, conv);
+                        tape.batchnorm(s, bn, batch_stats(net, bn))
+                    }
+                    None => h,
+                };
+                let y = tape.add(a, s);
+                let y = tape.relu(y);
+                pattern.extend(relu_pattern(b, tape, y));
+                y
+            }
         };
     }
     pattern
 }
 
+/// Whether the trunk walk normalises `bn` with batch statistics: as
+/// `Net::forward_train` does under the net's policy (the models below
+/// record training-mode passes when the policy is `train`).
+fn batch_stats(net: &Net<B>, bn: &BatchNorm2d<B>) -> bool {
+    net.bn_policy == BnPolicy::Train && bn.trainable()
+}
+
 fn small_arch() -> Arch {
-    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![3, 4], hidden: 8 }
+    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![3, 4], hidden: 8, resnet: None }
 }
 
 /// cnn-m's shape at a small size: three conv blocks over 3-channel images.
 fn small_arch_m() -> Arch {
-    Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16 }
+    Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16, resnet: None }
 }
 
 fn net_model(arch: Arch, n: usize, t: f32, seed: u64) -> NetModel {
@@ -539,6 +654,79 @@ proptest! {
         let rep = verdict(&mut m, &ids, seed, tol)?;
         prop_assume!(rep.checked >= 5 * 12);
     }
+}
+
+/// A ResNet small enough to check every parameter: the CIFAR stem (3×3)
+/// or torchvision's (7×7 stride 2 + 3×3 stride-2 max-pool), then two
+/// stages of one BasicBlock each, the second with a strided 1×1 projection
+/// shortcut, then global average pooling.
+fn small_resnet(imagenet: bool) -> Arch {
+    use lwf_engine::nn::{ResNetSpec, Stem};
+    let (stem, input) = if imagenet { (Stem::Imagenet, [3, 12, 12]) } else { (Stem::Cifar, [3, 6, 6]) };
+    Arch::resnet("resnet-test", input, ResNetSpec { stem, stem_width: 4, stages: vec![(4, 1), (6, 1)] })
+}
+
+proptest! {
+    #![proptest_config(proptest_cfg(12))]
+
+    /// Every parameter of a two-head ResNet under CE + KD, BatchNorm with
+    /// batch statistics (the training step's pass) or frozen running
+    /// statistics; both stems.
+    #[test]
+    fn resnet_net_grads(n in 1usize..4, t in 1.0f32..5.0, imagenet: bool, frozen_bn: bool, seed: u64) {
+        let mut m = net_model(small_resnet(imagenet), n, t, seed);
+        m.net.bn_policy = if frozen_bn { BnPolicy::Frozen } else { BnPolicy::Train };
+        if frozen_bn {
+            // Running statistics away from their initial 0 / 1.
+            let b = B::new();
+            let mut rng = Rng::new(seed ^ 1);
+            for bn in m.net.batchnorms_mut() {
+                bn.running_mean = Tensor::from_vec(&b, &[bn.c], &uniform_vec(&mut rng, bn.c, -0.3, 0.3));
+                bn.running_var = Tensor::from_vec(&b, &[bn.c], &uniform_vec(&mut rng, bn.c, 0.5, 2.0));
+            }
+        }
+        let ids: Vec<ParamId> = m.net.params().iter().map(|p| p.id).collect();
+        // conv1, bn1 (2); block 1: 2 convs + 2 BNs (6); block 2: the same
+        // plus the projection (9); two heads (4).
+        prop_assert_eq!(ids.len(), 3 + 6 + 9 + 4);
+        let tol = Tol { h_rel: 2e-3, ..Tol::default() };
+        let rep = verdict(&mut m, &ids, seed, tol)?;
+        prop_assume!(rep.checked >= 5 * ids.len());
+    }
+}
+
+/// The ResNets the CLI offers have the layout and tensor names of
+/// torchvision's and their sizes, counted independently (by a script from
+/// the layer list): resnet18's trunk is 11,176,512 parameters
+/// (torchvision's 11,689,512 less fc's 513,000) and its forward pass at
+/// 224×224 is 1,814,073,344 multiply-adds with a 1000-class fc (the stem
+/// alone 118,013,952); resnet20 with projection shortcuts has 271,824
+/// (He et al.'s "0.27M").
+#[test]
+fn resnet_layouts_match_torchvision_names_and_counts() {
+    let b = B::new();
+    let net = Net::new(&b, ArchKind::Resnet18.build([3, 224, 224]), &mut Rng::new(0));
+    let names: Vec<&str> = net.params().iter().map(|p| p.name.as_str()).collect();
+    // torchvision's 62 parameter tensors less fc.weight and fc.bias.
+    assert_eq!(names.len(), 60);
+    assert_eq!(&names[..3], &["conv1.weight", "bn1.weight", "bn1.bias"]);
+    for want in ["layer1.0.conv1.weight", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.bias", "layer4.1.bn2.weight"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.starts_with("layer1.0.downsample")), "layer1 keeps its width: no projection");
+    let trunk: usize = net.params().iter().map(|p| p.value.shape.numel()).sum();
+    assert_eq!(trunk, 11_689_512 - 513_000);
+    assert_eq!(net.batchnorms().len(), 20);
+    let bn_values: usize = net.batchnorms().iter().map(|bn| 2 * bn.c).sum();
+    assert_eq!(net.arch.param_count(&[1000]), Some(11_689_512 + bn_values));
+    assert_eq!(net.arch.forward_flops(&[1000]), 2.0 * 1_814_073_344.0);
+    let stem = Conv2dParams { n: 1, c: 3, h: 224, w: 224, oc: 64, kh: 7, kw: 7, sh: 2, sw: 2, ph: 3, pw: 3 };
+    assert_eq!(stem.flops() / 2.0, 118_013_952.0);
+
+    let r20 = Net::new(&b, ArchKind::Resnet20.build([3, 32, 32]), &mut Rng::new(0));
+    let weights: usize = r20.params().iter().map(|p| p.value.shape.numel()).sum();
+    assert_eq!(weights, 271_824);
+    assert_eq!(r20.arch.hidden, 64);
 }
 
 // ---- frozen parameters, needs_grad --------------------------------------------------

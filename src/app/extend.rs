@@ -167,6 +167,7 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         sdc_sigma_chosen_by: report.drift.as_ref().map(|d| d.how.clone()),
         validation_accuracy: report.final_validation_accuracy(),
         selection: selection.clone(),
+        bn: (!net.batchnorms().is_empty()).then_some(req.hyper.bn),
     });
     add_task_fisher(&mut tr, &mut net, &new_view, meta.head_mode, t as u64 + 1, &cx, &mut state.fisher);
     let fisher = state.fisher.take().expect("just estimated");

@@ -152,6 +152,10 @@ pub struct Hyper {
     /// validation split read as 0.
     #[serde(default)]
     pub val_fraction: f64,
+    /// What BatchNorm layers do while a task trains (`--bn`); nets without
+    /// BatchNorm ignore it.
+    #[serde(default)]
+    pub bn: crate::nn::BnPolicy,
 }
 
 impl Default for Hyper {
@@ -174,6 +178,7 @@ impl Default for Hyper {
             class_stats: stats::StatsKind::Mean,
             sdc_sigma: stats::Sigma::default(),
             val_fraction: 0.1,
+            bn: crate::nn::BnPolicy::default(),
         }
     }
 }

@@ -114,7 +114,19 @@ impl<B: Backend> Trainer<B> {
         let mut phase = Phase { last_loss: f32::NAN, ..Phase::default() };
         let mut sgd = Sgd::new(hyper.sgd());
         let bs = hyper.batch_size;
-        let steps = examples.len().div_ceil(bs);
+        net.bn_policy = hyper.bn;
+        // Batch statistics of a single image are no statistics (its 1×1
+        // maps would have variance 0): refuse such batches up front, and fold
+        // an epoch's last batch of one into the batch before it.
+        let batch_stats = net.uses_batch_stats();
+        if batch_stats && (bs == 1 || examples.len() == 1) {
+            return Err(Error::Config(format!(
+                "{label}: BatchNorm cannot train on the statistics of one image (--batch-size {bs}, {} training images); \
+                 use a larger --batch-size or --bn frozen",
+                examples.len()
+            )));
+        }
+        let steps = examples.len().div_ceil(bs) - usize::from(batch_stats && examples.len() % bs == 1);
         let first = match self.session.as_mut() {
             None => 0,
             Some(s) => match s.start_phase(&self.b, net, &mut sgd, rng)? {
@@ -127,7 +139,13 @@ impl<B: Backend> Trainer<B> {
             let start = Instant::now();
             obs.phase(&format!("{label} epoch {}/{epochs}", epoch + 1), steps as u64);
             let order = rng.permutation(examples.len());
-            for (step, batch) in order.chunks(bs).enumerate() {
+            let mut batches: Vec<&[usize]> = order.chunks(bs).collect();
+            if batch_stats && batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
+                batches.pop();
+                let start = (batches.len() - 1) * bs;
+                *batches.last_mut().expect("two batches") = &order[start..];
+            }
+            for (step, &batch) in batches.iter().enumerate() {
                 let loss = self.step(net, split, norm, examples, batch, plan, hyper, &mut sgd);
                 if !loss.is_finite() {
                     obs.phase_done();

@@ -133,7 +133,7 @@ pub fn conv(
     let bound = 1.0 / ((c * k * k) as f32).sqrt();
     Conv2d {
         w: param(b, id, &[oc, c, k, k], &uniform_vec(rng, oc * c * k * k, -bound, bound), trainable),
-        b: param(b, id + 1, &[oc], &uniform_vec(rng, oc, -bound, bound), trainable),
+        b: Some(param(b, id + 1, &[oc], &uniform_vec(rng, oc, -bound, bound), trainable)),
         c,
         oc,
         k,
@@ -174,7 +174,7 @@ impl Leaf {
         let cin = n * h * w;
         let conv = Conv2d {
             w: param(b, id, &[c, cin, 1, 1], &uniform_vec(rng, c * cin, lo, hi), true),
-            b: param(b, id + 1, &[c], &vec![0.0; c], false),
+            b: Some(param(b, id + 1, &[c], &vec![0.0; c], false)),
             c: cin,
             oc: c,
             k: 1,
@@ -207,14 +207,14 @@ impl Leaf {
     pub fn params(&self) -> Vec<&Param<B>> {
         match self {
             Leaf::Mat { lin, .. } => vec![&lin.w, &lin.b],
-            Leaf::Img { conv, .. } => vec![&conv.w, &conv.b],
+            Leaf::Img { conv, .. } => conv.params(),
         }
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
         match self {
             Leaf::Mat { lin, .. } => vec![&mut lin.w, &mut lin.b],
-            Leaf::Img { conv, .. } => vec![&mut conv.w, &mut conv.b],
+            Leaf::Img { conv, .. } => conv.params_mut(),
         }
     }
 
@@ -232,10 +232,40 @@ pub fn relu_pattern(b: &B, tape: &Tape<'_, B>, y: Var) -> Vec<u32> {
 }
 
 /// Maxpool winners (first maximum, as the kernel) of a recorded input
-/// `x: (N, C, H, W)` for a `k×k` window with stride `s`.
-pub fn pool_pattern(b: &B, tape: &Tape<'_, B>, x: Var, k: usize, s: usize) -> Vec<u32> {
+/// `x: (N, C, H, W)` for a `k×k` window with stride `s` and `pad` cells of
+/// padding.
+pub fn pool_pattern(b: &B, tape: &Tape<'_, B>, x: Var, k: usize, s: usize, pad: usize) -> Vec<u32> {
     let d = tape.shape(x).dims().to_vec();
-    pool_winners(&b.download(tape.value(x)), d[2], d[3], k, s)
+    pool_winners_padded(&b.download(tape.value(x)), d[2], d[3], k, s, pad)
+}
+
+/// [`pool_winners`] with `pad` cells of −∞ padding on every side: each
+/// window is clipped to the plane (padding never wins).
+pub fn pool_winners_padded(xs: &[f32], h: usize, w: usize, k: usize, s: usize, pad: usize) -> Vec<u32> {
+    let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
+    let clip = |o: usize, len: usize| {
+        let start = (o * s) as i64 - pad as i64;
+        (start.max(0) as usize, ((start + k as i64).min(len as i64)) as usize)
+    };
+    let mut out = Vec::with_capacity(xs.len() / (h * w) * oh * ow);
+    for plane in xs.chunks(h * w) {
+        for oy in 0..oh {
+            let (y0, y1) = clip(oy, h);
+            for ox in 0..ow {
+                let (x0, x1) = clip(ox, w);
+                let mut best = y0 * w + x0;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        if plane[iy * w + ix] > plane[best] {
+                            best = iy * w + ix;
+                        }
+                    }
+                }
+                out.push(best as u32);
+            }
+        }
+    }
+    out
 }
 
 /// Index within its `h × w` plane of each `k×k`, stride-`s` window's first
