@@ -173,9 +173,10 @@ struct HyperArgs {
     /// 0 trains on all images.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
-    /// BatchNorm while a task trains (ResNets): train normalises with each
-    /// batch's statistics and updates the running ones (PyTorch's
-    /// model.train()); frozen keeps the running statistics as they were.
+    /// BatchNorm while a new task trains (ResNets; the first task always
+    /// trains it): train normalises with each batch's statistics and updates
+    /// the running ones (PyTorch's model.train()); frozen keeps the old
+    /// model's running statistics as they were.
     #[arg(long, value_enum, default_value_t = BnPolicy::Train)]
     bn: BnPolicy,
 }

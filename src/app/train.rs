@@ -78,7 +78,7 @@ fn train_on<B: Backend>(
         sdc_sigma_chosen_by: None,
         validation_accuracy: report.final_validation_accuracy(),
         selection: None,
-        bn: (!net.batchnorms().is_empty()).then_some(req.hyper.bn),
+        bn: (!net.batchnorms().is_empty()).then_some(crate::nn::BnPolicy::Train),
     });
     let stats = task_stats(&mut tr, &net, &view, &cx, req.hyper.class_stats);
     let mut fisher = None;

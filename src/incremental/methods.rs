@@ -13,7 +13,7 @@ use crate::data::split::TaskView;
 use crate::data::{Normalization, Split};
 use crate::error::Result;
 use crate::metrics::{TaskTiming, ValPoint};
-use crate::nn::{Arch, Net};
+use crate::nn::{Arch, BnPolicy, Net};
 use crate::rng::Rng;
 use std::time::Instant;
 
@@ -150,13 +150,16 @@ pub fn train_first_task<B: Backend>(
     };
     let plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
+    // A net trained from scratch has no running statistics worth keeping:
+    // `--bn` is a policy for new tasks, the first always trains BatchNorm.
+    let hyper = Hyper { bn: BnPolicy::Train, ..cx.hyper.clone() };
     let phase = tr.run_epochs(
         net,
         cx.split,
         cx.norm,
         &examples,
         &plan,
-        cx.hyper,
+        &hyper,
         cx.hyper.epochs,
         &mut rng,
         cx.obs,
