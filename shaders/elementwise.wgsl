@@ -156,3 +156,22 @@ fn add_squared(
     let x = as_x[i];
     as_y[i] = as_y[i] + p.alpha * x * x;
 }
+
+// ---- add: y = a + b (a residual connection's join) ----
+
+@group(0) @binding(1) var<storage, read> ad_a: array<f32>;
+@group(0) @binding(2) var<storage, read> ad_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ad_y: array<f32>;
+
+@compute @workgroup_size(WG)
+fn add(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let i = linear_id(wid, nwg, li);
+    if (i >= p.n) {
+        return;
+    }
+    ad_y[i] = ad_a[i] + ad_b[i];
+}

@@ -1,7 +1,12 @@
-// Max pooling without padding: x (N, C, H, W) → y (N, C, OH, OW).
-// Forward: one invocation per output cell; argmax is the winner's index
-// within its (H, W) plane, first maximum on ties (strict >, scanning the
-// window row by row, as the CPU backend).
+// Max pooling with `pad` cells of padding on every side:
+// x (N, C, H, W) → y (N, C, OH, OW), OH = (H + 2·pad − K) / S + 1.
+// The window of output cell (oy, ox) covers input rows oy·s − pad …
+// oy·s − pad + k − 1 (and the same for columns). Padding cells count as −∞
+// and never win, so the window is simply clipped to the plane: every window
+// keeps at least one real cell while pad < k (the host asserts it), and the
+// argmax is always a real cell's index within its (H, W) plane.
+// Forward: one invocation per output cell; first maximum on ties (strict >,
+// scanning the clipped window row by row, as the CPU backend).
 // Backward without atomics: one invocation per *input* cell, scanning the
 // output cells whose windows cover it and summing the dy of those that chose
 // it; dx += that sum.
@@ -18,7 +23,8 @@ struct Params {
     ow: u32,
     k: u32,
     s: u32,
-    _pad0: u32,
+    // Padding on every side, < k.
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,13 +55,20 @@ fn maxpool_fwd(
     let oy = o / p.ow;
     let ox = o - oy * p.ow;
     let base = plane * p.h * p.w;
-    let y0 = oy * p.s;
-    let x0 = ox * p.s;
+    // The window clipped to the plane, in unsigned arithmetic: its start
+    // max(o·s, pad) − pad, its end min(o·s + k − pad, len) (o·s + k > pad
+    // always, as k > pad).
+    let y0 = max(oy * p.s, p.pad) - p.pad;
+    let y1 = min(oy * p.s + p.k - p.pad, p.h);
+    let x0 = max(ox * p.s, p.pad) - p.pad;
+    let x1 = min(ox * p.s + p.k - p.pad, p.w);
+    // Start from the window's first real cell, never from a −∞ sentinel, so
+    // that a window of NaNs or −∞ still names one of its own cells.
     var best = y0 * p.w + x0;
     var bv = mf_x[base + best];
-    for (var ky = 0u; ky < p.k; ky = ky + 1u) {
-        for (var kx = 0u; kx < p.k; kx = kx + 1u) {
-            let idx = (y0 + ky) * p.w + x0 + kx;
+    for (var iy = y0; iy < y1; iy = iy + 1u) {
+        for (var ix = x0; ix < x1; ix = ix + 1u) {
+            let idx = iy * p.w + ix;
             let v = mf_x[base + idx];
             if (v > bv) {
                 bv = v;
@@ -88,17 +101,21 @@ fn maxpool_bwd(
     let cell = i - plane * hw;
     let iy = cell / p.w;
     let ix = cell - iy * p.w;
-    // Output rows whose window [oy·s, oy·s + k) holds iy.
+    // In padded coordinates (t = i + pad) the window of output o covers
+    // [o·s, o·s + k), so the outputs that cover t are
+    // ceil((t + 1 − k) / s) ≤ o ≤ t / s, clipped to the output plane.
+    let ty = iy + p.pad;
+    let tx = ix + p.pad;
     var oy_lo = 0u;
-    if (iy + 1u > p.k) {
-        oy_lo = (iy + 1u - p.k + p.s - 1u) / p.s;
+    if (ty + 1u > p.k) {
+        oy_lo = (ty + 1u - p.k + p.s - 1u) / p.s;
     }
-    let oy_hi = min(iy / p.s + 1u, p.oh);
+    let oy_hi = min(ty / p.s + 1u, p.oh);
     var ox_lo = 0u;
-    if (ix + 1u > p.k) {
-        ox_lo = (ix + 1u - p.k + p.s - 1u) / p.s;
+    if (tx + 1u > p.k) {
+        ox_lo = (tx + 1u - p.k + p.s - 1u) / p.s;
     }
-    let ox_hi = min(ix / p.s + 1u, p.ow);
+    let ox_hi = min(tx / p.s + 1u, p.ow);
     let obase = plane * p.oh * p.ow;
     var sum = 0.0;
     var hit = false;

@@ -2,7 +2,8 @@
 //! shapes (awkward sizes: not multiples of the tiles, several workgroups, a
 //! 1-D dispatch of more than 65535 workgroups) and random values; extreme KD
 //! logits; IGNORE_LABEL rows; accumulate semantics (every accumulating op is
-//! called twice on pre-filled outputs); and a whole cnn-s training step.
+//! called twice on pre-filled outputs); and whole training steps of cnn-s,
+//! cnn-m and a small ResNet-20 (BatchNorm, residual adds, average pooling).
 //!
 //! These run for real on Mesa's software Vulkan (lavapipe). Without an
 //! adapter they are skipped, each saying SKIPPED, unless `LWF_REQUIRE_GPU=1`
@@ -14,8 +15,10 @@ mod gpu;
 
 use gpu::{assert_close, check, check_both, close, gpu, gpu_tiled, rand_vec};
 use lwf_engine::backend::wgpu::WgpuBackend;
-use lwf_engine::backend::{Backend, Conv2dParams, CpuBackend, Gemm, PoolParams, SgdHyper, IGNORE_LABEL};
-use lwf_engine::nn::{Arch, Net};
+use lwf_engine::backend::{
+    Backend, BnParams, Conv2dParams, CpuBackend, Gemm, PoolParams, SgdHyper, IGNORE_LABEL,
+};
+use lwf_engine::nn::{Arch, ArchKind, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
 use lwf_engine::step::{sgd_step, BatchLoss, StepState};
@@ -282,6 +285,230 @@ fn maxpool_fwd_bwd() {
     });
 }
 
+/// Padded windows (the ResNet stem's k = 3, s = 2, pad = 1 among them) on
+/// odd sizes, with negative values: a padding cell counted as 0 instead of
+/// −∞ would win a window of negatives and show up in y and argmax.
+fn maxpool_padded_parity(g: &WgpuBackend, p: &PoolParams, seed: u64) -> R {
+    let c = cpu();
+    // Few distinct values: many ties, so "first maximum" is tested.
+    let x: Vec<f32> = rand_vec(seed, p.x_len(), -4.0, 2.0).iter().map(|v| v.floor()).collect();
+    let (mut gy, mut cy) = (g.upload(&vec![f32::NAN; p.y_len()]), c.zeros(p.y_len()));
+    let (mut ga, mut ca) = (g.upload_idx(&vec![u32::MAX; p.y_len()]), c.zeros_idx(p.y_len()));
+    g.maxpool2d_fwd(&mut gy, &mut ga, &g.upload(&x), p);
+    c.maxpool2d_fwd(&mut cy, &mut ca, &c.upload(&x), p);
+    prop_assert_eq!(g.download(&gy), c.download(&cy), "maxpool2d_fwd y {:?}", p);
+    prop_assert_eq!(g.download_idx(&ga), c.download_idx(&ca), "maxpool2d_fwd argmax {:?}", p);
+
+    let dy = rand_vec(seed ^ 1, p.y_len(), -1.0, 1.0);
+    let dx0 = rand_vec(seed ^ 2, p.x_len(), -1.0, 1.0);
+    let (mut gdx, mut cdx) = (g.upload(&dx0), c.upload(&dx0));
+    for _ in 0..2 {
+        g.maxpool2d_bwd(&mut gdx, &g.upload(&dy), &ga, p);
+        c.maxpool2d_bwd(&mut cdx, &c.upload(&dy), &ca, p);
+    }
+    // Overlapping windows (s < k) sum a cell's gradients in another order.
+    close(&format!("maxpool2d_bwd ×2 {p:?}"), &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)?;
+    g.maxpool2d_bwd_set(&mut gdx, &g.upload(&dy), &ga, p);
+    c.maxpool2d_bwd_set(&mut cdx, &c.upload(&dy), &ca, p);
+    close(&format!("maxpool2d_bwd_set {p:?}"), &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)
+}
+
+#[test]
+fn maxpool_padded_random() {
+    let strat = (1usize..3, 1usize..4, 1usize..14, 1usize..14, 1usize..5, 1usize..4, 0usize..4, any::<u64>())
+        .prop_filter_map("pad < k and the window fits the padded plane", |(n, c, h, w, k, s, pad, seed)| {
+            let p = PoolParams::new(n, c, h, w, k, s).padded(pad);
+            (pad < k && h + 2 * pad >= k && w + 2 * pad >= k).then_some((p, seed))
+        });
+    check(8, strat, |g, (p, seed)| maxpool_padded_parity(g, &p, seed));
+}
+
+/// The ResNet stem's pooling (k 3, s 2, pad 1) on odd and even sizes, and
+/// other padded windows whose geometry the random cases may miss.
+#[test]
+fn maxpool_padded_stem_shapes() {
+    let Some(g) = gpu() else { return };
+    let shapes = [
+        (2, 3, 7, 9, 3, 2, 1),
+        (1, 2, 15, 15, 3, 2, 1),
+        (1, 2, 16, 16, 3, 2, 1),
+        (1, 1, 2, 2, 3, 2, 1),
+        (1, 1, 1, 1, 3, 2, 1),
+        (2, 2, 9, 11, 3, 1, 1),
+        (1, 2, 11, 10, 2, 2, 1),
+        (1, 2, 13, 7, 5, 3, 2),
+    ];
+    for (i, (n, c, h, w, k, s, pad)) in shapes.into_iter().enumerate() {
+        let p = PoolParams::new(n, c, h, w, k, s).padded(pad);
+        if let Err(e) = maxpool_padded_parity(g, &p, 100 + i as u64) {
+            panic!("{e}");
+        }
+    }
+}
+
+// ---- batch normalisation and average pooling --------------------------------------
+
+/// BatchNorm geometry with channels of more and fewer values than a
+/// workgroup (count = N·HW from 1 to ~1200) and channel means far from 0.
+fn bn_case() -> impl Strategy<Value = (BnParams, f32, u64)> {
+    let hw = prop_oneof![1usize..10, 10usize..70, 200usize..400];
+    (1usize..4, 1usize..7, hw, prop_oneof![Just(0.0f32), Just(3.0), Just(-20.0)], any::<u64>())
+        .prop_map(|(n, c, hw, shift, seed)| (BnParams { n, c, hw, eps: 1e-5 }, shift, seed))
+}
+
+/// Per-channel values of `x` (N, C, HW) uniform in ±1 around `shift`, with
+/// a per-channel spread so that channels differ.
+fn bn_input(p: &BnParams, shift: f32, seed: u64) -> Vec<f32> {
+    let spread = rand_vec(seed ^ 9, p.c, 0.2, 2.0);
+    rand_vec(seed, p.x_len(), -1.0, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| shift + v * spread[(i / p.hw) % p.c])
+        .collect()
+}
+
+#[test]
+fn batchnorm_stats_and_fwd() {
+    check(8, bn_case(), |g, (p, shift, seed)| {
+        let c = cpu();
+        let x = bn_input(&p, shift, seed);
+        let (gx, cx) = (g.upload(&x), c.upload(&x));
+        // Outputs pre-filled with garbage: both ops overwrite.
+        let (mut gm, mut gv) = (g.upload(&vec![f32::NAN; p.c]), g.upload(&vec![7.0; p.c + 2]));
+        let (mut cm, mut cv) = (c.zeros(p.c), c.zeros(p.c + 2));
+        g.batchnorm_stats(&mut gm, &mut gv, &gx, &p);
+        c.batchnorm_stats(&mut cm, &mut cv, &cx, &p);
+        let (gmv, cmv) = (g.download(&gm), c.download(&cm));
+        close(&format!("batchnorm_stats mean {p:?}"), &gmv, &cmv, 1e-5, 1e-4)?;
+        let (gvv, cvv) = (g.download(&gv), c.download(&cv));
+        close(&format!("batchnorm_stats var {p:?}"), &gvv[..p.c], &cvv[..p.c], 1e-5, 1e-4)?;
+        prop_assert_eq!(&gvv[p.c..], &[7.0, 7.0][..], "batchnorm_stats wrote past C");
+
+        let gamma = rand_vec(seed ^ 3, p.c, 0.5, 1.5);
+        let beta = rand_vec(seed ^ 4, p.c, -1.0, 1.0);
+        let (gg, cg, gb, cb) = (g.upload(&gamma), c.upload(&gamma), g.upload(&beta), c.upload(&beta));
+        // With the batch's statistics (the CPU's, so that only the forward
+        // pass is compared), then with running-like ones.
+        let running_mean: Vec<f32> = rand_vec(seed ^ 5, p.c, -1.0, 1.0).iter().map(|m| m + shift).collect();
+        let running_var = rand_vec(seed ^ 6, p.c, 0.1, 3.0);
+        for (what, mean, var) in [("batch", &cmv, &cvv[..p.c]), ("running", &running_mean, &running_var[..])]
+        {
+            let mut gy = g.upload(&vec![f32::NAN; p.x_len()]);
+            let mut cy = c.zeros(p.x_len());
+            g.batchnorm_fwd(&mut gy, &gx, &g.upload(mean), &g.upload(var), &gg, &gb, &p);
+            c.batchnorm_fwd(&mut cy, &cx, &c.upload(mean), &c.upload(var), &cg, &cb, &p);
+            close(
+                &format!("batchnorm_fwd ({what} statistics) {p:?}"),
+                &g.download(&gy),
+                &c.download(&cy),
+                1e-5,
+                1e-4,
+            )?;
+        }
+        Ok(())
+    });
+}
+
+/// Every subset of {dx, dgamma, dbeta}, batch and running statistics,
+/// pre-filled outputs and two calls (every output accumulates).
+#[test]
+fn batchnorm_bwd_accumulates() {
+    check(10, (bn_case(), any::<bool>(), 0u8..8), |g, ((p, shift, seed), batch_stats, mask)| {
+        let c = cpu();
+        let x = bn_input(&p, shift, seed);
+        let dy = rand_vec(seed ^ 1, p.x_len(), -1.0, 1.0);
+        let gamma = rand_vec(seed ^ 3, p.c, 0.5, 1.5);
+        let (mean, var) = if batch_stats {
+            let (mut m, mut v) = (c.zeros(p.c), c.zeros(p.c));
+            c.batchnorm_stats(&mut m, &mut v, &c.upload(&x), &p);
+            (c.download(&m), c.download(&v))
+        } else {
+            let m: Vec<f32> = rand_vec(seed ^ 5, p.c, -1.0, 1.0).iter().map(|m| m + shift).collect();
+            (m, rand_vec(seed ^ 6, p.c, 0.1, 3.0))
+        };
+        let (want_dx, want_dg, want_db) = (mask & 1 != 0, mask & 2 != 0, mask & 4 != 0);
+        let dx0 = rand_vec(seed ^ 7, p.x_len(), -1.0, 1.0);
+        let dg0 = rand_vec(seed ^ 8, p.c, -1.0, 1.0);
+        let db0 = rand_vec(seed ^ 10, p.c, -1.0, 1.0);
+        let (mut gdx, mut cdx) = (g.upload(&dx0), c.upload(&dx0));
+        let (mut gdg, mut cdg) = (g.upload(&dg0), c.upload(&dg0));
+        let (mut gdb, mut cdb) = (g.upload(&db0), c.upload(&db0));
+        let (mut gs, mut cs) = (g.upload(&vec![f32::NAN; 2 * p.c]), c.zeros(2 * p.c));
+        let (gx, gdy, gm, gv, gg) =
+            (g.upload(&x), g.upload(&dy), g.upload(&mean), g.upload(&var), g.upload(&gamma));
+        let (cx, cdy, cm, cv, cg) =
+            (c.upload(&x), c.upload(&dy), c.upload(&mean), c.upload(&var), c.upload(&gamma));
+        for _ in 0..2 {
+            g.batchnorm_bwd(
+                want_dx.then_some(&mut gdx),
+                want_dg.then_some(&mut gdg),
+                want_db.then_some(&mut gdb),
+                &mut gs,
+                &gx,
+                &gdy,
+                &gm,
+                &gv,
+                &gg,
+                &p,
+                batch_stats,
+            );
+            c.batchnorm_bwd(
+                want_dx.then_some(&mut cdx),
+                want_dg.then_some(&mut cdg),
+                want_db.then_some(&mut cdb),
+                &mut cs,
+                &cx,
+                &cdy,
+                &cm,
+                &cv,
+                &cg,
+                &p,
+                batch_stats,
+            );
+        }
+        let what = format!("batchnorm_bwd ×2 (batch_stats {batch_stats}, mask {mask}) {p:?}");
+        // Sums over N·HW values, in f32 here and f64 on the CPU.
+        let stol = 1e-5 + 1e-6 * p.count() as f32;
+        close(&format!("{what}: sums"), &g.download(&gs), &c.download(&cs), stol, 1e-4)?;
+        close(&format!("{what}: dgamma"), &g.download(&gdg), &c.download(&cdg), stol, 1e-4)?;
+        close(&format!("{what}: dbeta"), &g.download(&gdb), &c.download(&cdb), stol, 1e-4)?;
+        close(&format!("{what}: dx"), &g.download(&gdx), &c.download(&cdx), 1e-5, 1e-4)?;
+        // Absent gradients are untouched.
+        for (want, got, init, name) in [
+            (want_dx, g.download(&gdx), &dx0, "dx"),
+            (want_dg, g.download(&gdg), &dg0, "dgamma"),
+            (want_db, g.download(&gdb), &db0, "dbeta"),
+        ] {
+            if !want {
+                prop_assert_eq!(&got, init, "{}: {} was None but changed", what, name);
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn avgpool_fwd_bwd() {
+    let inner = prop_oneof![Just(1usize), 1usize..80, 250usize..700];
+    check(8, (1usize..300, inner, any::<u64>()), |g, (rows, inner, seed)| {
+        let c = cpu();
+        let x = rand_vec(seed, rows * inner, -2.0, 2.0);
+        let (mut gy, mut cy) = (g.upload(&vec![f32::NAN; rows]), c.zeros(rows));
+        g.avgpool_fwd(&mut gy, &g.upload(&x), rows, inner);
+        c.avgpool_fwd(&mut cy, &c.upload(&x), rows, inner);
+        close(&format!("avgpool_fwd {rows}×{inner}"), &g.download(&gy), &c.download(&cy), 1e-6, 1e-5)?;
+
+        let dy = rand_vec(seed ^ 1, rows, -1.0, 1.0);
+        let dx0 = rand_vec(seed ^ 2, rows * inner, -1.0, 1.0);
+        let (mut gdx, mut cdx) = (g.upload(&dx0), c.upload(&dx0));
+        for _ in 0..2 {
+            g.avgpool_bwd(&mut gdx, &g.upload(&dy), rows, inner);
+            c.avgpool_bwd(&mut cdx, &c.upload(&dy), rows, inner);
+        }
+        close(&format!("avgpool_bwd ×2 {rows}×{inner}"), &g.download(&gdx), &c.download(&cdx), 1e-6, 1e-6)
+    });
+}
+
 // ---- elementwise and reductions ---------------------------------------------
 
 #[test]
@@ -315,6 +542,21 @@ fn elementwise_ops() {
         g.scale(&mut ga, 1.7);
         c.scale(&mut ca, 1.7);
         close("axpy, add_squared, scale", &g.download(&ga), &c.download(&ca), 1e-5, 1e-5)
+    });
+}
+
+/// The residual join: exact (one f32 addition either way), overwriting y.
+#[test]
+fn add_elementwise() {
+    check(8, (1usize..3000, any::<u64>()), |g, (n, seed)| {
+        let c = cpu();
+        let a = rand_vec(seed, n, -2.0, 2.0);
+        let b = rand_vec(seed ^ 1, n, -2.0, 2.0);
+        let (mut gy, mut cy) = (g.upload(&vec![f32::NAN; n]), c.zeros(n));
+        g.add(&mut gy, &g.upload(&a), &g.upload(&b));
+        c.add(&mut cy, &c.upload(&a), &c.upload(&b));
+        prop_assert_eq!(g.download(&gy), c.download(&cy));
+        Ok(())
     });
 }
 
@@ -565,7 +807,8 @@ fn cnn_s_training_step() {
 /// first layer's 3 input channels, a third block at 4×4).
 #[test]
 fn cnn_m_training_step() {
-    let arch = Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16, resnet: None };
+    let arch =
+        Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16, resnet: None };
     training_step_parity(&arch);
 }
 
@@ -578,6 +821,64 @@ fn training_step_parity(arch: &Arch) {
         assert_eq!(gp.len(), cp.len());
         for (i, (a, b)) in gp.iter().zip(&cp).enumerate() {
             assert_close(&format!("parameter {i} after 2 steps"), a, b, 1e-5, 1e-4);
+        }
+    }
+}
+
+/// One SGD step of a small ResNet-20 (CIFAR stem, three stages of three
+/// BasicBlocks, 2×2 maps at the last stage) on a batch of 4: BatchNorm with
+/// batch statistics, residual adds with and without a downsampling
+/// shortcut, global average pooling. The loss, every parameter after the
+/// step and every BatchNorm's running statistics agree with the CPU.
+#[test]
+fn resnet20_training_step() {
+    let (Some(g), Some(t)) = (gpu(), gpu_tiled()) else { return };
+    /// A BatchNorm's name, running mean and running variance.
+    type Running = (String, Vec<f32>, Vec<f32>);
+    fn step<B: Backend>(b: &B) -> (f32, Vec<Vec<f32>>, Vec<Running>) {
+        let arch = ArchKind::Resnet20.build([3, 8, 8]);
+        let mut rng = Rng::new(42);
+        let mut net = Net::new(b, arch, &mut rng);
+        net.add_head(b, &mut rng, &[0, 1, 2]);
+        let batch = 4;
+        let xs = rand_vec(5, batch * 3 * 8 * 8, -1.0, 1.0);
+        let labels: Vec<u32> = vec![0, 2, 1, 2];
+        let mut st = StepState::default();
+        let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
+        let loss = BatchLoss {
+            ce: vec![(0, labels.as_slice())],
+            kd: vec![],
+            temperature: 2.0,
+            kd_weight: 1.0,
+            anchors: None,
+        };
+        let value = sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, 3, 8, 8], &loss);
+        let params = net.params().iter().map(|p| p.value.to_vec(b)).collect();
+        let running = net
+            .batchnorms()
+            .iter()
+            .map(|bn| (bn.name.clone(), bn.running_mean.to_vec(b), bn.running_var.to_vec(b)))
+            .collect();
+        (value, params, running)
+    }
+    let (cl, cp, cr) = step(&cpu());
+    assert!(cl.is_finite(), "CPU loss {cl}");
+    assert!(!cr.is_empty(), "resnet20 has no BatchNorm layers");
+    // The step used batch statistics and folded them in: a test of the
+    // running statistics, not of their initial values.
+    assert!(cr.iter().all(|(_, m, _)| m.iter().any(|&v| v != 0.0)), "running means did not move");
+    for b in [g, t] {
+        let (gl, gp, gr) = step(b);
+        assert_close("loss", &[gl], &[cl], 1e-5, 1e-4);
+        assert_eq!(gp.len(), cp.len());
+        for (i, (a, b)) in gp.iter().zip(&cp).enumerate() {
+            assert_close(&format!("parameter {i} after the step"), a, b, 1e-5, 1e-4);
+        }
+        assert_eq!(gr.len(), cr.len());
+        for ((name, gm, gv), (cname, cm, cv)) in gr.iter().zip(&cr) {
+            assert_eq!(name, cname);
+            assert_close(&format!("{name} running_mean"), gm, cm, 1e-5, 1e-4);
+            assert_close(&format!("{name} running_var"), gv, cv, 1e-5, 1e-4);
         }
     }
 }
@@ -602,7 +903,8 @@ fn features_and_class_statistics() {
     );
     let norm = Normalization { mean: vec![0.5], std: vec![0.25] };
     fn outputs<B: Backend>(b: &B, split: &Split, norm: &Normalization) -> (Vec<f32>, Vec<f32>) {
-        let arch = Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16, resnet: None };
+        let arch =
+            Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16, resnet: None };
         let mut rng = Rng::new(42);
         let mut net = Net::new(b, arch, &mut rng);
         net.add_head(b, &mut rng, &[0, 1, 2]);

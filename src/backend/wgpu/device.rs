@@ -39,6 +39,9 @@ const MAX_COMMANDS: usize = 256;
 const MAX_GROUPS: usize = 4096;
 /// Largest workgroup count in one grid dimension (WebGPU's default limit).
 pub(super) const MAX_DIM: u32 = 65535;
+/// Storage buffers one dispatch may bind (the size of its bind-group cache
+/// key; the kernel table's rows are checked against it).
+pub(super) const MAX_BUFFERS: usize = 5;
 /// Upper bound of one scratch buffer, in f32 elements (256 MiB).
 const MAX_SCRATCH: usize = 1 << 26;
 
@@ -115,7 +118,7 @@ struct Pipe {
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     kernel: Kernel,
-    ids: [u64; 5],
+    ids: [u64; MAX_BUFFERS],
 }
 
 /// Everything recorded but not yet submitted.
@@ -393,7 +396,8 @@ impl Ctx {
         st.slots += 1;
         st.params.resize(offset, 0);
         st.params.extend_from_slice(bytemuck::bytes_of(params));
-        let mut ids = [0u64; 5];
+        assert!(bufs.len() <= MAX_BUFFERS, "{kernel:?}: more than {MAX_BUFFERS} buffers");
+        let mut ids = [0u64; MAX_BUFFERS];
         for (slot, b) in ids.iter_mut().zip(bufs) {
             *slot = b.id;
             st.touched.insert(b.id);

@@ -60,6 +60,7 @@ const LOSS: Family = family!("loss.wgsl" + common);
 const KD_LOSS: Family = family!("kd_loss.wgsl" + common);
 const SGD: Family = family!("sgd.wgsl" + common);
 const ANCHOR: Family = family!("anchor.wgsl" + common);
+const NORM: Family = family!("norm.wgsl" + common);
 
 /// What the host needs to build and feed one kernel's pipeline.
 #[derive(Debug)]
@@ -122,6 +123,7 @@ kernel_table! {
     Axpy:           ELEMENTWISE,  "axpy",            1 in, 1 out,    EwParams;
     Scale:          ELEMENTWISE,  "scale",           0 in, 1 out,    EwParams;
     AddSquared:     ELEMENTWISE,  "add_squared",     1 in, 1 out,    EwParams;
+    Add:            ELEMENTWISE,  "add",             2 in, 1 out,    EwParams;
     BiasGrad:       REDUCE,       "bias_grad",       1 in, 1 out,    ReduceParams;
     MaxRows:        REDUCE,       "max_rows",        1 in, 2 out,    ReduceParams;
     SumInto:        REDUCE,       "sum_into",        1 in, 1 out,    ReduceParams;
@@ -130,6 +132,15 @@ kernel_table! {
     KdLoss:         KD_LOSS,      "kd_loss",         2 in, 2 out,    KdUniform;
     SgdStep:        SGD,          "sgd_step",        1 in, 2 out,    SgdParams;
     AnchorPenalty:  ANCHOR,       "anchor_penalty",  3 in, 2 out,    AnchorParams;
+    BnStats:        NORM,         "bn_stats",        1 in, 2 out,    NormParams;
+    BnAffine:       NORM,         "bn_affine",       4 in, 1 out,    NormParams;
+    BnFwd:          NORM,         "bn_fwd",          2 in, 1 out,    NormParams;
+    BnBwdSums:      NORM,         "bn_bwd_sums",     4 in, 1 out,    NormParams;
+    BnAcc:          NORM,         "bn_acc",          1 in, 1 out,    NormParams;
+    BnBwdCoef:      NORM,         "bn_bwd_coef",     3 in, 1 out,    NormParams;
+    BnBwdDx:        NORM,         "bn_bwd_dx",       4 in, 1 out,    NormParams;
+    AvgpoolFwd:     NORM,         "avgpool_fwd",     1 in, 1 out,    NormParams;
+    AvgpoolBwd:     NORM,         "avgpool_bwd",     1 in, 1 out,    NormParams;
 }
 
 /// The families in order of first use in the table, each with its kernels:
@@ -203,7 +214,8 @@ pub(super) struct PoolUniform {
     pub ow: u32,
     pub k: u32,
     pub s: u32,
-    pub _pad: u32,
+    /// Padding cells on every side (`PoolParams::pad`), `< k`.
+    pub pad: u32,
 }
 
 /// WGSL twin: `Params` in shaders/elementwise.wgsl.
@@ -279,6 +291,20 @@ pub(super) struct AnchorParams {
     pub _pad1: [f32; 3],
 }
 
+/// WGSL twin: `Params` in shaders/norm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(super) struct NormParams {
+    pub total: u32,
+    pub c: u32,
+    pub hw: u32,
+    pub count: u32,
+    pub eps: f32,
+    pub inv_count: f32,
+    pub batch_stats: u32,
+    pub offset: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +343,16 @@ mod tests {
         }
         assert_eq!(size_of::<GemmParams>(), 80);
         assert_eq!(size_of::<ConvUniform>(), 64);
+    }
+
+    /// A dispatch's bind group is cached by the ids of at most
+    /// `device::MAX_BUFFERS` buffers; a row with more would alias entries.
+    #[test]
+    fn rows_fit_the_bind_group_key() {
+        for &k in Kernel::ALL {
+            let s = k.spec();
+            assert!((s.inputs + s.outputs) as usize <= super::super::device::MAX_BUFFERS, "{k:?}");
+        }
     }
 
     #[test]

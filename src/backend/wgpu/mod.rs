@@ -16,7 +16,7 @@ mod kernels;
 use super::{Backend, BnParams, Conv2dParams, Gemm, PoolParams, SgdHyper};
 use device::{lock, u, Ctx, RawBuf, Slot};
 use kernels::{
-    AnchorParams, ConvUniform, EwParams, GemmParams, KdUniform, Kernel, LossUniform, PoolUniform,
+    AnchorParams, ConvUniform, EwParams, GemmParams, KdUniform, Kernel, LossUniform, NormParams, PoolUniform,
     ReduceParams, SgdParams, WG,
 };
 use std::sync::Arc;
@@ -174,6 +174,68 @@ fn check_conv(p: &Conv2dParams, x_len: usize, w_len: usize, y_len: usize, op: &s
     assert!(y_len >= p.y_len(), "{op}: y has {y_len} elements, needs {} for {p:?}", p.y_len());
 }
 
+/// The geometry the pooling kernels rely on: a window that fits the padded
+/// plane, and padding narrower than the window (so every window holds a
+/// real cell, the only kind that can win).
+fn check_pool(p: &PoolParams, op: &str) {
+    assert!(p.k > 0 && p.s > 0, "{op}: zero window or stride: {p:?}");
+    assert!(p.pad < p.k, "{op}: padding {} not smaller than the window {}: {p:?}", p.pad, p.k);
+    assert!(
+        p.h + 2 * p.pad >= p.k && p.w + 2 * p.pad >= p.k,
+        "{op}: window larger than the padded input: {p:?}"
+    );
+}
+
+/// BatchNorm's buffers against its geometry: `x` (and the other
+/// `(N, C, HW)` buffers, checked by the caller) and every per-channel one.
+fn check_bn(p: &BnParams, x_len: usize, per_channel: &[(&str, usize)], op: &str) {
+    assert!(p.hw > 0, "{op}: empty planes (HW = 0) in {p:?}");
+    assert!(x_len >= p.x_len(), "{op}: x has {x_len} elements, needs {} for {p:?}", p.x_len());
+    for &(name, len) in per_channel {
+        assert!(len >= p.c, "{op}: {name} has {len} elements, needs C = {} for {p:?}", p.c);
+    }
+}
+
+/// The norm.wgsl uniform of a BatchNorm op over `total` invocations
+/// (`batch_stats` and `offset` zero).
+fn norm_params(p: &BnParams, total: usize) -> NormParams {
+    NormParams {
+        total: u(total),
+        c: u(p.c),
+        hw: u(p.hw),
+        count: u(p.count()),
+        eps: p.eps,
+        // The CPU divides by the count in f64 for the statistics and by
+        // `count as f32` for the backward's S/M: one f32 factor, within both.
+        inv_count: 1.0 / p.count().max(1) as f32,
+        ..Default::default()
+    }
+}
+
+/// Global average pooling's buffers: the per-row one (`y`, `dy`) and the
+/// `(rows, inner)` one (`x`, `dx`).
+fn check_avgpool(row_len: usize, plane_len: usize, rows: usize, inner: usize, op: &str, r: &str, x: &str) {
+    assert!(inner > 0, "{op}: empty rows (inner = 0)");
+    assert!(row_len >= rows, "{op}: {r} has {row_len} elements, needs {rows} rows");
+    assert!(
+        plane_len >= rows * inner,
+        "{op}: {x} has {plane_len} elements, needs {rows}×{inner} = {}",
+        rows * inner
+    );
+}
+
+/// The norm.wgsl uniform of an average pool: `(rows, inner)` planes, the
+/// CPU's f32 factor `1 / inner`.
+fn avgpool_params(total: usize, rows: usize, inner: usize) -> NormParams {
+    NormParams {
+        total: u(total),
+        c: u(rows),
+        hw: u(inner),
+        inv_count: 1.0 / inner as f32,
+        ..Default::default()
+    }
+}
+
 fn pool_uniform(p: &PoolParams, total: usize) -> PoolUniform {
     PoolUniform {
         total: u(total),
@@ -183,7 +245,7 @@ fn pool_uniform(p: &PoolParams, total: usize) -> PoolUniform {
         ow: u(p.ow()),
         k: u(p.k),
         s: u(p.s),
-        _pad: 0,
+        pad: u(p.pad),
     }
 }
 
@@ -400,7 +462,7 @@ impl Backend for WgpuBackend {
     }
 
     fn maxpool2d_fwd(&self, y: &mut WgpuBuf, argmax: &mut WgpuIdxBuf, x: &WgpuBuf, p: &PoolParams) {
-        assert!(p.k > 0 && p.s > 0 && p.h >= p.k && p.w >= p.k, "maxpool2d_fwd: bad geometry {p:?}");
+        check_pool(p, "maxpool2d_fwd");
         assert!(x.0.len >= p.x_len(), "maxpool2d_fwd: x has {} elements, needs {:?}", x.0.len, p);
         assert!(
             y.0.len >= p.y_len() && argmax.0.len >= p.y_len(),
@@ -412,7 +474,7 @@ impl Backend for WgpuBackend {
     }
 
     fn maxpool2d_bwd(&self, dx: &mut WgpuBuf, dy: &WgpuBuf, argmax: &WgpuIdxBuf, p: &PoolParams) {
-        assert!(p.k > 0 && p.s > 0 && p.h >= p.k && p.w >= p.k, "maxpool2d_bwd: bad geometry {p:?}");
+        check_pool(p, "maxpool2d_bwd");
         assert!(dx.0.len >= p.x_len(), "maxpool2d_bwd: dx too short for {p:?}");
         assert!(
             dy.0.len >= p.y_len() && argmax.0.len >= p.y_len(),
@@ -423,50 +485,132 @@ impl Backend for WgpuBackend {
         self.ctx.dispatch(Kernel::MaxpoolBwd, &pu, &[&dy.0, &argmax.0, &dx.0], self.ctx.grid_elems(total));
     }
 
-    fn batchnorm_stats(&self, _mean: &mut WgpuBuf, _var: &mut WgpuBuf, _x: &WgpuBuf, _p: &BnParams) {
-        todo!("wgpu batchnorm_stats")
+    // One workgroup per channel: the mean, then the squared deviations.
+    fn batchnorm_stats(&self, mean: &mut WgpuBuf, var: &mut WgpuBuf, x: &WgpuBuf, p: &BnParams) {
+        check_bn(p, x.0.len, &[("mean", mean.0.len), ("var", var.0.len)], "batchnorm_stats");
+        if p.x_len() == 0 {
+            return;
+        }
+        let np = norm_params(p, 0);
+        self.ctx.dispatch(Kernel::BnStats, &np, &[&x.0, &mean.0, &var.0], self.ctx.grid(p.c));
     }
 
+    // ab = the per-channel affine map (scratch), then y = x·a + b.
     fn batchnorm_fwd(
         &self,
-        _y: &mut WgpuBuf,
-        _x: &WgpuBuf,
-        _mean: &WgpuBuf,
-        _var: &WgpuBuf,
-        _gamma: &WgpuBuf,
-        _beta: &WgpuBuf,
-        _p: &BnParams,
+        y: &mut WgpuBuf,
+        x: &WgpuBuf,
+        mean: &WgpuBuf,
+        var: &WgpuBuf,
+        gamma: &WgpuBuf,
+        beta: &WgpuBuf,
+        p: &BnParams,
     ) {
-        todo!("wgpu batchnorm_fwd")
+        let per_channel =
+            [("mean", mean.0.len), ("var", var.0.len), ("gamma", gamma.0.len), ("beta", beta.0.len)];
+        check_bn(p, x.0.len, &per_channel, "batchnorm_fwd");
+        assert!(
+            y.0.len >= p.x_len(),
+            "batchnorm_fwd: y has {} elements, needs {} for {p:?}",
+            y.0.len,
+            p.x_len()
+        );
+        if p.x_len() == 0 {
+            return;
+        }
+        let np = norm_params(p, p.x_len());
+        let mut scr = lock(&self.ctx.scratch);
+        scr.ensure(&self.ctx, Slot::Rows, 2 * p.c);
+        let ab = scr.get(Slot::Rows);
+        let bufs = [&mean.0, &var.0, &gamma.0, &beta.0, ab];
+        self.ctx.dispatch(Kernel::BnAffine, &np, &bufs, self.ctx.grid_elems(p.c));
+        self.ctx.dispatch(Kernel::BnFwd, &np, &[&x.0, ab, &y.0], self.ctx.grid_elems(p.x_len()));
     }
 
+    // sums (one workgroup per channel); dbeta/dgamma += their half of sums;
+    // then, for dx, the per-channel constants (scratch) and the elementwise pass.
     fn batchnorm_bwd(
         &self,
-        _dx: Option<&mut WgpuBuf>,
-        _dgamma: Option<&mut WgpuBuf>,
-        _dbeta: Option<&mut WgpuBuf>,
-        _sums: &mut WgpuBuf,
-        _x: &WgpuBuf,
-        _dy: &WgpuBuf,
-        _mean: &WgpuBuf,
-        _var: &WgpuBuf,
-        _gamma: &WgpuBuf,
-        _p: &BnParams,
-        _batch_stats: bool,
+        dx: Option<&mut WgpuBuf>,
+        dgamma: Option<&mut WgpuBuf>,
+        dbeta: Option<&mut WgpuBuf>,
+        sums: &mut WgpuBuf,
+        x: &WgpuBuf,
+        dy: &WgpuBuf,
+        mean: &WgpuBuf,
+        var: &WgpuBuf,
+        gamma: &WgpuBuf,
+        p: &BnParams,
+        batch_stats: bool,
     ) {
-        todo!("wgpu batchnorm_bwd")
+        let mut per_channel = vec![("mean", mean.0.len), ("var", var.0.len), ("gamma", gamma.0.len)];
+        per_channel.extend(dgamma.as_ref().map(|d| ("dgamma", d.0.len)));
+        per_channel.extend(dbeta.as_ref().map(|d| ("dbeta", d.0.len)));
+        check_bn(p, x.0.len, &per_channel, "batchnorm_bwd");
+        assert!(
+            sums.0.len >= 2 * p.c,
+            "batchnorm_bwd: sums has {} elements, needs 2·C = {} for {p:?}",
+            sums.0.len,
+            2 * p.c
+        );
+        assert!(
+            dy.0.len >= p.x_len(),
+            "batchnorm_bwd: dy has {} elements, needs {} for {p:?}",
+            dy.0.len,
+            p.x_len()
+        );
+        if let Some(d) = &dx {
+            assert!(
+                d.0.len >= p.x_len(),
+                "batchnorm_bwd: dx has {} elements, needs {} for {p:?}",
+                d.0.len,
+                p.x_len()
+            );
+        }
+        if p.x_len() == 0 {
+            return;
+        }
+        let mut np = norm_params(p, p.x_len());
+        np.batch_stats = batch_stats as u32;
+        let sums = &sums.0;
+        self.ctx.dispatch(Kernel::BnBwdSums, &np, &[&x.0, &dy.0, &mean.0, &var.0, sums], self.ctx.grid(p.c));
+        let grid_c = self.ctx.grid_elems(p.c);
+        for (d, offset) in [(dbeta, 0), (dgamma, p.c)] {
+            if let Some(d) = d {
+                let np = NormParams { offset: u(offset), ..np };
+                self.ctx.dispatch(Kernel::BnAcc, &np, &[sums, &d.0], grid_c);
+            }
+        }
+        let Some(dx) = dx else { return };
+        let mut scr = lock(&self.ctx.scratch);
+        scr.ensure(&self.ctx, Slot::Rows, 4 * p.c);
+        let coef = scr.get(Slot::Rows);
+        self.ctx.dispatch(Kernel::BnBwdCoef, &np, &[&var.0, &gamma.0, sums, coef], grid_c);
+        let bufs = [&x.0, &dy.0, &mean.0, coef, &dx.0];
+        self.ctx.dispatch(Kernel::BnBwdDx, &np, &bufs, self.ctx.grid_elems(p.x_len()));
     }
 
-    fn avgpool_fwd(&self, _y: &mut WgpuBuf, _x: &WgpuBuf, _rows: usize, _inner: usize) {
-        todo!("wgpu avgpool_fwd")
+    fn avgpool_fwd(&self, y: &mut WgpuBuf, x: &WgpuBuf, rows: usize, inner: usize) {
+        check_avgpool(y.0.len, x.0.len, rows, inner, "avgpool_fwd", "y", "x");
+        let np = avgpool_params(rows, rows, inner);
+        self.ctx.dispatch(Kernel::AvgpoolFwd, &np, &[&x.0, &y.0], self.ctx.grid_elems(rows));
     }
 
-    fn avgpool_bwd(&self, _dx: &mut WgpuBuf, _dy: &WgpuBuf, _rows: usize, _inner: usize) {
-        todo!("wgpu avgpool_bwd")
+    fn avgpool_bwd(&self, dx: &mut WgpuBuf, dy: &WgpuBuf, rows: usize, inner: usize) {
+        check_avgpool(dy.0.len, dx.0.len, rows, inner, "avgpool_bwd", "dy", "dx");
+        let np = avgpool_params(rows * inner, rows, inner);
+        self.ctx.dispatch(Kernel::AvgpoolBwd, &np, &[&dy.0, &dx.0], self.ctx.grid_elems(rows * inner));
     }
 
-    fn add(&self, _y: &mut WgpuBuf, _a: &WgpuBuf, _b: &WgpuBuf) {
-        todo!("wgpu add")
+    fn add(&self, y: &mut WgpuBuf, a: &WgpuBuf, b: &WgpuBuf) {
+        assert!(
+            y.0.len == a.0.len && a.0.len == b.0.len,
+            "add: lengths differ (y {}, a {}, b {})",
+            y.0.len,
+            a.0.len,
+            b.0.len
+        );
+        self.ew(Kernel::Add, y.0.len, 0.0, &[&a.0, &b.0, &y.0]);
     }
 
     fn relu_fwd(&self, y: &mut WgpuBuf, x: &WgpuBuf) {
