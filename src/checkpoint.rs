@@ -362,7 +362,10 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
         used += 1;
     }
     for bn in net.batchnorms_mut() {
-        let (mean, var) = (bn_state(&st, &bn.name, "running_mean", bn.c, path)?, bn_state(&st, &bn.name, "running_var", bn.c, path)?);
+        let (mean, var) = (
+            bn_state(&st, &bn.name, "running_mean", bn.c, path)?,
+            bn_state(&st, &bn.name, "running_var", bn.c, path)?,
+        );
         if var.iter().any(|&v| v < 0.0) {
             return Err(bad(format!("tensor '{}.running_var' holds a negative variance", bn.name)));
         }
@@ -371,10 +374,15 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
         let name = format!("{}.num_batches_tracked", bn.name);
         let view = st.tensor(&name).map_err(|_| bad(format!("tensor '{name}' is missing")))?;
         if view.dtype() != Dtype::I64 || view.shape().iter().product::<usize>() != 1 {
-            return Err(bad(format!("tensor '{name}' is {:?} {:?}, expected an I64 scalar", view.dtype(), view.shape())));
+            return Err(bad(format!(
+                "tensor '{name}' is {:?} {:?}, expected an I64 scalar",
+                view.dtype(),
+                view.shape()
+            )));
         }
         let n = i64::from_le_bytes(view.data().try_into().expect("8 bytes"));
-        bn.num_batches_tracked = u64::try_from(n).map_err(|_| bad(format!("tensor '{name}' is negative ({n})")))?;
+        bn.num_batches_tracked =
+            u64::try_from(n).map_err(|_| bad(format!("tensor '{name}' is negative ({n})")))?;
         used += 3;
     }
     let mut fisher = Vec::new();
@@ -403,7 +411,11 @@ fn bn_state(st: &SafeTensors<'_>, name: &str, field: &str, c: usize, path: &Path
     let full = format!("{name}.{field}");
     let view = st.tensor(&full).map_err(|_| bad(format!("tensor '{full}' is missing")))?;
     if view.dtype() != Dtype::F32 || view.shape() != [c] {
-        return Err(bad(format!("tensor '{full}' is {:?} {:?}, expected F32 [{c}]", view.dtype(), view.shape())));
+        return Err(bad(format!(
+            "tensor '{full}' is {:?} {:?}, expected F32 [{c}]",
+            view.dtype(),
+            view.shape()
+        )));
     }
     let v = f32_from_bytes(view.data());
     if v.iter().any(|x| !x.is_finite()) {

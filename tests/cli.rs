@@ -1284,7 +1284,8 @@ fn resnets_train_extend_eval_on_a_colour_folder() {
 
     for (method, bn) in [("lwf", "train"), ("feature-extraction", "frozen"), ("lwf", "frozen")] {
         let m2 = t.path(&format!("r20-{method}-{bn}.safetensors"));
-        let args = ["extend", "--model", p(&m1), "--data", p(&new), "--method", method, "--bn", bn, "--out", p(&m2)];
+        let args =
+            ["extend", "--model", p(&m1), "--data", p(&new), "--method", method, "--bn", bn, "--out", p(&m2)];
         // Without batch statistics nothing renormalises the trunk's
         // activations while it trains: a smaller step keeps it stable here.
         let lr: &[&str] = if bn == "frozen" && method == "lwf" { &["--lr", "0.01"] } else { &[] };

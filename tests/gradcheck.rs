@@ -29,8 +29,8 @@ use common::*;
 use lwf_engine::autodiff::{Grads, Tape, Workspace};
 use lwf_engine::backend::{Backend, Conv2dParams, IGNORE_LABEL};
 use lwf_engine::nn::{Arch, ArchKind, BatchNorm2d, BnPolicy, Conv2d, Layer, Linear, Net, Param, ParamId};
-use lwf_engine::tensor::Tensor;
 use lwf_engine::rng::Rng;
+use lwf_engine::tensor::Tensor;
 use proptest::prelude::*;
 
 /// The op under test, between a leaf and the probe.
@@ -710,10 +710,18 @@ fn resnet_layouts_match_torchvision_names_and_counts() {
     // torchvision's 62 parameter tensors less fc.weight and fc.bias.
     assert_eq!(names.len(), 60);
     assert_eq!(&names[..3], &["conv1.weight", "bn1.weight", "bn1.bias"]);
-    for want in ["layer1.0.conv1.weight", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.bias", "layer4.1.bn2.weight"] {
+    for want in [
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.bias",
+        "layer4.1.bn2.weight",
+    ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
-    assert!(!names.iter().any(|n| n.starts_with("layer1.0.downsample")), "layer1 keeps its width: no projection");
+    assert!(
+        !names.iter().any(|n| n.starts_with("layer1.0.downsample")),
+        "layer1 keeps its width: no projection"
+    );
     let trunk: usize = net.params().iter().map(|p| p.value.shape.numel()).sum();
     assert_eq!(trunk, 11_689_512 - 513_000);
     assert_eq!(net.batchnorms().len(), 20);

@@ -33,8 +33,8 @@ mod direct;
 mod gemm;
 mod im2col;
 mod microgemm;
-mod norm;
 pub mod naive;
+mod norm;
 mod pool;
 mod rows;
 mod transpose;
@@ -239,7 +239,7 @@ impl Backend for CpuBackend {
             "conv2d_bias_maxpool_fwd: pooling {pool:?} does not fit the convolution's output {p:?}"
         );
         let path = self.conv_path(p);
-        if pool.k != 2 || pool.s != 2 || path == ConvPath::Im2col {
+        if pool.k != 2 || pool.s != 2 || pool.pad != 0 || path == ConvPath::Im2col {
             self.conv2d_fwd_bias(conv_out, x, w, bias, p);
             return self.maxpool2d_fwd(y, argmax, conv_out, pool);
         }
@@ -302,11 +302,27 @@ impl Backend for CpuBackend {
     }
 
     fn maxpool2d_fwd(&self, y: &mut CpuBuf, argmax: &mut CpuIdxBuf, x: &CpuBuf, p: &PoolParams) {
-        assert!(x.0.len() >= p.x_len() && p.pad < p.k, "maxpool2d_fwd: x has {} elements for {:?} (pad must be < k)", x.0.len(), p);
+        assert!(
+            x.0.len() >= p.x_len()
+                && p.pad < p.k
+                && p.h + 2 * p.pad >= p.k
+                && p.w + 2 * p.pad >= p.k
+                && p.s > 0,
+            "maxpool2d_fwd: x has {} elements for {p:?} (the window must fit the padded input, pad < k)",
+            x.0.len()
+        );
+        assert!(
+            y.0.len() >= p.y_len() && argmax.0.len() >= p.y_len(),
+            "maxpool2d_fwd: y/argmax too short for {p:?}"
+        );
         pool::fwd(&mut y.0, &mut argmax.0, &x.0, p);
     }
 
     fn maxpool2d_bwd(&self, dx: &mut CpuBuf, dy: &CpuBuf, argmax: &CpuIdxBuf, p: &PoolParams) {
+        assert!(
+            dx.0.len() >= p.x_len() && dy.0.len() >= p.y_len() && argmax.0.len() >= p.y_len(),
+            "maxpool2d_bwd: buffers too short for {p:?}"
+        );
         pool::bwd(&mut dx.0, &dy.0, &argmax.0, p, |_| {});
     }
 
@@ -332,7 +348,12 @@ impl Backend for CpuBackend {
         beta: &CpuBuf,
         p: &BnParams,
     ) {
-        check_bn(p, x.0.len().min(y.0.len()), &[mean.0.len(), var.0.len(), gamma.0.len(), beta.0.len()], "batchnorm_fwd");
+        check_bn(
+            p,
+            x.0.len().min(y.0.len()),
+            &[mean.0.len(), var.0.len(), gamma.0.len(), beta.0.len()],
+            "batchnorm_fwd",
+        );
         norm::fwd(&mut y.0, &x.0, &mean.0, &var.0, &gamma.0, &beta.0, p);
     }
 
