@@ -660,7 +660,8 @@ impl<'a, B: Backend> Tape<'a, B> {
                 // γ and β have distinct ids, so their two slots can be
                 // borrowed at once.
                 let (dgamma, dbeta) = pgrads.get_two_mut(l.w.id, l.b.id);
-                let dx = if nodes[x.i()].needs_grad { Some(grad_slot(b, ws, nodes, grads, *x)) } else { None };
+                let dx =
+                    if nodes[x.i()].needs_grad { Some(grad_slot(b, ws, nodes, grads, *x)) } else { None };
                 b.batchnorm_bwd(
                     dx,
                     dgamma,

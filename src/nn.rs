@@ -18,7 +18,11 @@ pub enum Layer<B: Backend> {
     Conv2d(Conv2d<B>),
     BatchNorm(BatchNorm2d<B>),
     Relu,
-    MaxPool2d { k: usize, s: usize, pad: usize },
+    MaxPool2d {
+        k: usize,
+        s: usize,
+        pad: usize,
+    },
     Flatten,
     Linear(Linear<B>),
     /// A residual BasicBlock (He et al. 2016).
@@ -244,7 +248,11 @@ impl ArchKind {
 
     /// This architecture for input images of (C, H, W).
     pub fn build(self, input: [usize; 3]) -> Arch {
-        let cifar = |blocks| ResNetSpec { stem: Stem::Cifar, stem_width: 16, stages: vec![(16, blocks), (32, blocks), (64, blocks)] };
+        let cifar = |blocks| ResNetSpec {
+            stem: Stem::Cifar,
+            stem_width: 16,
+            stages: vec![(16, blocks), (32, blocks), (64, blocks)],
+        };
         let imagenet = |blocks: [usize; 4]| ResNetSpec {
             stem: Stem::Imagenet,
             stem_width: 64,
@@ -340,7 +348,8 @@ impl Arch {
             // Convolutions without bias, each followed by a BatchNorm (γ, β,
             // and the running mean and variance stored beside them).
             for g in self.resnet_convs(spec) {
-                total = total.checked_add(g.oc.checked_mul(g.c)?.checked_mul(g.k * g.k)?.checked_add(4 * g.oc)?)?;
+                total = total
+                    .checked_add(g.oc.checked_mul(g.c)?.checked_mul(g.k * g.k)?.checked_add(4 * g.oc)?)?;
             }
             for &n in head_sizes {
                 total = total.checked_add(n.checked_mul(self.hidden)?.checked_add(n)?)?;
@@ -368,7 +377,11 @@ impl Arch {
     /// most and not multiply-adds.
     fn trunk_macs(&self) -> Vec<f64> {
         if let Some(spec) = &self.resnet {
-            return self.resnet_convs(spec).iter().map(|g| (g.oh * g.ow * g.oc * g.c * g.k * g.k) as f64).collect();
+            return self
+                .resnet_convs(spec)
+                .iter()
+                .map(|g| (g.oh * g.ow * g.oc * g.c * g.k * g.k) as f64)
+                .collect();
         }
         let [mut c, mut h, mut w] = self.input;
         let mut macs = Vec::with_capacity(self.conv.len() + 1);
@@ -508,7 +521,17 @@ impl<B: Backend> Net<B> {
             Stem::Imagenet => (7, 2),
         };
         let c0 = arch.input[0];
-        trunk.push(Layer::Conv2d(Conv2d::unbiased(b, rng, &mut ids, "conv1", c0, spec.stem_width, k, s, k / 2)));
+        trunk.push(Layer::Conv2d(Conv2d::unbiased(
+            b,
+            rng,
+            &mut ids,
+            "conv1",
+            c0,
+            spec.stem_width,
+            k,
+            s,
+            k / 2,
+        )));
         trunk.push(Layer::BatchNorm(BatchNorm2d::new(b, &mut ids, "bn1", spec.stem_width)));
         trunk.push(Layer::Relu);
         if spec.stem == Stem::Imagenet {

@@ -385,7 +385,7 @@ fn quadrants(rng: &mut Rng, count: usize) -> (Vec<f32>, Vec<u32>) {
 }
 
 fn small_arch() -> Arch {
-    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![4, 8], hidden: 16 }
+    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![4, 8], hidden: 16, resnet: None }
 }
 
 const HYPER: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 };
@@ -550,7 +550,7 @@ fn param_count_matches_the_built_net() {
         ([3, 12, 10], vec![4], 7, vec![2]),
         ([2, 8, 8], vec![3, 5, 6], 9, vec![]),
     ] {
-        let arch = Arch { name: "cnn-s".into(), input, conv, hidden };
+        let arch = Arch { name: "cnn-s".into(), input, conv, hidden, resnet: None };
         let mut net = Net::new(&b, arch.clone(), &mut Rng::new(0));
         for (j, &n) in heads.iter().enumerate() {
             net.add_head(&b, &mut Rng::new(1), &(0..n as u32).map(|c| c + 10 * j as u32).collect::<Vec<_>>());

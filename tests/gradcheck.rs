@@ -72,7 +72,9 @@ impl Chain {
         let mut ids = vec![self.leaf.id()];
         match &self.body {
             Body::Linear(l) => ids.extend([l.w.id, l.b.id]),
-            Body::Conv(c) | Body::ConvPool(c, _) => ids.extend([c.w.id, c.b.id]),
+            Body::Conv(c) | Body::ConvPool(c, _) => {
+                ids.extend([c.w.id, c.b.as_ref().expect("a biased convolution").id])
+            }
             _ => {}
         }
         ids
@@ -84,7 +86,9 @@ impl Model for Chain {
         let mut v = self.leaf.params();
         match &self.body {
             Body::Linear(l) => v.extend([&l.w, &l.b]),
-            Body::Conv(c) | Body::ConvPool(c, _) => v.extend([&c.w, &c.b]),
+            Body::Conv(c) | Body::ConvPool(c, _) => {
+                v.extend([&c.w, c.b.as_ref().expect("a biased convolution")])
+            }
             _ => {}
         }
         v.extend([&self.probe.w, &self.probe.b]);
@@ -94,7 +98,9 @@ impl Model for Chain {
         let mut v = self.leaf.params_mut();
         match &mut self.body {
             Body::Linear(l) => v.extend([&mut l.w, &mut l.b]),
-            Body::Conv(c) | Body::ConvPool(c, _) => v.extend([&mut c.w, &mut c.b]),
+            Body::Conv(c) | Body::ConvPool(c, _) => {
+                v.extend([&mut c.w, c.b.as_mut().expect("a biased convolution")])
+            }
             _ => {}
         }
         v.extend([&mut self.probe.w, &mut self.probe.b]);
@@ -120,7 +126,7 @@ impl Model for Chain {
             }
             Body::MaxPool { k, s } => {
                 pattern = pool_pattern(&b, tape, x, *k, *s);
-                tape.maxpool2d(x, *k, *s)
+                tape.maxpool2d(x, *k, *s, 0)
             }
             Body::Flatten => {
                 let f = tape.flatten(x);
@@ -472,24 +478,27 @@ fn trunk_pattern<'a>(
                 pattern.extend(relu_pattern(b, tape, y));
                 y
             }
-            Layer::MaxPool2d { k, s } => {
+            Layer::MaxPool2d { k, s, pad } => {
                 pattern.extend(pool_pattern(b, tape, h, *k, *s));
-                tape.maxpool2d(h, *k, *s)
+                tape.maxpool2d(h, *k, *s, *pad)
             }
             Layer::Flatten => tape.flatten(h),
             Layer::Linear(l) => tape.linear(h, l),
+            Layer::BatchNorm(_) | Layer::Basic(_) | Layer::GlobalAvgPool => {
+                panic!("trunk_pattern walks the plain CNN trunks only")
+            }
         };
     }
     pattern
 }
 
 fn small_arch() -> Arch {
-    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![3, 4], hidden: 8 }
+    Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![3, 4], hidden: 8, resnet: None }
 }
 
 /// cnn-m's shape at a small size: three conv blocks over 3-channel images.
 fn small_arch_m() -> Arch {
-    Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16 }
+    Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16, resnet: None }
 }
 
 fn net_model(arch: Arch, n: usize, t: f32, seed: u64) -> NetModel {

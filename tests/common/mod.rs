@@ -133,7 +133,7 @@ pub fn conv(
     let bound = 1.0 / ((c * k * k) as f32).sqrt();
     Conv2d {
         w: param(b, id, &[oc, c, k, k], &uniform_vec(rng, oc * c * k * k, -bound, bound), trainable),
-        b: param(b, id + 1, &[oc], &uniform_vec(rng, oc, -bound, bound), trainable),
+        b: Some(param(b, id + 1, &[oc], &uniform_vec(rng, oc, -bound, bound), trainable)),
         c,
         oc,
         k,
@@ -174,7 +174,7 @@ impl Leaf {
         let cin = n * h * w;
         let conv = Conv2d {
             w: param(b, id, &[c, cin, 1, 1], &uniform_vec(rng, c * cin, lo, hi), true),
-            b: param(b, id + 1, &[c], &vec![0.0; c], false),
+            b: Some(param(b, id + 1, &[c], &vec![0.0; c], false)),
             c: cin,
             oc: c,
             k: 1,
@@ -207,14 +207,14 @@ impl Leaf {
     pub fn params(&self) -> Vec<&Param<B>> {
         match self {
             Leaf::Mat { lin, .. } => vec![&lin.w, &lin.b],
-            Leaf::Img { conv, .. } => vec![&conv.w, &conv.b],
+            Leaf::Img { conv, .. } => vec![&conv.w, conv.b.as_ref().expect("a biased convolution")],
         }
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
         match self {
             Leaf::Mat { lin, .. } => vec![&mut lin.w, &mut lin.b],
-            Leaf::Img { conv, .. } => vec![&mut conv.w, &mut conv.b],
+            Leaf::Img { conv, .. } => vec![&mut conv.w, conv.b.as_mut().expect("a biased convolution")],
         }
     }
 

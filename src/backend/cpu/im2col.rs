@@ -174,7 +174,12 @@ pub fn centre_fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, p: 
     CENTRE.with(|wc| {
         let mut wc = wc.borrow_mut();
         centre_weights(&mut wc, w, p);
-        gemm_parallel(&mut y[..p.n * p.oc], &x[..p.n * p.c], &wc, Gemm::nn(p.n, p.oc, p.c).trans(false, true));
+        gemm_parallel(
+            &mut y[..p.n * p.oc],
+            &x[..p.n * p.c],
+            &wc,
+            Gemm::nn(p.n, p.oc, p.c).trans(false, true),
+        );
     });
     if let Some(bias) = bias {
         for row in y[..p.n * p.oc].chunks_exact_mut(p.oc) {
@@ -200,7 +205,12 @@ pub fn centre_bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams
         let mut g = g.borrow_mut();
         g.clear();
         g.resize(p.oc * p.c, 0.0);
-        gemm_parallel(&mut g, &dy[..p.n * p.oc], &x[..p.n * p.c], Gemm::nn(p.oc, p.c, p.n).trans(true, false));
+        gemm_parallel(
+            &mut g,
+            &dy[..p.n * p.oc],
+            &x[..p.n * p.c],
+            Gemm::nn(p.oc, p.c, p.n).trans(true, false),
+        );
         for (i, v) in g.iter().enumerate() {
             dw[i * taps + off] += v;
         }

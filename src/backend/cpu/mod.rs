@@ -33,8 +33,8 @@ mod direct;
 mod gemm;
 mod im2col;
 mod microgemm;
-mod norm;
 pub mod naive;
+mod norm;
 mod pool;
 mod rows;
 mod transpose;
@@ -311,7 +311,12 @@ impl Backend for CpuBackend {
     }
 
     fn maxpool2d_fwd(&self, y: &mut CpuBuf, argmax: &mut CpuIdxBuf, x: &CpuBuf, p: &PoolParams) {
-        assert!(x.0.len() >= p.x_len() && p.pad < p.k, "maxpool2d_fwd: x has {} elements for {:?} (pad must be < k)", x.0.len(), p);
+        assert!(
+            x.0.len() >= p.x_len() && p.pad < p.k,
+            "maxpool2d_fwd: x has {} elements for {:?} (pad must be < k)",
+            x.0.len(),
+            p
+        );
         pool::fwd(&mut y.0, &mut argmax.0, &x.0, p);
     }
 
@@ -341,7 +346,12 @@ impl Backend for CpuBackend {
         beta: &CpuBuf,
         p: &BnParams,
     ) {
-        check_bn(p, x.0.len().min(y.0.len()), &[mean.0.len(), var.0.len(), gamma.0.len(), beta.0.len()], "batchnorm_fwd");
+        check_bn(
+            p,
+            x.0.len().min(y.0.len()),
+            &[mean.0.len(), var.0.len(), gamma.0.len(), beta.0.len()],
+            "batchnorm_fwd",
+        );
         norm::fwd(&mut y.0, &x.0, &mean.0, &var.0, &gamma.0, &beta.0, p);
     }
 

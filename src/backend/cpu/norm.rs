@@ -96,23 +96,22 @@ pub fn bwd(
     let Some(dx) = dx else { return };
     let m = p.count() as f32;
     let (s1, s2) = (&*s1, &*s2);
-    let tasks = dx[..p.x_len()].par_chunks_mut(p.hw).zip(x.par_chunks(p.hw)).zip(dy.par_chunks(p.hw)).enumerate();
-    tasks.with_min_len(planes_per_task(p.hw)).for_each(
-        |(plane, ((dxp, xp), gp))| {
-            let c = plane % p.c;
-            let k = gamma[c] * inv[c];
-            if batch_stats {
-                // dx = γ/σ · (dy − S₁/M − x̂·S₂/M), x̂ = (x − mean)/σ.
-                let (mu, is) = (mean[c], inv[c]);
-                let (a, b) = (s1[c] / m, s2[c] / m);
-                for ((d, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
-                    *d += k * (g - a - (xv - mu) * is * b);
-                }
-            } else {
-                dxp.iter_mut().zip(gp).for_each(|(d, &g)| *d += k * g);
+    let tasks =
+        dx[..p.x_len()].par_chunks_mut(p.hw).zip(x.par_chunks(p.hw)).zip(dy.par_chunks(p.hw)).enumerate();
+    tasks.with_min_len(planes_per_task(p.hw)).for_each(|(plane, ((dxp, xp), gp))| {
+        let c = plane % p.c;
+        let k = gamma[c] * inv[c];
+        if batch_stats {
+            // dx = γ/σ · (dy − S₁/M − x̂·S₂/M), x̂ = (x − mean)/σ.
+            let (mu, is) = (mean[c], inv[c]);
+            let (a, b) = (s1[c] / m, s2[c] / m);
+            for ((d, &xv), &g) in dxp.iter_mut().zip(xp).zip(gp) {
+                *d += k * (g - a - (xv - mu) * is * b);
             }
-        },
-    );
+        } else {
+            dxp.iter_mut().zip(gp).for_each(|(d, &g)| *d += k * g);
+        }
+    });
 }
 
 /// `y[r] = mean of x[r, ..inner]`.
