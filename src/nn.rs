@@ -26,7 +26,7 @@ pub enum Layer<B: Backend> {
     Flatten,
     Linear(Linear<B>),
     /// A residual BasicBlock (He et al. 2016).
-    Basic(BasicBlock<B>),
+    Basic(Box<BasicBlock<B>>),
     /// (N, C, H, W) → (N, C), each plane's mean.
     GlobalAvgPool,
 }
@@ -542,7 +542,7 @@ impl<B: Backend> Net<B> {
             for j in 0..blocks {
                 let stride = if i > 0 && j == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{j}", i + 1);
-                trunk.push(Layer::Basic(BasicBlock::new(b, rng, &mut ids, &name, c, oc, stride)));
+                trunk.push(Layer::Basic(Box::new(BasicBlock::new(b, rng, &mut ids, &name, c, oc, stride))));
                 c = oc;
             }
         }
@@ -749,7 +749,7 @@ impl<B: Backend> Net<B> {
                 &Layer::MaxPool2d { k, s, pad } => Layer::MaxPool2d { k, s, pad },
                 Layer::Flatten => Layer::Flatten,
                 Layer::Linear(l) => Layer::Linear(l.duplicate(b)),
-                Layer::Basic(blk) => Layer::Basic(blk.duplicate(b)),
+                Layer::Basic(blk) => Layer::Basic(Box::new(blk.duplicate(b))),
                 Layer::GlobalAvgPool => Layer::GlobalAvgPool,
             })
             .collect();

@@ -133,7 +133,7 @@ fn checkpoint_bytes() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
         let b = CpuBackend::new();
-        let arch = Arch { name: "cnn-s".into(), input: [1, 4, 4], conv: vec![2], hidden: 3 };
+        let arch = Arch { name: "cnn-s".into(), input: [1, 4, 4], conv: vec![2], hidden: 3, resnet: None };
         let mut net = Net::<B>::new(&b, arch.clone(), &mut Rng::new(1));
         net.add_head(&b, &mut Rng::new(2), &[0, 1]);
         net.add_head(&b, &mut Rng::new(3), &[2]);
@@ -301,7 +301,7 @@ proptest! {
 // ---- training-state files -------------------------------------------------------------
 
 fn small_net(b: &CpuBackend) -> Net<B> {
-    let arch = Arch { name: "cnn-s".into(), input: [1, 4, 4], conv: vec![2], hidden: 3 };
+    let arch = Arch { name: "cnn-s".into(), input: [1, 4, 4], conv: vec![2], hidden: 3, resnet: None };
     let mut net = Net::<B>::new(b, arch, &mut Rng::new(1));
     net.add_head(b, &mut Rng::new(2), &[0, 1]);
     net

@@ -342,7 +342,7 @@ fn sigma_flag_parses_and_rejects() {
 // ---- 3. checkpoints ----------------------------------------------------------------------
 
 fn small_model(b: &B) -> (Net<B>, Meta) {
-    let arch = Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![2], hidden: 5 };
+    let arch = Arch { name: "cnn-s".into(), input: [1, 8, 8], conv: vec![2], hidden: 5, resnet: None };
     let mut net = Net::new(b, arch.clone(), &mut Rng::new(1));
     net.add_head(b, &mut Rng::new(2), &[0, 1]);
     net.add_head(b, &mut Rng::new(3), &[2]);

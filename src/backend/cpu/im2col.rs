@@ -378,13 +378,16 @@ mod tests {
         }
     }
 
+    /// n, c, h, w, oc, kh, kw, stride, pad.
+    type Shape = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
+
     /// Odd batches (partial chunks: up to 37 images of 1×1 outputs, 9 a
     /// chunk), strides 1-3, pads 0-3, rectangular kernels and maps, and the
     /// late-ResNet shapes (4×4, 2×2 and 1×1 maps, stride 2, 1×1 shortcuts).
     #[test]
     fn chunked_and_centre_paths_match_naive() {
         #[rustfmt::skip]
-        let shapes: [(usize, usize, usize, usize, usize, usize, usize, usize, usize); 16] = [
+        let shapes: [Shape; 16] = [
             // n, c, h, w, oc, kh, kw, stride, pad
             (37, 5, 1, 1, 7, 3, 3, 1, 1),   // centre tap, odd batch
             (33, 6, 1, 1, 3, 1, 1, 1, 0),   // 1×1 conv on a 1×1 map
