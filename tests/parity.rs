@@ -565,7 +565,8 @@ fn cnn_s_training_step() {
 /// first layer's 3 input channels, a third block at 4×4).
 #[test]
 fn cnn_m_training_step() {
-    let arch = Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16, resnet: None };
+    let arch =
+        Arch { name: "cnn-m".into(), input: [3, 16, 16], conv: vec![4, 8, 8], hidden: 16, resnet: None };
     training_step_parity(&arch);
 }
 
@@ -602,7 +603,8 @@ fn features_and_class_statistics() {
     );
     let norm = Normalization { mean: vec![0.5], std: vec![0.25] };
     fn outputs<B: Backend>(b: &B, split: &Split, norm: &Normalization) -> (Vec<f32>, Vec<f32>) {
-        let arch = Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16, resnet: None };
+        let arch =
+            Arch { name: "cnn-s".into(), input: [1, 12, 12], conv: vec![4, 8], hidden: 16, resnet: None };
         let mut rng = Rng::new(42);
         let mut net = Net::new(b, arch, &mut rng);
         net.add_head(b, &mut rng, &[0, 1, 2]);
