@@ -785,4 +785,37 @@ mod tests {
         // head's weight gradient only.
         assert_eq!(arch.head_train_flops(&[5], &[5]), 2.0 * macs + 2.0 * 1_280.0);
     }
+
+    /// resnet18 counted by hand, layer by layer, at 224×224 (torchvision's
+    /// published ≈ 1.82 G multiply-adds) and at 32×32, where every map is 7×
+    /// smaller on each side (112→16 after the stem, 56→8, 28→4, 14→2, 7→1),
+    /// so the count is exactly 49× smaller.
+    #[test]
+    fn flops_of_resnet18_match_a_hand_count() {
+        // Multiply-adds of the convolutions at an output map of s×s after
+        // the stem (s = 112 at 224×224): stem 7×7 3→64 at s; layer1: four
+        // 3×3 64→64 at s/2; layers 2-4 (width c, map t): a stride-2 3×3
+        // c/2→c, three 3×3 c→c, the 1×1 stride-2 c/2→c shortcut.
+        let hand = |s: usize| {
+            let sq = |t: usize| (t * t) as f64;
+            let mut macs = sq(s) * 64.0 * 3.0 * 49.0 + 4.0 * sq(s / 2) * 64.0 * 64.0 * 9.0;
+            for (c, t) in [(128.0, s / 4), (256.0, s / 8), (512.0, s / 16)] {
+                macs += sq(t) * c * (c / 2.0) * 9.0 + 3.0 * sq(t) * c * c * 9.0 + sq(t) * c * (c / 2.0);
+            }
+            macs
+        };
+        let big = ArchKind::Resnet18.build([3, 224, 224]);
+        let fc = 512.0 * 1000.0;
+        assert_eq!(big.forward_flops(&[1000]), 2.0 * (hand(112) + fc));
+        // torchvision's figure, 1.814 G multiply-adds with the fc layer.
+        assert!((big.forward_flops(&[1000]) / 2.0 - 1.814e9).abs() < 0.005e9);
+        let small = ArchKind::Resnet18.build([3, 32, 32]);
+        let macs = hand(16);
+        assert_eq!(macs * 49.0, hand(112));
+        assert!((macs - 37.0e6).abs() < 0.1e6, "{macs}");
+        assert_eq!(small.forward_flops(&[5]), 2.0 * (macs + 512.0 * 5.0));
+        // Training: forward, weight gradients, and input gradients but the stem's.
+        let stem = 16.0 * 16.0 * 64.0 * 3.0 * 49.0;
+        assert_eq!(small.train_flops(&[5]), 3.0 * small.forward_flops(&[5]) - 2.0 * stem);
+    }
 }

@@ -1,8 +1,8 @@
 //! The CPU backend: `matrixmultiply`'s SIMD sgemm for every dense product;
 //! convolutions by Winograd F(2×2,3×3) ([`winograd`]), a direct AVX2 kernel
-//! for the tiny-patch first layer ([`direct`]) or im2col/col2im + sgemm
-//! ([`im2col`]; see `ConvPath`); rayon over the batch (or over rows/planes)
-//! for the rest. matrixmultiply's own threading stays off (its pool would
+//! for the tiny-patch first layer ([`direct`]), im2col/col2im + one sgemm
+//! per chunk of images, or the centre tap of a 1×1 map ([`im2col`]; see
+//! `ConvPath`); rayon over the batch (or over rows/planes) for the rest. matrixmultiply's own threading stays off (its pool would
 //! fight rayon's for the cores; on a 2-vCPU machine that was measured to be
 //! far slower): convolutions run in parallel over the batch, and a big
 //! single product (a linear layer) is cut into one block of C per rayon
@@ -82,6 +82,10 @@ enum ConvPath {
     /// backward-weight (from the pooled gradient when the layer is pooled).
     Direct,
     Im2col,
+    /// A 1×1 map under an odd kernel padded by half its size: only the
+    /// centre tap meets the image ([`im2col::centre_tap_applies`]), one
+    /// gemm over the batch.
+    CentreTap,
 }
 
 impl CpuBackend {
@@ -103,12 +107,15 @@ impl CpuBackend {
             ConvPath::Winograd => winograd::fwd(&mut y.0, &x.0, &w.0, bias, p),
             ConvPath::Direct => direct::fwd(&mut y.0, &x.0, &w.0, bias, p),
             ConvPath::Im2col => im2col::fwd(&mut y.0, &x.0, &w.0, bias, p),
+            ConvPath::CentreTap => im2col::centre_fwd(&mut y.0, &x.0, &w.0, bias, p),
         }
     }
 
     fn conv_path(&self, p: &Conv2dParams) -> ConvPath {
         if self.im2col_only {
             ConvPath::Im2col
+        } else if im2col::centre_tap_applies(p) {
+            ConvPath::CentreTap
         } else if winograd::applies(p) {
             ConvPath::Winograd
         } else if direct::applies(p) {
@@ -239,7 +246,11 @@ impl Backend for CpuBackend {
             "conv2d_bias_maxpool_fwd: pooling {pool:?} does not fit the convolution's output {p:?}"
         );
         let path = self.conv_path(p);
-        if pool.k != 2 || pool.s != 2 || pool.pad != 0 || path == ConvPath::Im2col {
+        if pool.k != 2
+            || pool.s != 2
+            || pool.pad != 0
+            || !matches!(path, ConvPath::Winograd | ConvPath::Direct)
+        {
             self.conv2d_fwd_bias(conv_out, x, w, bias, p);
             return self.maxpool2d_fwd(y, argmax, conv_out, pool);
         }
@@ -262,6 +273,7 @@ impl Backend for CpuBackend {
         match self.conv_path(p) {
             ConvPath::Winograd => winograd::bwd_data(&mut dx.0, &dy.0, &w.0, p),
             ConvPath::Direct | ConvPath::Im2col => im2col::bwd_data(&mut dx.0, &dy.0, &w.0, p),
+            ConvPath::CentreTap => im2col::centre_bwd_data(&mut dx.0, &dy.0, &w.0, p),
         }
     }
 
@@ -273,6 +285,7 @@ impl Backend for CpuBackend {
             ConvPath::Winograd => winograd::bwd_weight(dw, x, dy, p, partials),
             ConvPath::Direct => direct::bwd_weight(dw, x, dy, p, partials),
             ConvPath::Im2col => im2col::bwd_weight(dw, x, dy, p, partials),
+            ConvPath::CentreTap => im2col::centre_bwd_weight(dw, x, dy, p),
         }
     }
 

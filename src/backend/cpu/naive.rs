@@ -54,6 +54,48 @@ pub fn conv2d(x: &[f32], w: &[f32], p: &Conv2dParams) -> Vec<f32> {
     y
 }
 
+/// `dx += ∂⟨conv(x, w), dy⟩/∂x`, straight from the definition (f64 sums).
+pub fn conv2d_bwd_data(dx: &mut [f32], dy: &[f32], w: &[f32], p: &Conv2dParams) {
+    let mut acc = vec![0.0f64; p.x_len()];
+    conv_taps(p, |xi, wi, yi| acc[xi] += w[wi] as f64 * dy[yi] as f64);
+    dx.iter_mut().zip(&acc).for_each(|(d, a)| *d += *a as f32);
+}
+
+/// `dw += ∂⟨conv(x, w), dy⟩/∂w`, straight from the definition (f64 sums).
+pub fn conv2d_bwd_weight(dw: &mut [f32], x: &[f32], dy: &[f32], p: &Conv2dParams) {
+    let mut acc = vec![0.0f64; p.w_len()];
+    conv_taps(p, |xi, wi, yi| acc[wi] += x[xi] as f64 * dy[yi] as f64);
+    dw.iter_mut().zip(&acc).for_each(|(d, a)| *d += *a as f32);
+}
+
+/// Every (input, weight, output) index triple of a convolution that meets
+/// the image (padding skipped).
+fn conv_taps(p: &Conv2dParams, mut f: impl FnMut(usize, usize, usize)) {
+    let (oh, ow) = (p.oh(), p.ow());
+    for n in 0..p.n {
+        for o in 0..p.oc {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let yi = ((n * p.oc + o) * oh + oy) * ow + ox;
+                    for c in 0..p.c {
+                        for ki in 0..p.kh {
+                            for kj in 0..p.kw {
+                                let iy = (oy * p.sh + ki) as isize - p.ph as isize;
+                                let ix = (ox * p.sw + kj) as isize - p.pw as isize;
+                                if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * p.c + c) * p.h + iy as usize) * p.w + ix as usize;
+                                f(xi, ((o * p.c + c) * p.kh + ki) * p.kw + kj, yi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Unfused distillation loss and gradient, written the way a framework
 /// composes it: softmax(zt/T), log_softmax(zs/T), their product summed,
 /// then softmax(zs/T) again for the gradient. Returns (loss, dzs).

@@ -38,8 +38,29 @@ const MIN_CHANNELS: usize = 4;
 
 /// Whether the Winograd path computes this convolution.
 pub fn applies(p: &Conv2dParams) -> bool {
-    p.kh == 3 && p.kw == 3 && p.sh == 1 && p.sw == 1 && p.ph == 1 && p.pw == 1 && p.c >= MIN_CHANNELS
+    p.kh == 3
+        && p.kw == 3
+        && p.sh == 1
+        && p.sw == 1
+        && p.ph == 1
+        && p.pw == 1
+        && p.c >= MIN_CHANNELS
+        && p.h.min(p.w) >= min_side()
 }
+
+/// Maps narrower than this (in either direction) go to im2col instead:
+/// a 2×2 map is one tile whose 4×4 input is mostly padding, and its
+/// kernels' transform is as costly as on a large map. `LWF_WINOGRAD_MIN_SIDE`
+/// overrides the default, for benchmarking the two paths on whole runs.
+fn min_side() -> usize {
+    static SIDE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIDE.get_or_init(|| {
+        std::env::var("LWF_WINOGRAD_MIN_SIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(MIN_SIDE)
+    })
+}
+
+/// The default of [`min_side`].
+const MIN_SIDE: usize = 3;
 
 /// Images per block for planes of `h × w`.
 fn block_images(t: Tiling) -> usize {
@@ -111,14 +132,40 @@ fn kernel_bwd(du: &[f32; XI]) -> [f32; 9] {
 /// backward-data kernels (out = the layer's input channels, rotated 180°).
 fn transform_kernels(u: &mut [f32], w: &[f32], layer_oc: usize, layer_c: usize, swap: bool) {
     let (out, inp) = if swap { (layer_c, layer_oc) } else { (layer_oc, layer_c) };
-    for k in 0..layer_oc {
+    assert!(u.len() >= XI * out * inp && w.len() >= layer_oc * layer_c * 9);
+    let u_ptr = KernelPtr(u.as_mut_ptr());
+    // One task per layer output channel `k`: it writes the elements whose
+    // (o, i) has its `k` (o = k forward, i = k backward-data), disjoint
+    // from every other task's. The late ResNet layers (512 × 512 kernels)
+    // made this serial loop a quarter of a step's samples.
+    let one = |k: usize| {
         for c in 0..layer_c {
             let t = kernel_fwd(&w[(k * layer_c + c) * 9..][..9], swap);
             let (o, i) = if swap { (c, k) } else { (k, c) };
             for (xi, v) in t.iter().enumerate() {
-                u[(xi * out + o) * inp + i] = *v;
+                // SAFETY: in bounds by the assert above; no other task
+                // writes this (o, i) (see above), and `u` outlives the loop.
+                unsafe { *u_ptr.get().add((xi * out + o) * inp + i) = *v };
             }
         }
+    };
+    if layer_oc * layer_c >= 4096 {
+        (0..layer_oc).into_par_iter().for_each(one);
+    } else {
+        (0..layer_oc).for_each(one);
+    }
+}
+
+/// `u`'s pointer, shared by the tasks of [`transform_kernels`].
+#[derive(Clone, Copy)]
+struct KernelPtr(*mut f32);
+// SAFETY: each task writes a disjoint set of elements (transform_kernels).
+unsafe impl Send for KernelPtr {}
+unsafe impl Sync for KernelPtr {}
+impl KernelPtr {
+    // A method, so closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
