@@ -33,6 +33,9 @@ enum Cmd {
     Train(TrainArgs),
     /// Add new classes to a saved model using only the new data (LwF by default).
     Extend(ExtendArgs),
+    /// Turn your own trained PyTorch classifier (a state_dict saved with
+    /// safetensors) into a model that extend, eval and predict take.
+    Import(ImportArgs),
     /// Accuracy of a saved model on the test split of a data set.
     Eval(EvalArgs),
     /// Class names and probabilities for each image of image files, folders or IDX/NPY files.
@@ -334,6 +337,60 @@ struct ExtendArgs {
 }
 
 #[derive(Args)]
+struct ImportArgs {
+    /// The classifier's architecture; its state_dict's tensor names and
+    /// shapes must be this architecture's (torchvision's for resnet18/34).
+    #[arg(long, value_enum)]
+    arch: ArchKind,
+    /// The weights: `save_file(model.state_dict(), "model.safetensors")`
+    /// (pickled .pt/.pth files are refused: unpickling runs code).
+    #[arg(long)]
+    weights: PathBuf,
+    /// The final layer's classes, one per row in order: names (e.g.
+    /// `cat,dog,frog`) or ids (`0-9`).
+    #[arg(long, required_unless_present = "classes_file", conflicts_with = "classes_file")]
+    classes: Option<ClassList>,
+    /// The final layer's class names, one per line (e.g. ImageNet's 1000).
+    #[arg(long)]
+    classes_file: Option<PathBuf>,
+    /// The images the classifier was trained on: HxW (or N for N×N).
+    #[arg(long, value_name = "HxW", value_parser = parse_image_size)]
+    image_size: (usize, usize),
+    /// Image channels (3: RGB, 1: grey).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// The training normalisation's per-channel means (pixels in [0, 1]),
+    /// e.g. ImageNet's 0.485,0.456,0.406.
+    #[arg(long, value_delimiter = ',', required = true, allow_hyphen_values = true)]
+    norm_mean: Vec<f32>,
+    /// Its per-channel standard deviations, e.g. 0.229,0.224,0.225.
+    #[arg(long, value_delimiter = ',', required = true)]
+    norm_std: Vec<f32>,
+    /// Images of the classes the classifier knows, if you still have some
+    /// (an image folder with their names, or IDX/NPY data for ids): class
+    /// statistics and EWC's Fisher are measured on them.
+    #[arg(long)]
+    data: Option<String>,
+    /// Image folder without train/ and test/: the share held out to report
+    /// the imported model's accuracy.
+    #[arg(long, default_value_t = 0.2, value_parser = parse_fraction)]
+    test_fraction: f64,
+    /// Head mode the model will be extended in (see extend --head-mode).
+    #[arg(long, value_enum, default_value_t = HeadMode::PerTask)]
+    head_mode: HeadMode,
+    /// Class statistics measured on --data.
+    #[arg(long, value_enum, default_value_t = StatsKind::Mean)]
+    class_stats: StatsKind,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Where to write the model (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
 struct EvalArgs {
     #[arg(long)]
     model: PathBuf,
@@ -531,14 +588,43 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
             let s = app::extend(be, &req, &obs)?;
             println!("{s}");
         }
+        Cmd::Import(a) => {
+            let be = setup(&a.common)?;
+            let classes = match (a.classes, &a.classes_file) {
+                (Some(c), _) => c,
+                (None, Some(f)) => app::read_classes_file(f)?,
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            let req = app::ImportRequest {
+                arch: a.arch,
+                weights: a.weights,
+                classes,
+                image_size: a.image_size,
+                channels: a.channels,
+                norm: lwf_engine::data::Normalization { mean: a.norm_mean, std: a.norm_std },
+                data: a.data,
+                folder: FolderOptions { test_fraction: a.test_fraction, ..FolderOptions::default() },
+                head_mode: a.head_mode,
+                class_stats: a.class_stats,
+                batch_size: a.batch_size,
+                out: a.out,
+            };
+            println!("{}", app::import(be, &req, &obs)?);
+        }
         Cmd::Eval(a) => {
             let be = setup(&a.common)?;
             let r = app::eval(be, &a.model, &a.data.data, &a.data.folder(), a.classifier)?;
+            if let Some(n) = &r.note {
+                eprintln!("note: {n}");
+            }
             println!("{}", if a.json { r.to_json() } else { r.to_table() });
         }
         Cmd::Predict(a) => {
             let be = setup(&a.common)?;
             let p = app::predict(be, &a.model, &a.input, a.top_k, a.limit, a.classifier)?;
+            if let Some(n) = &p.note {
+                eprintln!("note: {n}");
+            }
             match (a.json, a.csv) {
                 (true, _) => println!("{}", p.to_json()),
                 (_, true) => print!("{}", p.to_csv()),

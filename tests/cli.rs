@@ -1105,7 +1105,8 @@ fn extend_select_chooses_lambda_and_records_it() {
 /// bright square whose corner the class also sets. Saved as PNG or JPEG (by
 /// `name`'s extension), grey or colour, at `h` × `w`.
 fn class_image(path: &Path, class: usize, i: usize, (h, w): (u32, u32), grey: bool) {
-    const COLOURS: [[u8; 3]; 4] = [[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]];
+    const COLOURS: [[u8; 3]; 6] =
+        [[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200], [200, 40, 200]];
     let mut state = (class * 1000 + i) as u64 * 0x9E37_79B9_7F4A_7C15 + 1;
     let mut noise = move || {
         state ^= state << 13;
@@ -1306,5 +1307,359 @@ fn resnets_train_extend_eval_on_a_colour_folder() {
     fails_with(&small, &["resnet18", "8×8", "at least"], true);
     let one = ["train", "--data", p(&old), "--arch", "resnet20", "--batch-size", "1", "--out", p(&never)];
     fails_with(&one, &["BatchNorm", "--batch-size 1", "--bn frozen"], true);
+    assert!(!never.exists());
+}
+
+// ---- a classifier trained in PyTorch: import, extend, hand back -------------------
+
+/// tests/fixtures/import (tools/torch_import_fixture.py): a resnet20 trained by
+/// PyTorch, eight PNG images and PyTorch's eval-mode softmax on them.
+fn torch_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join("import")
+}
+
+/// The fixture's import command, writing `out` from `weights`.
+fn import_args<'a>(weights: &'a str, out: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["import", "--arch", "resnet20", "--weights", weights, "--classes", "red,green,blue"];
+    v.extend([
+        "--image-size",
+        "32x32",
+        "--norm-mean",
+        "0.4914,0.4822,0.4465",
+        "--norm-std",
+        "0.2470,0.2435,0.2616",
+    ]);
+    v.extend(["--out", out]);
+    v
+}
+
+/// Every tensor of a safetensors file: name → (dtype, shape, bytes).
+type Tensors = std::collections::BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+
+fn read_tensors(path: &Path) -> Tensors {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect()
+}
+
+fn write_tensors(path: &Path, t: &Tensors) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = t
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// The softmax PyTorch recorded for each fixture image: (file name, label, probabilities).
+fn torch_expected() -> Vec<(String, String, Vec<f64>)> {
+    let e = json(&std::fs::read_to_string(torch_fixture().join("expected.json")).unwrap());
+    e["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let probs = i["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+            (i["file"].as_str().unwrap().to_string(), i["label"].as_str().unwrap().to_string(), probs)
+        })
+        .collect()
+}
+
+/// `predict --json` of the fixture's images: per image, probability by class id.
+fn predicted(model: &Path, extra: &[&str]) -> (Value, Vec<(String, Vec<(u64, String, f64)>)>) {
+    let images = torch_fixture().join("images");
+    let v = json(&ok(&with(
+        &["predict", "--model", p(model), "--input", p(&images), "--json", "--top-k", "9"],
+        extra,
+    )));
+    let rows = v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let top = r["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| (t[0].as_u64().unwrap(), t[1].as_str().unwrap().to_string(), t[2].as_f64().unwrap()))
+                .collect();
+            (r["file"].as_str().unwrap().to_string(), top)
+        })
+        .collect();
+    (v, rows)
+}
+
+/// predict's answers against PyTorch's: the same files in the same order,
+/// the same top-1 class, every probability within `tol`.
+fn assert_as_torch(rows: &[(String, Vec<(u64, String, f64)>)], tol: f64) {
+    let want = torch_expected();
+    assert_eq!(rows.len(), want.len());
+    let names = ["red", "green", "blue"];
+    for ((file, top), (wfile, _, probs)) in rows.iter().zip(&want) {
+        assert!(file.ends_with(wfile.as_str()), "{file} vs {wfile}");
+        let best = (0..3).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap();
+        assert_eq!(top[0].0 as usize, best, "{file}: top-1 {top:?}, PyTorch {probs:?}");
+        for (c, name, pr) in top.iter().filter(|t| t.0 < 3) {
+            assert_eq!(name, names[*c as usize]);
+            let d = (pr - probs[*c as usize]).abs();
+            assert!(
+                d <= tol,
+                "{file} class {name}: {pr} vs PyTorch {} (|Δ| {d:.2e} > {tol})",
+                probs[*c as usize]
+            );
+        }
+    }
+}
+
+/// The user's scenario: a resnet20 trained in PyTorch, imported without data,
+/// answers exactly as PyTorch; extended with images of new classes only, its
+/// saved file still holds every PyTorch tensor under its own name and shape
+/// (bit-equal where the method froze the trunk), so it loads back with
+/// `load_state_dict(strict=False)`; imported with --data it has class
+/// statistics and the statistics-based classifiers.
+#[test]
+fn imported_pytorch_resnet_predicts_as_pytorch_extends_and_hands_back() {
+    let t = TempDir::new("import");
+    let weights = torch_fixture().join("model.safetensors");
+    let m1 = t.path("imported.safetensors");
+    let said = ok(&import_args(p(&weights), p(&m1)));
+    assert!(said.contains("imported resnet20") && said.contains("red, green, blue"), "{said}");
+    assert!(said.contains("no class statistics"), "{said}");
+
+    let (v, rows) = predicted(&m1, &["--classifier", "heads"]);
+    assert_eq!(v["classifier"], "heads");
+    assert_as_torch(&rows, 1e-3);
+    // The default classifier of a model without statistics is heads, said once.
+    let out = run(&["predict", "--model", p(&m1), "--input", p(&torch_fixture().join("images")), "--json"]);
+    assert!(out.status.success());
+    let notes = text(&out.stderr).lines().filter(|l| l.starts_with("note: no class statistics")).count();
+    assert_eq!(notes, 1, "{}", text(&out.stderr));
+    assert_eq!(json(&text(&out.stdout))["classifier"], "heads");
+
+    // The imported file: PyTorch's tensors, bit for bit, fc as head 0.
+    let torch = read_tensors(&weights);
+    let saved = read_tensors(&m1);
+    let engine_name = |n: &str| n.strip_prefix("fc.").map_or(n.to_string(), |r| format!("heads.0.{r}"));
+    for (name, tensor) in &torch {
+        assert_eq!(saved.get(&engine_name(name)), Some(tensor), "{name} differs after import");
+    }
+
+    // Extend with two new classes only.
+    let new = t.path("new");
+    image_folder(&new, &[(3, "yellow"), (4, "cyan")], 12);
+    let quick = ["--epochs", "1", "--warmup-epochs", "1", "--batch-size", "8"];
+    let m2 = t.path("fe.safetensors");
+    ok(&with(
+        &["extend", "--model", p(&m1), "--data", p(&new), "--method", "feature-extraction", "--out", p(&m2)],
+        &quick,
+    ));
+    let fe = read_tensors(&m2);
+    for (name, tensor) in &torch {
+        assert_eq!(fe.get(&engine_name(name)), Some(tensor), "{name} changed under feature-extraction");
+    }
+    assert_eq!(fe["heads.1.weight"].1, [2, 64]);
+    let (tasks, named) = model_classes(&m2);
+    assert_eq!(tasks, [vec![0, 1, 2], vec![3, 4]]);
+    assert_eq!(
+        named.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),
+        ["red", "green", "blue", "cyan", "yellow"]
+    );
+    // Old head and trunk untouched: the old classes' task-aware answers are PyTorch's.
+    let (_, rows) = predicted(&m2, &["--classifier", "heads"]);
+    assert_eq!(rows[0].1.len(), 5, "all five classes scored");
+
+    let m3 = t.path("lwf.safetensors");
+    ok(&with(&["extend", "--model", p(&m1), "--data", p(&new), "--out", p(&m3)], &quick));
+    let lwf = read_tensors(&m3);
+    let mut moved = 0;
+    for (name, (d, shape, bytes)) in &torch {
+        let (d2, s2, b2) = &lwf[&engine_name(name)];
+        assert_eq!((d2, s2), (d, shape), "{name}: the dtype and shape PyTorch expects");
+        moved += usize::from(b2 != bytes);
+    }
+    assert!(moved > torch.len() / 2, "lwf trains the trunk: {moved} of {} tensors moved", torch.len());
+    let ev = json(&ok(&["eval", "--model", p(&m3), "--data", p(&new), "--json"]));
+    assert_eq!(ev["classifier"], "heads", "{ev}");
+    assert!(ev["note"].as_str().unwrap().contains("no class statistics"), "{ev}");
+
+    // With --data: statistics of the known classes, so ncm-task is the default.
+    let old = t.path("old");
+    image_folder(&old, &[(0, "red"), (1, "green"), (2, "blue")], 12);
+    let m4 = t.path("with-data.safetensors");
+    let said = ok(&with(&import_args(p(&weights), p(&m4)), &["--data", p(&old)]));
+    assert!(said.contains("class statistics") && !said.contains("no class statistics"), "{said}");
+    let (v, rows) = predicted(&m4, &["--classifier", "heads"]);
+    assert!(v.get("note").is_none(), "{v}");
+    assert_as_torch(&rows, 1e-3);
+    let m5 = t.path("with-data-lwf.safetensors");
+    ok(&with(&["extend", "--model", p(&m4), "--data", p(&new), "--out", p(&m5)], &quick));
+    let ev = json(&ok(&["eval", "--model", p(&m5), "--data", p(&new), "--json"]));
+    assert!(ev["class_il_by_classifier"].get("ncm-task").is_some(), "{ev}");
+    assert!(ev.get("note").is_none(), "{ev}");
+}
+
+/// Bad weights and arguments: one line naming the file and the problem, no
+/// output. F16 weights are converted (said), not refused.
+#[test]
+fn import_refuses_bad_weights_with_one_line_and_writes_nothing() {
+    use safetensors::Dtype;
+    let t = TempDir::new("import-bad");
+    let weights = torch_fixture().join("model.safetensors");
+    let torch = read_tensors(&weights);
+    let out = t.path("never.safetensors");
+    let broken = |name: &str, change: &dyn Fn(&mut Tensors)| {
+        let mut m = torch.clone();
+        change(&mut m);
+        let path = t.path(name);
+        write_tensors(&path, &m);
+        path
+    };
+
+    let f = broken("missing.safetensors", &|m| {
+        m.remove("layer2.0.bn1.running_var");
+    });
+    fails(&import_args(p(&f), p(&out)), &["missing.safetensors", "'layer2.0.bn1.running_var' is missing"]);
+    let f = broken("extra.safetensors", &|m| {
+        let extra = m["layer1.0.conv1.weight"].clone();
+        m.insert("layer4.0.conv1.weight".into(), extra);
+    });
+    fails(&import_args(p(&f), p(&out)), &["'layer4.0.conv1.weight' does not belong to a resnet20"]);
+    let f = broken("shape.safetensors", &|m| {
+        m.get_mut("layer1.1.conv2.weight").unwrap().1 = vec![16, 16, 9, 1];
+    });
+    fails(
+        &import_args(p(&f), p(&out)),
+        &["'layer1.1.conv2.weight' has shape [16, 16, 9, 1]", "[16, 16, 3, 3]"],
+    );
+    let f = broken("int.safetensors", &|m| {
+        m.get_mut("bn1.weight").unwrap().0 = Dtype::I32;
+    });
+    fails(&import_args(p(&f), p(&out)), &["'bn1.weight' is I32"]);
+    let f = broken("nan.safetensors", &|m| {
+        m.get_mut("bn1.bias").unwrap().2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    fails(&import_args(p(&f), p(&out)), &["'bn1.bias' holds a NaN"]);
+
+    // Another architecture's weights.
+    let mut other = import_args(p(&weights), p(&out));
+    other[2] = "resnet18";
+    fails(&other, &["not the weights of a resnet18"]);
+    other[2] = "resnet32";
+    fails(&other, &["layer1.3.conv1.weight", "not a complete resnet32"]);
+
+    // Not a safetensors file: a pickle (named by content, then by extension), a truncated file.
+    let bytes = std::fs::read(&weights).unwrap();
+    t.write("model.pt", b"PK\x03\x04 a zip archive as torch.save writes");
+    fails(&import_args(p(&t.path("model.pt")), p(&out)), &["model.pt", "pickle", "runs code", "save_file"]);
+    t.write("model.safetensors.bak", &[0x80, 0x02, b'}', b'q']);
+    fails(&import_args(p(&t.path("model.safetensors.bak")), p(&out)), &["pickle"]);
+    t.write("half.safetensors", &bytes[..bytes.len() / 2]);
+    fails(&import_args(p(&t.path("half.safetensors")), p(&out)), &["half.safetensors", "truncated"]);
+
+    // Arguments that disagree with the weights.
+    let mut two = import_args(p(&weights), p(&out));
+    two[6] = "red,green";
+    fails(&two, &["'fc.weight' has 3 rows", "--classes gives 2"]);
+    let mut tiny = import_args(p(&weights), p(&out));
+    tiny[8] = "2x2";
+    fails(&tiny, &["--image-size 2x2"]);
+    let mut norm = import_args(p(&weights), p(&out));
+    norm[10] = "0.5,0.5";
+    fails(&norm, &["--norm-mean"]);
+    assert!(!out.exists(), "an error writes nothing");
+    let left: Vec<String> = t.entries().into_iter().filter(|e| e.contains("never")).collect();
+    assert!(left.is_empty(), "no temp file left: {left:?}");
+
+    // F16 (what model.half() saves): widened exactly, said, answers close to PyTorch's f32.
+    let f = broken("f16.safetensors", &|m| {
+        for (d, _, b) in m.values_mut().filter(|v| v.0 == Dtype::F32) {
+            *b = b
+                .chunks_exact(4)
+                .flat_map(|c| f32_to_f16(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+                .collect();
+            *d = Dtype::F16;
+        }
+    });
+    let said = ok(&import_args(p(&f), p(&out)));
+    assert!(said.contains("converted to F32") && said.contains("from F16"), "{said}");
+    let (_, rows) = predicted(&out, &["--classifier", "heads"]);
+    let want = torch_expected();
+    for ((_, top), (_, _, probs)) in rows.iter().zip(&want) {
+        for (c, _, pr) in top {
+            assert!((pr - probs[*c as usize]).abs() < 0.05, "f16 weights: {pr} vs {}", probs[*c as usize]);
+        }
+    }
+}
+
+/// f32 → IEEE half, round to nearest (normal numbers only: the fixture's weights).
+fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+    if x == 0.0 || exp <= 0 {
+        return sign; // flush the tiny ones: exactness is not what this test checks
+    }
+    assert!(exp < 31, "{x} overflows f16");
+    let man = bits & 0x7f_ffff;
+    let mut h = ((exp as u32) << 10) | (man >> 13);
+    if man & 0x1fff > 0x1000 || (man & 0x1fff == 0x1000 && h & 1 == 1) {
+        h += 1;
+    }
+    sign | h as u16
+}
+
+/// An engine-trained cnn-s, saved back the way PyTorch would hold it (its
+/// trunk's names, head 0 as `fc`, nothing else), imports to a model that
+/// answers bit for bit as the original.
+#[test]
+fn an_engine_cnn_s_round_trips_through_import() {
+    let t = TempDir::new("import-cnn");
+    let d = npy_dir("import-cnn", &[0, 1, 2, 3, 4], 200, 40, 28);
+    let m1 = t.path("trained.safetensors");
+    ok(&with(&["train", "--data", d.s(), "--arch", "cnn-s", "--out", p(&m1)], &QUICK));
+    let plain: Tensors = read_tensors(&m1)
+        .into_iter()
+        .filter_map(|(n, v)| {
+            let name = if let Some(r) = n.strip_prefix("heads.0.") { format!("fc.{r}") } else { n.clone() };
+            (n.starts_with("trunk.") || n.starts_with("heads.0.")).then_some((name, v))
+        })
+        .collect();
+    assert!(plain.contains_key("fc.weight") && plain.contains_key("trunk.0.weight"), "{:?}", plain.keys());
+    let w = t.path("plain.safetensors");
+    write_tensors(&w, &plain);
+    let m2 = t.path("imported.safetensors");
+    let norm =
+        lwf_engine::checkpoint::load(&m1, &lwf_engine::backend::CpuBackend::new()).unwrap().meta.norm();
+    let (mean, std) = (format!("{}", norm.mean[0]), format!("{}", norm.std[0]));
+    let args = ["import", "--arch", "cnn-s", "--weights", p(&w), "--classes", "0-4", "--image-size", "28x28"];
+    ok(&with(&args, &["--channels", "1", "--norm-mean", &mean, "--norm-std", &std, "--out", p(&m2)]));
+    let input = d.path("test_images.npy");
+    // (class, probability) of every image's top 3: names differ (ids were given).
+    let answer = |m: &Path| -> Vec<Vec<(u64, f64)>> {
+        let v =
+            json(&ok(&["predict", "--model", p(m), "--input", p(&input), "--json", "--classifier", "heads"]));
+        let rows = v["predictions"].as_array().unwrap().iter();
+        rows.map(|r| {
+            r["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| (t[0].as_u64().unwrap(), t[2].as_f64().unwrap()))
+                .collect()
+        })
+        .collect()
+    };
+    let a = answer(&m1);
+    assert_eq!(a.len(), 40);
+    assert_eq!(answer(&m2), a, "the imported copy answers as the original, bit for bit");
+    let (tasks, named) = model_classes(&m2);
+    assert_eq!(tasks, [vec![0, 1, 2, 3, 4]]);
+    assert_eq!(named[0], (0, "class 0".to_string()));
+    // Without --data there is no Fisher: EWC says so instead of pulling towards nothing.
+    let new = npy_dir("import-cnn-new", &[5, 6], 40, 10, 28);
+    let never = t.path("never.safetensors");
+    fails(
+        &["extend", "--model", p(&m2), "--data", new.s(), "--method", "ewc", "--out", p(&never)],
+        &["Fisher", "--data"],
+    );
     assert!(!never.exists());
 }

@@ -1,6 +1,6 @@
 //! `eval`: accuracies of a saved model on a test split.
 
-use super::{check_input, choose_classifier, eval_present, load_for_model, BackendChoice};
+use super::{check_input, choose_classifier, eval_present, load_for_model, no_stats_note, BackendChoice};
 use crate::backend::Backend;
 use crate::checkpoint;
 use crate::data::{self, FolderOptions};
@@ -29,6 +29,9 @@ pub struct EvalReport {
     pub class_il_by_classifier: BTreeMap<String, f64>,
     pub images: usize,
     pub seconds: f64,
+    /// What the model lacks and what that means, when it has no statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl EvalReport {
@@ -106,5 +109,6 @@ fn eval_on<B: Backend>(
         class_il_by_classifier: acc.by_classifier.iter().map(|c| (c.kind.name().into(), c.overall)).collect(),
         images,
         seconds: start.elapsed().as_secs_f64(),
+        note: no_stats_note(ck.stats.as_ref()),
     })
 }

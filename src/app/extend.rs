@@ -99,6 +99,13 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
             req.hyper.head_mode.name()
         )));
     }
+    if method == Method::Ewc && ck.fisher.is_none() {
+        return Err(Error::checkpoint(
+            &req.model,
+            "--method ewc: the model carries no Fisher information (a model imported without --data): \
+             import it again with --data DIR holding images of its classes, or choose another method",
+        ));
+    }
     // Only joint reads old data; it must hold every class the model knows.
     let old_data = match (method, &req.old_data) {
         (Method::Joint, Some(spec)) => Some(load_for_model(spec, &req.folder, &meta)?),
@@ -189,7 +196,8 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         .collect();
     let stats_note = match (&stats, &report.drift) {
         (None, _) if !had_stats => {
-            "; the model has no class statistics (saved by an older version): predictions use the heads"
+            "; the model has no class statistics (imported without --data, or saved by an older version): \
+             predictions use the heads"
                 .into()
         }
         (Some(s), Some(d)) => format!(

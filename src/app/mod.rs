@@ -178,7 +178,8 @@ fn choose_classifier(
     let kind = asked.unwrap_or_else(|| ClassifierKind::default_for(stats));
     if !ClassifierKind::available(stats).contains(&kind) {
         let why = if stats.is_none() {
-            "has no class statistics (saved by an older version; only heads and aligned-heads work)"
+            "has no class statistics (imported without --data, or saved by an older version): only heads and \
+             aligned-heads work"
                 .to_string()
         } else {
             format!("has no {}", kind.needs().unwrap_or("statistics"))
@@ -186,6 +187,12 @@ fn choose_classifier(
         return Err(Error::checkpoint(model, format!("--classifier {kind}: the model {why}")));
     }
     Ok(kind)
+}
+
+/// The one-line explanation eval and predict give for a model without class
+/// statistics (an import without --data).
+fn no_stats_note(stats: Option<&ClassStats>) -> Option<String> {
+    stats.is_none().then(|| NO_STATS_NOTE.to_string())
 }
 
 /// A limit of 0 images would train or test on nothing: refused before any work.
@@ -212,6 +219,7 @@ mod bench;
 mod eval;
 mod experiment;
 mod extend;
+mod import;
 mod predict;
 mod train;
 
@@ -219,5 +227,6 @@ pub use bench::{bench, BenchReport};
 pub use eval::{eval, EvalReport};
 pub use experiment::{experiment, experiment_config, experiment_runs, merge, ExperimentRequest, Shard};
 pub use extend::{extend, ExtendRequest};
+pub use import::{import, read_classes_file, ImportRequest, NO_STATS_NOTE};
 pub use predict::{predict, Prediction, Predictions};
 pub use train::{train, TrainRequest};

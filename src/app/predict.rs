@@ -1,7 +1,7 @@
 //! `predict`: class names and probabilities for each image of image files,
 //! folders of them, or IDX/NPY files.
 
-use super::{check_input, check_limits, choose_classifier, BackendChoice};
+use super::{check_input, check_limits, choose_classifier, no_stats_note, BackendChoice};
 use crate::backend::Backend;
 use crate::checkpoint;
 use crate::data::folder::{decode_files, image_files_under, is_image_file};
@@ -33,6 +33,9 @@ pub struct Predictions {
     /// scores became probabilities).
     pub classifier: ClassifierKind,
     pub predictions: Vec<Prediction>,
+    /// What the model lacks and what that means, when it has no statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Predictions {
@@ -114,6 +117,7 @@ fn predict_on<B: Backend>(
         inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
         classifier: kind,
         predictions,
+        note: no_stats_note(ck.stats.as_ref()),
     })
 }
 
