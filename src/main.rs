@@ -400,7 +400,7 @@ struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Classifier of the headline class-IL accuracy (default: ncm-task when the
-    /// model holds class statistics, else heads); every available one is listed.
+    /// model holds class statistics, else aligned-heads); every available one is listed.
     #[arg(long, value_enum)]
     classifier: Option<ClassifierKind>,
     #[command(flatten)]
@@ -428,7 +428,7 @@ struct PredictArgs {
     #[arg(long)]
     csv: bool,
     /// How classes are scored (default: ncm-task when the model holds class
-    /// statistics, else heads).
+    /// statistics, else aligned-heads).
     #[arg(long, value_enum)]
     classifier: Option<ClassifierKind>,
     #[command(flatten)]

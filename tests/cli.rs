@@ -578,7 +578,7 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     let out = dir.path("out.safetensors");
 
     // A checkpoint without class statistics (as older versions wrote them):
-    // eval and predict fall back to the heads, ncm is refused by name, and
+    // eval and predict fall back to aligned-heads, ncm is refused by name, and
     // extend still works and says what the model lacks.
     let b = lwf_engine::backend::CpuBackend::new();
     let ck = lwf_engine::checkpoint::load(&m28, &b).unwrap();
@@ -586,8 +586,8 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     let bare = dir.path("bare.safetensors");
     lwf_engine::checkpoint::save(&bare, &b, &ck.net, &ck.meta, ck.fisher.as_deref(), None).unwrap();
     let e = json(&ok(&["eval", "--model", p(&bare), "--data", old.s(), "--json"]));
-    assert_eq!(e["classifier"], "heads", "{e}");
-    frac(&e["class_il"], "heads class-IL of a checkpoint without statistics");
+    assert_eq!(e["classifier"], "aligned-heads", "{e}");
+    frac(&e["class_il"], "aligned-heads class-IL of a checkpoint without statistics");
     fails(
         &[
             "predict",
@@ -1364,8 +1364,11 @@ fn torch_expected() -> Vec<(String, String, Vec<f64>)> {
         .collect()
 }
 
-/// `predict --json` of the fixture's images: per image, probability by class id.
-fn predicted(model: &Path, extra: &[&str]) -> (Value, Vec<(String, Vec<(u64, String, f64)>)>) {
+/// One image's answer: its file and (class, name, probability), best first.
+type Answer = (String, Vec<(u64, String, f64)>);
+
+/// `predict --json` of the fixture's images: the JSON and every image's answer.
+fn predicted(model: &Path, extra: &[&str]) -> (Value, Vec<Answer>) {
     let images = torch_fixture().join("images");
     let v = json(&ok(&with(
         &["predict", "--model", p(model), "--input", p(&images), "--json", "--top-k", "9"],
@@ -1390,7 +1393,7 @@ fn predicted(model: &Path, extra: &[&str]) -> (Value, Vec<(String, Vec<(u64, Str
 
 /// predict's answers against PyTorch's: the same files in the same order,
 /// the same top-1 class, every probability within `tol`.
-fn assert_as_torch(rows: &[(String, Vec<(u64, String, f64)>)], tol: f64) {
+fn assert_as_torch(rows: &[Answer], tol: f64) {
     let want = torch_expected();
     assert_eq!(rows.len(), want.len());
     let names = ["red", "green", "blue"];
@@ -1428,12 +1431,16 @@ fn imported_pytorch_resnet_predicts_as_pytorch_extends_and_hands_back() {
     let (v, rows) = predicted(&m1, &["--classifier", "heads"]);
     assert_eq!(v["classifier"], "heads");
     assert_as_torch(&rows, 1e-3);
-    // The default classifier of a model without statistics is heads, said once.
-    let out = run(&["predict", "--model", p(&m1), "--input", p(&torch_fixture().join("images")), "--json"]);
+    // The default classifier of a model without statistics is aligned-heads
+    // (with one head, the heads' own softmax), said once.
+    let images = torch_fixture().join("images");
+    let out = run(&["predict", "--model", p(&m1), "--input", p(&images), "--json", "--top-k", "9"]);
     assert!(out.status.success());
     let notes = text(&out.stderr).lines().filter(|l| l.starts_with("note: no class statistics")).count();
     assert_eq!(notes, 1, "{}", text(&out.stderr));
-    assert_eq!(json(&text(&out.stdout))["classifier"], "heads");
+    let default = json(&text(&out.stdout));
+    assert_eq!(default["classifier"], "aligned-heads");
+    assert_eq!(default["predictions"], v["predictions"], "one head: aligned-heads is the heads");
 
     // The imported file: PyTorch's tensors, bit for bit, fc as head 0.
     let torch = read_tensors(&weights);
@@ -1478,7 +1485,7 @@ fn imported_pytorch_resnet_predicts_as_pytorch_extends_and_hands_back() {
     }
     assert!(moved > torch.len() / 2, "lwf trains the trunk: {moved} of {} tensors moved", torch.len());
     let ev = json(&ok(&["eval", "--model", p(&m3), "--data", p(&new), "--json"]));
-    assert_eq!(ev["classifier"], "heads", "{ev}");
+    assert_eq!(ev["classifier"], "aligned-heads", "{ev}");
     assert!(ev["note"].as_str().unwrap().contains("no class statistics"), "{ev}");
 
     // With --data: statistics of the known classes, so ncm-task is the default.

@@ -4,7 +4,7 @@ use super::{check_input, choose_classifier, eval_present, load_for_model, no_sta
 use crate::backend::Backend;
 use crate::checkpoint;
 use crate::data::{self, FolderOptions};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::train::Trainer;
 use serde::Serialize;
@@ -92,10 +92,26 @@ fn eval_on<B: Backend>(
     let mut tr = Trainer::new(b.clone());
     let norm = ck.meta.norm();
     let start = Instant::now();
-    let acc = eval_present(&mut tr, &ck.net, &ck.meta, &data.test, &norm, 128, ck.stats.as_ref());
-    let chosen = acc.of(kind).expect("an available classifier is evaluated");
     let known = ck.meta.classes();
     let images = data.test.labels.iter().filter(|l| known.contains(l)).count();
+    if images == 0 {
+        let names = |v: Vec<String>| v.into_iter().take(6).collect::<Vec<_>>().join(", ");
+        let model_names = names(ck.meta.named_classes().into_iter().map(|(_, n)| n).collect());
+        return Err(Error::Config(format!(
+            "{} has no test image of a class {} knows ({model_names}; the data has {}): image folders are matched \
+             to the model's classes by name",
+            data.root.display(),
+            model.display(),
+            names({
+                let mut present: Vec<u32> = data.test.labels.clone();
+                present.sort_unstable();
+                present.dedup();
+                present.iter().map(|&l| data.class_names[l as usize].clone()).collect()
+            })
+        )));
+    }
+    let acc = eval_present(&mut tr, &ck.net, &ck.meta, &data.test, &norm, 128, ck.stats.as_ref());
+    let chosen = acc.of(kind).expect("an available classifier is evaluated");
     let opt = |v: &[f64]| v.iter().map(|a| if a.is_nan() { None } else { Some(*a) }).collect();
     Ok(EvalReport {
         model: model.display().to_string(),

@@ -197,7 +197,7 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
     let stats_note = match (&stats, &report.drift) {
         (None, _) if !had_stats => {
             "; the model has no class statistics (imported without --data, or saved by an older version): \
-             predictions use the heads"
+             predictions use aligned-heads"
                 .into()
         }
         (Some(s), Some(d)) => format!(

@@ -115,9 +115,11 @@ fn read_f32(
             d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
             Some(Dtype::F64),
         ),
-        other => return Err(bad(format!(
+        other => {
+            return Err(bad(format!(
             "tensor '{name}' is {other:?}; only floating-point weights (F32, F16, BF16, F64) can be imported"
-        ))),
+        )))
+        }
     };
     if vals.iter().any(|x| !x.is_finite()) {
         return Err(bad(format!("tensor '{name}' holds a NaN or infinite value")));
@@ -410,6 +412,14 @@ fn import_on<B: Backend>(b: &B, req: &ImportRequest, obs: &dyn Observer) -> Resu
         ),
         None => format!("; {}", NO_STATS_NOTE),
     };
+    let stats_line = match (&names, &req.data) {
+        (None, None) => format!(
+            "{stats_line}; the classes were given as ids and are named 'class N': image folders are matched to \
+             a model's classes by name, so give their folder names (--classes a,b,… or --classes-file) to use \
+             image folders with this model"
+        ),
+        _ => stats_line,
+    };
     let shown: Vec<String> = meta.heads[0].class_names.iter().take(12).cloned().collect();
     let more = if ids.len() > 12 { format!(", … ({} in all)", ids.len()) } else { String::new() };
     Ok(format!(
@@ -426,6 +436,6 @@ fn import_on<B: Backend>(b: &B, req: &ImportRequest, obs: &dyn Observer) -> Resu
 }
 
 /// What a model imported without `--data` lacks, said once by import, eval and predict.
-pub const NO_STATS_NOTE: &str = "no class statistics (imported without --data): predictions use the heads \
-classifier; ncm, ncm-task and mahalanobis need statistics of every class (import with --data DIR to have them) \
+pub const NO_STATS_NOTE: &str = "no class statistics (imported without --data): predictions use the aligned-heads \
+classifier (the heads, their scales aligned across tasks); ncm, ncm-task and mahalanobis need statistics of every class (import with --data DIR to have them) \
 and extend --method ewc needs the Fisher they come with";
