@@ -95,8 +95,9 @@ impl ClassifierKind {
     /// 81.4 / 81.4 %. Without statistics (a model imported without --data),
     /// `aligned-heads`: under LwF, the default method, it beat the plain
     /// heads by 17.8 points two-task and 2.7 on split5 (Fashion-MNIST,
-    /// README) and was 0.15 behind on an imported torchvision resnet18
-    /// (README, "Your own PyTorch classifier"); with one head it is the heads.
+    /// README); on an imported torchvision resnet18 the evidence was mixed
+    /// (−0.2 / −1.3 under LwF, +2.3 under feature-extraction; README, "Your
+    /// own PyTorch classifier"). With one head it is the heads.
     pub fn default_for(stats: Option<&ClassStats>) -> Self {
         if stats.is_some() {
             ClassifierKind::NcmTask
