@@ -358,7 +358,11 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
                 p.value.shape.dims()
             )));
         }
-        p.value = Tensor::from_vec(b, p.value.shape.dims(), &f32_from_bytes(view.data()));
+        let values = f32_from_bytes(view.data());
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(bad(format!("tensor '{}' holds a NaN or infinite value", p.name)));
+        }
+        p.value = Tensor::from_vec(b, p.value.shape.dims(), &values);
         used += 1;
     }
     for bn in net.batchnorms_mut() {
@@ -385,24 +389,69 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
             u64::try_from(n).map_err(|_| bad(format!("tensor '{name}' is negative ({n})")))?;
         used += 3;
     }
-    let mut fisher = Vec::new();
-    while let Ok(view) = st.tensor(&format!("fisher.{}", fisher.len())) {
-        fisher.push(b.upload(&f32_from_bytes(view.data())));
-    }
+    let fisher = load_fisher(&st, &net, b, path)?;
+    let fisher_tensors = fisher.as_ref().map_or(0, Vec::len);
     let stats = match &meta.class_stats {
         Some(sm) => Some(load_stats(&st, sm, &meta, path)?),
         None => None,
     };
     let stats_tensors = stats.as_ref().map_or(0, |s| if s.gauss.is_some() { 4 } else { 2 });
-    let extra = st.names().len() - used - fisher.len() - stats_tensors;
+    let extra = st.names().len() - used - fisher_tensors - stats_tensors;
     if extra > 0 {
         return Err(bad(format!(
             "{extra} tensors do not belong to a {} net: the checkpoint is from another architecture",
             meta.arch.name
         )));
     }
-    let fisher = if fisher.is_empty() { None } else { Some(fisher) };
     Ok(Checkpoint { net, meta, fisher, stats })
+}
+
+/// EWC's Fisher information, `fisher.K`: absent, or one F32 vector per
+/// trunk parameter (in `trunk_params` order) of that parameter's size,
+/// finite and non-negative, since `extend --method ewc` and the training
+/// loop index it by the parameters.
+fn load_fisher<B: Backend>(
+    st: &SafeTensors<'_>,
+    net: &Net<B>,
+    b: &B,
+    path: &Path,
+) -> Result<Option<Vec<B::Buf>>> {
+    let bad = |m: String| Error::checkpoint(path, m);
+    let present = st.names().iter().filter(|n| n.starts_with("fisher.")).count();
+    if present == 0 {
+        return Ok(None);
+    }
+    let trunk = net.trunk_params();
+    if present != trunk.len() {
+        return Err(bad(format!(
+            "{present} Fisher tensors (fisher.*) for a trunk of {} parameters: the checkpoint is corrupt",
+            trunk.len()
+        )));
+    }
+    let mut fisher = Vec::with_capacity(trunk.len());
+    for (k, p) in trunk.iter().enumerate() {
+        let name = format!("fisher.{k}");
+        let view = st
+            .tensor(&name)
+            .map_err(|_| bad(format!("tensor '{name}' is missing (the Fisher of '{}')", p.name)))?;
+        let n = p.value.numel();
+        if view.dtype() != Dtype::F32 || view.shape() != [n] {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?} {:?}, expected F32 [{n}] (the Fisher of '{}')",
+                view.dtype(),
+                view.shape(),
+                p.name
+            )));
+        }
+        let v = f32_from_bytes(view.data());
+        if v.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(bad(format!(
+                "tensor '{name}' holds a negative, NaN or infinite value (a Fisher is ≥ 0)"
+            )));
+        }
+        fisher.push(b.upload(&v));
+    }
+    Ok(Some(fisher))
 }
 
 /// A BatchNorm's running statistic `NAME.field`: F32, `c` values, finite.

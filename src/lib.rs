@@ -23,6 +23,7 @@ pub mod incremental;
 pub mod interrupt;
 pub mod metrics;
 pub mod nn;
+pub mod onnx;
 pub mod optim;
 pub mod param;
 pub mod results;

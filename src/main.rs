@@ -40,6 +40,9 @@ enum Cmd {
     Eval(EvalArgs),
     /// Class names and probabilities for each image of image files, folders or IDX/NPY files.
     Predict(PredictArgs),
+    /// Write a saved model as one ONNX file (normalisation, trunk and classifier
+    /// inside) for ONNX Runtime, OpenVINO, TensorRT or a browser.
+    Export(ExportArgs),
     /// Compare methods on a protocol (two-task, splitN) over seeds; writes JSON, CSV and an SVG plot.
     Experiment(ExperimentArgs),
     /// Training and evaluation throughput (images/s) and peak memory.
@@ -436,6 +439,22 @@ struct PredictArgs {
 }
 
 #[derive(Args)]
+struct ExportArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// The ONNX file to write.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// The classifier inside the graph (default: the model's default, what
+    /// predict answers with).
+    #[arg(long, value_enum)]
+    classifier: Option<ClassifierKind>,
+    /// Print one JSON object instead of a line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ExperimentArgs {
     /// two-task (classes 0-4 then 5-9) or splitN (N equal tasks, e.g. split5).
     #[arg(long, default_value = "two-task")]
@@ -614,6 +633,13 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
         Cmd::Eval(a) => {
             let be = setup(&a.common)?;
             let r = app::eval(be, &a.model, &a.data.data, &a.data.folder(), a.classifier)?;
+            if let Some(n) = &r.note {
+                eprintln!("note: {n}");
+            }
+            println!("{}", if a.json { r.to_json() } else { r.to_table() });
+        }
+        Cmd::Export(a) => {
+            let r = app::export(&a.model, &a.onnx, a.classifier)?;
             if let Some(n) = &r.note {
                 eprintln!("note: {n}");
             }

@@ -154,6 +154,12 @@ impl BnPolicy {
     }
 }
 
+/// Bounds on an architecture's input, so that shape arithmetic on a
+/// checkpoint's claims cannot overflow: grey, RGB or RGBA images, and
+/// sides far beyond any classifier's input (ImageNet models take 224).
+pub const MAX_CHANNELS: usize = 4;
+pub const MAX_IMAGE_SIDE: usize = 4096;
+
 /// The architecture, as stored in checkpoints. Without `resnet`: a stack of
 /// 3×3 pad-1 conv + ReLU + 2×2 maxpool blocks (run as conv, pool, ReLU: the
 /// same function), then a hidden linear layer + ReLU (= θs); `cnn-s` is conv
@@ -426,6 +432,13 @@ impl Arch {
     /// Checks that pooling never shrinks the image to nothing, and that no
     /// ResNet stage is asked to halve a map that is already 1×1.
     pub fn validate(&self) -> Result<(), String> {
+        let [c, h, w] = self.input;
+        if c > MAX_CHANNELS || h > MAX_IMAGE_SIDE || w > MAX_IMAGE_SIDE {
+            return Err(format!(
+                "input {c}×{h}×{w} is beyond what the engine takes (at most {MAX_CHANNELS} channels and \
+                 {MAX_IMAGE_SIDE} pixels a side; --image-size resizes)"
+            ));
+        }
         if let Some(spec) = &self.resnet {
             if self.input.contains(&0) {
                 return Err(format!("input {:?} does not fit {}", self.input, self.name));

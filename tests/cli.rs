@@ -6,231 +6,15 @@
 //! shipped Fashion-MNIST (loaded with the library), so nothing here depends on
 //! fixtures; every run is small enough for two slow cores.
 
-use lwf_engine::data::{self, Dataset, Pixels};
+//! The shared helpers (temp dirs, data slices, running the binary) are in
+//! tests/common/cli.rs.
+
+mod common;
+
+use common::cli::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lwf-engine");
-
-/// The shipped data directory.
-fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets").join("fashion-mnist")
-}
-
-/// The shipped data, loaded once per test binary (source of the slices).
-fn fmnist() -> &'static Dataset {
-    static DATA: OnceLock<Dataset> = OnceLock::new();
-    DATA.get_or_init(|| data::load("fashion-mnist").expect("the shipped Fashion-MNIST loads"))
-}
-
-// ---- temp dirs and files --------------------------------------------------------
-
-/// A fresh directory under the system temp dir, unique per process and call,
-/// removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lwf-cli-test-{}-{n}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn s(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) {
-        std::fs::write(self.path(name), bytes).unwrap();
-    }
-
-    /// Names of the entries in the directory, sorted.
-    fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// A version-1.0 `.npy` file: little-endian, C order.
-fn npy(descr: &str, shape: &[usize], payload: &[u8]) -> Vec<u8> {
-    let shape = match shape {
-        [n] => format!("({n},)"),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
-    };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut v = b"\x93NUMPY\x01\x00".to_vec();
-    v.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    v.extend_from_slice(header.as_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
-/// The first `n` images of `split` whose class is in `classes`, as
-/// (N, side, side) bytes and their labels; `side` 14 averages 2×2 blocks.
-fn slice(split: &data::Split, classes: &[u32], n: usize, side: usize) -> (Vec<u8>, Vec<u8>) {
-    let Pixels::U8(px) = &split.pixels else { panic!("the shipped images are bytes") };
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    for i in (0..split.len()).filter(|&i| classes.contains(&split.labels[i])).take(n) {
-        let img = &px[i * 784..(i + 1) * 784];
-        match side {
-            28 => images.extend_from_slice(img),
-            14 => {
-                for y in 0..14 {
-                    for x in 0..14 {
-                        let at = |dy: usize, dx: usize| img[(2 * y + dy) * 28 + 2 * x + dx] as u32;
-                        images.push(((at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1)) / 4) as u8);
-                    }
-                }
-            }
-            _ => unreachable!(),
-        }
-        labels.push(split.labels[i] as u8);
-    }
-    (images, labels)
-}
-
-/// An NPY data directory holding only `classes`: the first `n_train` train
-/// and `n_test` test images of those classes, `side`×`side`, and the shipped
-/// `classes.txt`.
-fn npy_dir(tag: &str, classes: &[u32], n_train: usize, n_test: usize, side: usize) -> TempDir {
-    let d = TempDir::new(tag);
-    let fm = fmnist();
-    for (prefix, split, n) in [("train", &fm.train, n_train), ("test", &fm.test, n_test)] {
-        let (images, labels) = slice(split, classes, n, side);
-        let count = labels.len();
-        d.write(&format!("{prefix}_images.npy"), &npy("|u1", &[count, side, side], &images));
-        d.write(&format!("{prefix}_labels.npy"), &npy("|u1", &[count], &labels));
-    }
-    std::fs::copy(shipped().join("classes.txt"), d.path("classes.txt")).unwrap();
-    d
-}
-
-/// A copy of the shipped IDX files (and `classes.txt`, and `SHA256SUMS`
-/// when `sums`), to be broken by the caller.
-fn fm_copy(tag: &str, sums: bool) -> TempDir {
-    let d = TempDir::new(tag);
-    let mut names = vec![
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-        "classes.txt",
-    ];
-    if sums {
-        names.push("SHA256SUMS");
-    }
-    for name in names {
-        std::fs::copy(shipped().join(name), d.path(name)).unwrap();
-    }
-    d
-}
-
-fn gunzip(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut out).unwrap();
-    out
-}
-
-// ---- running the binary ---------------------------------------------------------
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("the lwf-engine binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Run and require success; returns stdout.
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "lwf-engine {} failed ({}):\nstdout: {}\nstderr: {}",
-        args.join(" "),
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Run and require a failure whose stderr is exactly one line,
-/// `lwf-engine: error: …`, containing every string of `want`; returns it.
-/// (Experiments may print progress notes before it: `notes_ok`.)
-fn fails(args: &[&str], want: &[&str]) -> String {
-    fails_with(args, want, false)
-}
-
-fn fails_with(args: &[&str], want: &[&str], notes_ok: bool) -> String {
-    let out = run(args);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    let what = format!("lwf-engine {}\nstdout: {stdout}\nstderr: {stderr}", args.join(" "));
-    assert!(!out.status.success(), "should have failed: {what}");
-    assert_ne!(out.status.code(), Some(0), "{what}");
-    assert!(out.status.code().is_some(), "killed by a signal, not an error exit: {what}");
-    assert!(stdout.is_empty(), "nothing belongs on stdout after an error: {what}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    let errors: Vec<&&str> = lines.iter().filter(|l| l.contains("error")).collect();
-    assert_eq!(errors.len(), 1, "exactly one error line expected: {what}");
-    if !notes_ok {
-        assert_eq!(lines.len(), 1, "stderr must be one line: {what}");
-    }
-    let line = lines.last().copied().unwrap_or_default();
-    assert!(line.starts_with("lwf-engine: error: "), "{what}");
-    assert!(!line.contains("panicked") && !line.contains("RUST_BACKTRACE"), "a panic, not an error: {what}");
-    for w in want {
-        assert!(line.contains(w), "the error should mention '{w}': {line}");
-    }
-    eprintln!("{line}"); // shown with --nocapture, to read the messages as a user would
-    line.to_string()
-}
-
-/// Quick training flags: one epoch, small batches, a small Fisher estimate.
-const QUICK: [&str; 6] = ["--epochs", "1", "--batch-size", "64", "--ewc-samples", "50"];
-
-fn with<'a>(args: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    args.iter().chain(extra).copied().collect()
-}
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-fn frac(v: &Value, what: &str) -> f64 {
-    let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
-    assert!((0.0..=1.0).contains(&x), "{what} = {x} is not in [0, 1]");
-    x
-}
 
 // ---- 1. the user's path -------------------------------------------------------------
 
@@ -616,6 +400,32 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     lwf_engine::checkpoint::save(&odd, &b, &ck.net, &meta, None, None).unwrap();
     fails(&["eval", "--model", p(&odd), "--data", old.s()], &[p(&odd), "do not match its tasks"]);
 
+    // Tensors that the loader must check against the model, because later
+    // verbs index them by the model's parameters: EWC's Fisher cut short (it
+    // loaded, and `extend --method ewc` then panicked), a Fisher with a
+    // negative value, a weight holding NaN. One line naming the tensor.
+    for (name, tensor, edit, want) in [
+        ("fisher-cut", "fisher.4", Edit::Cut(100), "expected F32 [802816]"),
+        ("fisher-negative", "fisher.0", Edit::Put(-1.0), "negative"),
+        ("weight-nan", "trunk.3.weight", Edit::Put(f32::NAN), "NaN"),
+    ] {
+        let broken = dir.path(&format!("{name}.safetensors"));
+        rewrite_checkpoint(&m28, &broken, |t| edit.apply(t.get_mut(tensor).expect("a tensor of cnn-s")));
+        let ewc = ["extend", "--model", p(&broken), "--data", new.s(), "--classes", "5-9", "--method", "ewc"];
+        fails(&with(&with(&ewc, &["--out", p(&out)]), &QUICK), &[p(&broken), tensor, want]);
+        fails(&["eval", "--model", p(&broken), "--data", old.s()], &[p(&broken), tensor]);
+        std::fs::remove_file(&broken).unwrap();
+    }
+    // --freeze-layers beyond the trunk's depth (cnn-s: 3 layers with parameters).
+    fails(
+        &with(
+            &["extend", "--model", p(&m28), "--data", new.s(), "--classes", "5-9", "--method", "freeze"],
+            &["--freeze-layers", "4", "--out", p(&out)],
+        ),
+        &["--freeze-layers 4", "cnn-s has 3"],
+    );
+    assert!(!out.exists());
+
     // An output path that cannot be written fails before any training.
     let nowhere = dir.path("no-such-dir").join("x.safetensors");
     fails(
@@ -732,10 +542,10 @@ fn diverging_experiment_writes_no_reports() {
 #[test]
 fn every_verb_has_help_naming_its_key_flags() {
     let top = ok(&["--help"]);
-    for verb in ["train", "extend", "eval", "predict", "experiment", "bench"] {
+    for verb in ["train", "extend", "import", "eval", "predict", "export", "experiment", "bench"] {
         assert!(top.contains(verb), "top-level help lists '{verb}': {top}");
     }
-    let verbs: [(&str, &[&str]); 6] = [
+    let verbs: [(&str, &[&str]); 8] = [
         (
             "train",
             &["--data", "--classes", "--out", "--epochs", "--lr", "--seed", "--head-mode", "--backend"],
@@ -755,6 +565,11 @@ fn every_verb_has_help_naming_its_key_flags() {
         ),
         ("eval", &["--model", "--data", "--json", "--backend"]),
         ("predict", &["--model", "--input", "--top-k", "--limit", "--json"]),
+        (
+            "import",
+            &["--arch", "--weights", "--classes", "--image-size", "--norm-mean", "--norm-std", "--out"],
+        ),
+        ("export", &["--model", "--onnx", "--classifier", "--json"]),
         (
             "experiment",
             &["--protocol", "--tasks", "--methods", "--seeds", "--out", "--train-limit", "--test-limit"],
@@ -1101,52 +916,6 @@ fn extend_select_chooses_lambda_and_records_it() {
 
 // ---- image folders ---------------------------------------------------------------------
 
-/// A small learnable image: the class's colour plus seeded noise, with a
-/// bright square whose corner the class also sets. Saved as PNG or JPEG (by
-/// `name`'s extension), grey or colour, at `h` × `w`.
-fn class_image(path: &Path, class: usize, i: usize, (h, w): (u32, u32), grey: bool) {
-    const COLOURS: [[u8; 3]; 6] =
-        [[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200], [200, 40, 200]];
-    let mut state = (class * 1000 + i) as u64 * 0x9E37_79B9_7F4A_7C15 + 1;
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 41) as i32 - 20
-    };
-    let (cy, cx) = ((class as u32 / 2) * h / 2, (class as u32 % 2) * w / 2);
-    let mut img = image::RgbImage::new(w, h);
-    for (x, y, px) in img.enumerate_pixels_mut() {
-        let inside = (cy..cy + h / 2).contains(&y) && (cx..cx + w / 2).contains(&x);
-        for (ch, v) in px.0.iter_mut().enumerate() {
-            let base = if inside { 250 } else { COLOURS[class][ch] as i32 };
-            *v = (base + noise()).clamp(0, 255) as u8;
-        }
-    }
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    if grey {
-        image::DynamicImage::ImageRgb8(img).to_luma8().save(path).unwrap();
-    } else {
-        img.save(path).unwrap();
-    }
-}
-
-/// `dir/<name>/…` for each (class index, name): `n` images each, mostly
-/// 16×16 colour PNGs, with JPEGs, grey images and other sizes mixed in.
-fn image_folder(dir: &Path, classes: &[(usize, &str)], n: usize) {
-    for &(class, name) in classes {
-        for i in 0..n {
-            let ext = if i % 3 == 1 { "jpg" } else { "png" };
-            let size = match i % 7 {
-                3 => (20, 20),
-                5 => (12, 18),
-                _ => (16, 16),
-            };
-            class_image(&dir.join(name).join(format!("img{i:02}.{ext}")), class, i, size, i % 5 == 2);
-        }
-    }
-}
-
 /// The model's classes and their names, from its metadata.
 fn model_classes(path: &Path) -> (Vec<Vec<u32>>, Vec<(u32, String)>) {
     let ck = lwf_engine::checkpoint::load(path, &lwf_engine::backend::CpuBackend::new()).unwrap();
@@ -1348,6 +1117,39 @@ fn write_tensors(path: &Path, t: &Tensors) {
         .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A change to one stored tensor: keep its first N values (shape [N]), or
+/// set its first value.
+enum Edit {
+    Cut(usize),
+    Put(f32),
+}
+
+impl Edit {
+    fn apply(&self, (dtype, shape, data): &mut (safetensors::Dtype, Vec<usize>, Vec<u8>)) {
+        assert_eq!(*dtype, safetensors::Dtype::F32);
+        match *self {
+            Edit::Cut(n) => {
+                data.truncate(4 * n);
+                *shape = vec![n];
+            }
+            Edit::Put(v) => data[..4].copy_from_slice(&v.to_le_bytes()),
+        }
+    }
+}
+
+/// `src` rewritten to `dst` with its tensors edited and its metadata kept.
+fn rewrite_checkpoint(src: &Path, dst: &Path, edit: impl FnOnce(&mut Tensors)) {
+    let bytes = std::fs::read(src).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut t = read_tensors(src);
+    edit(&mut t);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = t
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(dst, safetensors::serialize(views, header.metadata().clone()).unwrap()).unwrap();
 }
 
 /// The softmax PyTorch recorded for each fixture image: (file name, label, probabilities).

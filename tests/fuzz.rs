@@ -169,10 +169,28 @@ fn check_checkpoint(bytes: &[u8], name: &str) {
     std::fs::write(&path, bytes).unwrap();
     match checkpoint::load(&path, &CpuBackend::new()) {
         Ok(ck) => {
+            // What later verbs rely on without checking again.
+            let b = CpuBackend::new();
             ck.meta.check_consistent().expect("a loaded checkpoint is consistent");
             if let Some(s) = &ck.stats {
                 assert_eq!(s.classes, ck.meta.classes());
                 assert_eq!(s.means.len(), s.classes.len() * s.dim);
+                assert_eq!(s.counts.len(), s.classes.len());
+                if let Some(g) = &s.gauss {
+                    assert_eq!(g.means.len(), s.means.len());
+                    assert_eq!(g.covs.len(), s.classes.len() * s.dim * (s.dim + 1) / 2);
+                }
+            }
+            for p in ck.net.params() {
+                assert!(p.value.to_vec(&b).iter().all(|v| v.is_finite()), "{} is finite", p.name);
+            }
+            if let Some(f) = &ck.fisher {
+                let trunk = ck.net.trunk_params();
+                assert_eq!(f.len(), trunk.len(), "a Fisher per trunk parameter");
+                for (f, p) in f.iter().zip(trunk) {
+                    assert_eq!(b.len(f), p.value.numel(), "the Fisher of {}", p.name);
+                    assert!(b.download(f).iter().all(|v| v.is_finite() && *v >= 0.0));
+                }
             }
         }
         Err(e) => {
@@ -257,6 +275,61 @@ proptest! {
         let header = safetensors_header_len(valid);
         let bytes = apply(valid.to_vec(), &m, header);
         check_checkpoint(&bytes, &format!("m{case}.safetensors"));
+    }
+
+    /// One stored tensor changed in its data or its shape, the metadata
+    /// intact: refused with one line naming the file, or loaded into a
+    /// checkpoint whose every tensor fits the model (the Fisher and class
+    /// statistics included, which verbs index by the model's parameters).
+    #[test]
+    fn checkpoint_tensor_mutated(which in any::<usize>(), edit in 0usize..9, at in any::<usize>(), case in any::<u32>()) {
+        use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+        let valid = checkpoint_bytes();
+        let (_, header) = SafeTensors::read_metadata(valid).unwrap();
+        let st = SafeTensors::deserialize(valid).unwrap();
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
+            st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let i = which % tensors.len();
+        let (name, dtype, shape, data) = &mut tensors[i];
+        let elem = if *dtype == Dtype::I64 { 8 } else { 4 };
+        let n = data.len() / elem;
+        let put = |data: &mut Vec<u8>, bytes: &[u8]| {
+            if n > 0 {
+                let j = (at % n) * elem;
+                data[j..j + elem].copy_from_slice(&bytes[..elem]);
+            }
+        };
+        let mut drop = false;
+        match edit {
+            // Cut short, one value more, flattened, one more dimension.
+            0 => {
+                let keep = at % n.max(1);
+                data.truncate(keep * elem);
+                *shape = vec![keep];
+            }
+            1 => {
+                data.extend(std::iter::repeat_n(0, elem));
+                *shape = vec![n + 1];
+            }
+            2 => *shape = vec![n],
+            3 => shape.insert(0, 1),
+            // One value replaced: NaN, negative, infinite, a negative count.
+            4 => put(data, &f32::NAN.to_le_bytes().repeat(2)),
+            5 => put(data, &(-1.0f32).to_le_bytes().repeat(2)),
+            6 => put(data, &f32::INFINITY.to_le_bytes().repeat(2)),
+            7 => put(data, &(-1i64).to_le_bytes()),
+            // Gone.
+            _ => drop = true,
+        }
+        let gone = if drop { Some(name.clone()) } else { None };
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .filter(|(n, ..)| Some(n) != gone.as_ref())
+            .filter_map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).ok().map(|v| (n.clone(), v)))
+            .collect();
+        let bytes = safetensors::serialize(views, header.metadata().clone()).unwrap();
+        check_checkpoint(&bytes, &format!("t{case}.safetensors"));
     }
 
     /// The metadata JSON with one value replaced: numbers, lists and strings

@@ -9,7 +9,9 @@ use crate::checkpoint::{self, HistoryEntry};
 use crate::data::{self, ClassList, FolderOptions, TaskView};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::ClassifierKind;
-use crate::incremental::methods::{add_task_fisher, learn_task, MethodState, TaskContext};
+use crate::incremental::methods::{
+    add_task_fisher, check_freeze_layers, learn_task, MethodState, TaskContext,
+};
 use crate::incremental::select::{learn_task_selected, SelectGrid};
 use crate::incremental::train::Trainer;
 use crate::incremental::{HeadMode, Hyper, Method, Observer};
@@ -99,6 +101,7 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
             req.hyper.head_mode.name()
         )));
     }
+    check_freeze_layers(&net, method, &req.hyper)?;
     if method == Method::Ewc && ck.fisher.is_none() {
         return Err(Error::checkpoint(
             &req.model,

@@ -218,6 +218,7 @@ pub fn peak_rss_mb() -> f64 {
 mod bench;
 mod eval;
 mod experiment;
+mod export;
 mod extend;
 mod import;
 mod predict;
@@ -226,6 +227,7 @@ mod train;
 pub use bench::{bench, BenchReport};
 pub use eval::{eval, EvalReport};
 pub use experiment::{experiment, experiment_config, experiment_runs, merge, ExperimentRequest, Shard};
+pub use export::{export, ExportReport};
 pub use extend::{extend, ExtendRequest};
 pub use import::{import, read_classes_file, ImportRequest, NO_STATS_NOTE};
 pub use predict::{predict, Prediction, Predictions};

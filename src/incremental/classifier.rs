@@ -134,6 +134,20 @@ pub struct FeatureClassifier {
     model: Model,
 }
 
+/// A classifier's parameters as [`FeatureClassifier::parts`] shows them.
+pub enum Parts<'a> {
+    /// Scores `x · Wᵀ + b` (classes × dim rows of W).
+    Linear { w: &'a [f32], b: &'a [f32] },
+    /// Scores `ncm_space(x) · means_k` (unit-length means, classes × dim).
+    Ncm { means: &'a [f32] },
+    /// Scores `−(t − μ_k)ᵀ Σ_k⁻¹ (t − μ_k)` with `t = tukey_space(x)`
+    /// (means classes × dim, inverses classes × dim × dim).
+    Mahalanobis { means: &'a [f32], inv: &'a [f32] },
+    /// NCM's task probability times the task's head softmax; `task_of[k]` is
+    /// the task of column k (both classifiers hold the same classes).
+    NcmTask { ncm: &'a FeatureClassifier, heads: &'a FeatureClassifier, task_of: &'a [usize] },
+}
+
 enum Model {
     /// Rows of W (classes × dim) and the biases.
     Linear { w: Vec<f32>, b: Vec<f32> },
@@ -319,14 +333,38 @@ impl FeatureClassifier {
             .collect()
     }
 
+    /// The factor scores are multiplied by before the softmax that makes
+    /// them probabilities (see the module's note on scales); `None` for
+    /// `ncm-task`, whose scores already are probabilities.
+    pub fn softmax_scale(&self) -> Option<f32> {
+        match self.model {
+            Model::Linear { .. } => Some(1.0),
+            Model::Ncm { .. } => Some(NCM_SCALE),
+            Model::Maha { .. } => Some(0.5),
+            Model::NcmTask { .. } => None,
+        }
+    }
+
+    /// Width of the feature rows it scores.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// What the classifier is made of, column by column in `classes` order:
+    /// for writing it in another form (ONNX export).
+    pub fn parts(&self) -> Parts<'_> {
+        match &self.model {
+            Model::Linear { w, b } => Parts::Linear { w, b },
+            Model::Ncm { means } => Parts::Ncm { means },
+            Model::Maha { means, inv } => Parts::Mahalanobis { means, inv },
+            Model::NcmTask { ncm, heads, task_of } => Parts::NcmTask { ncm, heads, task_of },
+        }
+    }
+
     /// Probabilities of one row of scores (see the module's note on scales).
     pub fn probabilities(&self, scores: &[f32]) -> Vec<f32> {
-        let scale = match self.model {
-            Model::Linear { .. } => 1.0,
-            Model::Ncm { .. } => NCM_SCALE,
-            Model::Maha { .. } => 0.5,
-            // Its scores are already probabilities.
-            Model::NcmTask { .. } => return scores.to_vec(),
+        let Some(scale) = self.softmax_scale() else {
+            return scores.to_vec();
         };
         let z: Vec<f32> = scores.iter().map(|s| s * scale).collect();
         let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -11,7 +11,7 @@ use super::{HeadMode, Hyper, Method, Observer};
 use crate::backend::Backend;
 use crate::data::split::TaskView;
 use crate::data::{Normalization, Split};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::{TaskTiming, ValPoint};
 use crate::nn::{Arch, BnPolicy, Net};
 use crate::rng::Rng;
@@ -386,6 +386,21 @@ pub fn learn_task<B: Backend>(
         report.timing.stats_seconds += t0.elapsed().as_secs_f64();
     }
     Ok(report)
+}
+
+/// `--freeze-layers N` freezes the first N parameterised trunk layers: N
+/// beyond the trunk's depth is a mistake, not "freeze everything" (that is
+/// `--method feature-extraction`).
+pub fn check_freeze_layers<B: Backend>(net: &Net<B>, method: Method, hyper: &Hyper) -> Result<()> {
+    let depth = net.trunk_depth();
+    if method == Method::Freeze && hyper.freeze_layers > depth {
+        return Err(Error::Config(format!(
+            "--freeze-layers {}: {} has {depth} trunk layers with parameters (0 to {depth}; all of them is \
+             --method feature-extraction)",
+            hyper.freeze_layers, net.arch.name
+        )));
+    }
+    Ok(())
 }
 
 /// The head (and its classes) that holds a task's classes.

@@ -5,7 +5,8 @@
 use super::classifier::ClassifierKind;
 use super::eval::{evaluate, Accuracies};
 use super::methods::{
-    learn_task, streams, task_stats, train_first_task, MethodState, TaskContext, TaskReport,
+    check_freeze_layers, learn_task, streams, task_stats, train_first_task, MethodState, TaskContext,
+    TaskReport,
 };
 use super::select::{learn_task_selected, SelectGrid, Selection};
 use super::stats::{cosine, ClassStats, StatsKind};
@@ -132,6 +133,9 @@ pub fn run_experiment_with<B: Backend>(
         let mut tr = Trainer::new(b.clone());
         let cx = TaskContext { split: &data.train, norm: &norm, hyper: &cfg.hyper, seed, obs };
         let mut base = Net::new(b, arch.clone(), &mut Rng::derive(seed, streams::TRUNK));
+        for &m in &cfg.methods {
+            check_freeze_layers(&base, m, &cfg.hyper)?;
+        }
         let mut report = train_first_task(&mut tr, &mut base, &views[0], &cx)?;
         let t0 = Instant::now();
         let base_stats = task_stats(&mut tr, &base, &views[0], &cx, cfg.hyper.class_stats);

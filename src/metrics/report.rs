@@ -194,11 +194,43 @@ fn mean_pm_std(values: &[f64], scale: f64, decimals: usize) -> String {
     }
 }
 
+/// The classifier `predict` answers with for a run's model, and its final
+/// class-IL accuracy: ncm-task when the model kept class statistics, else
+/// aligned-heads (predict's default rule); a report without per-classifier
+/// curves (an older one, or the reference's) has only the heads'.
+pub fn default_class_il(r: &RunResult) -> (&'static str, f64) {
+    for k in ["ncm-task", "aligned-heads"] {
+        if let Some(&acc) = r.class_il_by_classifier.get(k).and_then(|c| c.after_each_task.last()) {
+            return (k, acc);
+        }
+    }
+    ("heads", r.final_class_il_acc)
+}
+
 /// The method comparison: one row per method, mean ± std over its seeds
 /// (sample std) when there are several. Accuracies, forgetting and BWT in
-/// percent; train s = all tasks' training; img/s = the last task's.
+/// percent; train s = all tasks' training; img/s = the last task's. The
+/// class-IL column is what `predict` would answer (the default classifier,
+/// named in the header); the heads' class-IL, the paper's and the PyTorch
+/// reference's measure, has its own column.
 pub fn comparison_table(results: &[RunResult]) -> String {
-    let header = ["method", "old task", "new task", "class-IL", "forgetting", "BWT", "train s", "img/s"];
+    let mut defaults: Vec<&str> = results.iter().map(|r| default_class_il(r).0).collect();
+    defaults.dedup();
+    let class_il = match defaults[..] {
+        [one] => format!("class-IL ({one})"),
+        _ => "class-IL (default)".to_string(),
+    };
+    let header = [
+        "method",
+        "old task",
+        "new task",
+        &class_il,
+        "heads class-IL",
+        "forgetting",
+        "BWT",
+        "train s",
+        "img/s",
+    ];
     let rows: Vec<Vec<String>> = group_by_method(results)
         .into_iter()
         .map(|(method, runs)| {
@@ -208,6 +240,7 @@ pub fn comparison_table(results: &[RunResult]) -> String {
                 method.to_string(),
                 mean_pm_std(&col(&|r| r.old_tasks_acc_final), 100.0, 1),
                 mean_pm_std(&col(&|r| Some(r.new_task_acc_final)), 100.0, 1),
+                mean_pm_std(&col(&|r| Some(default_class_il(r).1)), 100.0, 1),
                 mean_pm_std(&col(&|r| Some(r.final_class_il_acc)), 100.0, 1),
                 mean_pm_std(&col(&|r| r.avg_forgetting_task_aware), 100.0, 1),
                 mean_pm_std(&col(&|r| r.backward_transfer), 100.0, 1),
@@ -304,6 +337,33 @@ mod tests {
         assert!(lwf.contains("85.0 ± 7.1"), "{table}");
         let ft = table.lines().nth(3).unwrap();
         assert!(ft.contains("50.0") && ft.contains("45.0") && !ft.contains('±'), "{table}");
+    }
+
+    /// The headline class-IL is what predict answers (ncm-task when the
+    /// runs kept statistics), beside the heads' own column.
+    #[test]
+    fn comparison_table_headlines_the_default_classifier() {
+        use crate::metrics::ClassifierCurve;
+        let curve = |acc: f64| ClassifierCurve::new(vec![0.9, acc], vec![acc, acc]);
+        let mut runs = vec![sample_run("lwf", 0, 2, |_, _| 0.9), sample_run("lwf", 1, 2, |_, _| 0.9)];
+        for (r, acc) in runs.iter_mut().zip([0.84, 0.82]) {
+            r.class_il_by_classifier.insert("heads".into(), curve(r.final_class_il_acc));
+            r.class_il_by_classifier.insert("aligned-heads".into(), curve(0.7));
+            r.class_il_by_classifier.insert("ncm-task".into(), curve(acc));
+        }
+        let table = comparison_table(&runs);
+        let header = table.lines().next().unwrap();
+        assert!(header.contains("class-IL (ncm-task)") && header.contains("heads class-IL"), "{table}");
+        let row = table.lines().nth(2).unwrap();
+        let heads = format!("{:.1}", 100.0 * runs[0].final_class_il_acc);
+        assert!(row.contains("83.0 ± 1.4") && row.contains(&heads), "{table}");
+        // Without statistics: aligned-heads, as predict.
+        for r in &mut runs {
+            r.class_il_by_classifier.remove("ncm-task");
+        }
+        let table = comparison_table(&runs);
+        assert!(table.lines().next().unwrap().contains("class-IL (aligned-heads)"), "{table}");
+        assert!(table.lines().nth(2).unwrap().contains(" 70.0 "), "{table}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use lwf_engine::nn::{Conv2d, Linear, Param, ParamId};
 use lwf_engine::rng::Rng;
 use lwf_engine::tensor::Tensor;
 
+pub mod cli;
+
 pub type B = CpuBackend;
 
 // ---- data -------------------------------------------------------------------
