@@ -26,7 +26,7 @@ pub enum BackendChoice {
     /// no direct path): the baseline `bench --im2col-only` measures against.
     #[value(skip)]
     CpuIm2col,
-    /// A GPU through wgpu (Vulkan).
+    /// A GPU through wgpu (Vulkan; Metal on macOS, DX12 or Vulkan on Windows).
     Wgpu,
 }
 
