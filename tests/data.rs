@@ -2,6 +2,9 @@
 //! user's files can be broken (each must be a one-line error naming the file),
 //! NPY input, class/task parsing and seeded batching.
 
+mod common;
+
+use common::cli::npy;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,21 +82,6 @@ fn load_err(d: &TempDir, file: &str) -> String {
     assert!(!e.contains('\n'), "error is not one line: {e}");
     assert!(e.contains(file), "error does not name {file}: {e}");
     e
-}
-
-fn npy_bytes(descr: &str, shape: &[usize], payload: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut v = b"\x93NUMPY\x01\x00".to_vec();
-    v.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    v.extend_from_slice(header.as_bytes());
-    v.extend_from_slice(payload);
-    v
 }
 
 fn f32_bytes(xs: &[f32]) -> Vec<u8> {
@@ -266,10 +254,10 @@ fn train_and_test_shapes_must_match() {
 fn npy_round_trip_u8_nhw_and_f32_nchw() {
     let d = TempDir::new("npy");
     let train_px = pixels(3, 2, 2);
-    d.write("train_images.npy", &npy_bytes("|u1", &[3, 2, 2], &train_px));
-    d.write("train_labels.npy", &npy_bytes("<i8", &[3], &i64_bytes(&[0, 4, 1])));
-    d.write("test_images.npy", &npy_bytes("|u1", &[1, 1, 2, 2], &[1, 2, 3, 4]));
-    d.write("test_labels.npy", &npy_bytes("|u1", &[1], &[2]));
+    d.write("train_images.npy", &npy("|u1", &[3, 2, 2], &train_px));
+    d.write("train_labels.npy", &npy("<i8", &[3], &i64_bytes(&[0, 4, 1])));
+    d.write("test_images.npy", &npy("|u1", &[1, 1, 2, 2], &[1, 2, 3, 4]));
+    d.write("test_labels.npy", &npy("|u1", &[1], &[2]));
     let ds = data::load(d.spec()).unwrap();
     assert_eq!((ds.train.c, ds.train.h, ds.train.w, ds.train.len()), (1, 2, 2, 3));
     assert_eq!(ds.train.pixels, Pixels::U8(train_px));
@@ -278,10 +266,10 @@ fn npy_round_trip_u8_nhw_and_f32_nchw() {
 
     let d = TempDir::new("npy-f32");
     let xs: Vec<f32> = (0..2 * 3 * 2 * 2).map(|i| i as f32 / 24.0).collect();
-    d.write("train_images.npy", &npy_bytes("<f4", &[2, 3, 2, 2], &f32_bytes(&xs)));
-    d.write("train_labels.npy", &npy_bytes("<i4", &[2], &[1, 0, 0, 0, 0, 0, 0, 0]));
-    d.write("test_images.npy", &npy_bytes("<f4", &[1, 3, 2, 2], &f32_bytes(&xs[..12])));
-    d.write("test_labels.npy", &npy_bytes("<u8", &[1], &1u64.to_le_bytes()));
+    d.write("train_images.npy", &npy("<f4", &[2, 3, 2, 2], &f32_bytes(&xs)));
+    d.write("train_labels.npy", &npy("<i4", &[2], &[1, 0, 0, 0, 0, 0, 0, 0]));
+    d.write("test_images.npy", &npy("<f4", &[1, 3, 2, 2], &f32_bytes(&xs[..12])));
+    d.write("test_labels.npy", &npy("<u8", &[1], &1u64.to_le_bytes()));
     let ds = data::load(d.spec()).unwrap();
     assert_eq!((ds.train.c, ds.train.h, ds.train.w), (3, 2, 2));
     assert_eq!(ds.train.pixels, Pixels::F32(xs.clone()));
@@ -299,17 +287,17 @@ fn npy_round_trip_u8_nhw_and_f32_nchw() {
 #[test]
 fn npy_errors_name_the_file() {
     let d = TempDir::new("npy-bad");
-    d.write("train_images.npy", &npy_bytes("|u1", &[2, 2], &[0; 4]));
-    d.write("train_labels.npy", &npy_bytes("|u1", &[2], &[0, 1]));
-    d.write("test_images.npy", &npy_bytes("|u1", &[1, 2, 2], &[0; 4]));
-    d.write("test_labels.npy", &npy_bytes("|u1", &[1], &[0]));
+    d.write("train_images.npy", &npy("|u1", &[2, 2], &[0; 4]));
+    d.write("train_labels.npy", &npy("|u1", &[2], &[0, 1]));
+    d.write("test_images.npy", &npy("|u1", &[1, 2, 2], &[0; 4]));
+    d.write("test_labels.npy", &npy("|u1", &[1], &[0]));
     let e = load_err(&d, "train_images.npy");
     assert!(e.contains("(N,H,W)"), "{e}");
-    d.write("train_images.npy", &npy_bytes("|u1", &[2, 2, 2], &[0; 8]));
-    d.write("test_labels.npy", &npy_bytes("<i8", &[1], &i64_bytes(&[-1])));
+    d.write("train_images.npy", &npy("|u1", &[2, 2, 2], &[0; 8]));
+    d.write("test_labels.npy", &npy("<i8", &[1], &i64_bytes(&[-1])));
     let e = load_err(&d, "test_labels.npy");
     assert!(e.contains("label -1"), "{e}");
-    let mut fortran = npy_bytes("|u1", &[1], &[0]);
+    let mut fortran = npy("|u1", &[1], &[0]);
     let at = fortran.windows(5).position(|w| w == b"False").unwrap();
     fortran.splice(at..at + 5, *b"True ");
     d.write("test_labels.npy", &fortran);

@@ -55,8 +55,10 @@ pub fn export_model<B: Backend>(b: &B, net: &Net<B>, clf: &FeatureClassifier, sp
         ids.iter().map(|&id| name_of(id).unwrap_or_else(|| format!("class {id}"))).collect();
     let meta =
         |k: &str, v: String| StringStringEntryProto { key: Some(format!("lwf_engine.{k}")), value: Some(v) };
-    let json = |v: serde_json::Value| v.to_string();
-    let to_json = |v: &[f32]| serde_json::to_string(v).expect("f32s serialise");
+    // serde_json writes f32 in its shortest form (0.286, not 0.28600001335144043).
+    fn json(v: &impl serde::Serialize) -> String {
+        serde_json::to_string(v).expect("ids, names and f32s serialise")
+    }
     let model = ModelProto {
         ir_version: Some(IR_VERSION),
         opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
@@ -76,10 +78,9 @@ pub fn export_model<B: Backend>(b: &B, net: &Net<B>, clf: &FeatureClassifier, sp
             meta("architecture", net.arch.name.clone()),
             meta("classifier", spec.classifier.name().into()),
             meta("probability_rule", spec.classifier.probability_rule().into()),
-            meta("class_ids", json(serde_json::json!(ids))),
-            meta("class_names", json(serde_json::json!(names))),
-            // Serialised as f32 (shortest form: 0.286, not 0.28600001335144043).
-            meta("normalisation", format!("{{\"mean\":{},\"std\":{}}}", to_json(&spec.norm.mean), to_json(&spec.norm.std))),
+            meta("class_ids", json(&ids)),
+            meta("class_names", json(&names)),
+            meta("normalisation", json(&spec.norm)),
             meta("input", format!("{c}x{h}x{w}, f32 in [0, 1], channels first")),
         ],
         ..Default::default()
@@ -103,7 +104,7 @@ fn trunk<B: Backend>(g: &mut Graph, b: &B, net: &Net<B>, x: String) -> String {
             Layer::Conv2d(c) => conv(g, b, c, &h),
             Layer::BatchNorm(bn) => batchnorm(g, b, bn, &h),
             Layer::Relu => g.op("Relu", &[&h], vec![], "relu"),
-            &Layer::MaxPool2d { k, s, pad } => maxpool(g, &h, k, s, pad),
+            &Layer::MaxPool2d { k, s, pad } => g.op("MaxPool", &[&h], window(k, s, pad), "pool"),
             Layer::Flatten => g.op("Flatten", &[&h], vec![("axis", Attr::Int(1))], "flat"),
             Layer::Linear(l) => linear(g, b, l, &h),
             Layer::GlobalAvgPool => {
@@ -111,16 +112,15 @@ fn trunk<B: Backend>(g: &mut Graph, b: &B, net: &Net<B>, x: String) -> String {
                 g.op("Flatten", &[&p], vec![("axis", Attr::Int(1))], "pooled")
             }
             Layer::Basic(blk) => {
-                let a = conv(g, b, &blk.conv1, &h);
-                let a = batchnorm(g, b, &blk.bn1, &a);
+                let conv_bn = |g: &mut Graph, c: &Conv2d<B>, bn: &BatchNorm2d<B>, x: &str| {
+                    let y = conv(g, b, c, x);
+                    batchnorm(g, b, bn, &y)
+                };
+                let a = conv_bn(g, &blk.conv1, &blk.bn1, &h);
                 let a = g.op("Relu", &[&a], vec![], "relu");
-                let a = conv(g, b, &blk.conv2, &a);
-                let a = batchnorm(g, b, &blk.bn2, &a);
+                let a = conv_bn(g, &blk.conv2, &blk.bn2, &a);
                 let shortcut = match &blk.downsample {
-                    Some((c, bn)) => {
-                        let s = conv(g, b, c, &h);
-                        batchnorm(g, b, bn, &s)
-                    }
+                    Some((c, bn)) => conv_bn(g, c, bn, &h),
                     None => h.clone(),
                 };
                 let sum = g.op("Add", &[&a, &shortcut], vec![], "residual");
@@ -137,14 +137,18 @@ fn conv<B: Backend>(g: &mut Graph, b: &B, c: &Conv2d<B>, x: &str) -> String {
     if let Some(bias) = &c.b {
         inputs.push(g.f32s(&bias.name, &[c.oc], &bias.value.to_vec(b)));
     }
-    let (k, s, p) = (c.k as i64, c.stride as i64, c.pad as i64);
-    let attrs = vec![
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    g.op("Conv", &inputs, window(c.k, c.stride, c.pad), "conv")
+}
+
+/// A square k×k window's attributes (Conv, MaxPool): stride s, padding p on every side.
+fn window(k: usize, s: usize, p: usize) -> Vec<(&'static str, Attr)> {
+    let (k, s, p) = (k as i64, s as i64, p as i64);
+    vec![
         ("kernel_shape", Attr::Ints(vec![k, k])),
         ("strides", Attr::Ints(vec![s, s])),
         ("pads", Attr::Ints(vec![p, p, p, p])),
-    ];
-    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    g.op("Conv", &inputs, attrs, "conv")
+    ]
 }
 
 fn batchnorm<B: Backend>(g: &mut Graph, b: &B, bn: &BatchNorm2d<B>, x: &str) -> String {
@@ -154,16 +158,6 @@ fn batchnorm<B: Backend>(g: &mut Graph, b: &B, bn: &BatchNorm2d<B>, x: &str) -> 
     let mean = g.f32s(&format!("{}.running_mean", bn.name), &[c], &bn.running_mean.to_vec(b));
     let var = g.f32s(&format!("{}.running_var", bn.name), &[c], &bn.running_var.to_vec(b));
     g.op("BatchNormalization", &[x, &scale, &bias, &mean, &var], vec![("epsilon", Attr::Float(bn.eps))], "bn")
-}
-
-fn maxpool(g: &mut Graph, x: &str, k: usize, s: usize, pad: usize) -> String {
-    let (k, s, p) = (k as i64, s as i64, pad as i64);
-    let attrs = vec![
-        ("kernel_shape", Attr::Ints(vec![k, k])),
-        ("strides", Attr::Ints(vec![s, s])),
-        ("pads", Attr::Ints(vec![p, p, p, p])),
-    ];
-    g.op("MaxPool", &[x], attrs, "pool")
 }
 
 fn linear<B: Backend>(g: &mut Graph, b: &B, l: &Linear<B>, x: &str) -> String {
@@ -213,6 +207,7 @@ fn classifier(g: &mut Graph, clf: &FeatureClassifier, feats: &str, order: &[usiz
             // Per task: its share of the NCM probability times the softmax
             // of its own head's logits; then back into class-id order.
             let n_tasks = task_of.iter().max().map_or(0, |m| m + 1);
+            let axes = g.i64s("axis1", &[1], &[1]);
             let mut parts = Vec::new();
             let mut concat_order = Vec::new();
             for t in 0..n_tasks {
@@ -223,7 +218,6 @@ fn classifier(g: &mut Graph, clf: &FeatureClassifier, feats: &str, order: &[usiz
                 concat_order.extend(cols.iter().map(|&j| j as usize));
                 let idx = g.i64s(&format!("task{t}.columns"), &[cols.len()], &cols);
                 let pt = g.op("Gather", &[&p, &idx], vec![("axis", Attr::Int(1))], "task_classes");
-                let axes = g.i64s("axis1", &[1], &[1]);
                 let pt =
                     g.op("ReduceSum", &[&pt, &axes], vec![("keepdims", Attr::Int(1))], "task_probability");
                 let lt = g.op("Gather", &[&logits, &idx], vec![("axis", Attr::Int(1))], "task_logits");
