@@ -114,6 +114,10 @@ pub struct Meta {
     /// Present when the checkpoint holds class statistics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_stats: Option<StatsMeta>,
+    /// How `predict` decides an image belongs to no known class (the score
+    /// and its calibrated threshold); absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<crate::incremental::unknown::UnknownRule>,
 }
 
 impl Meta {
@@ -129,6 +133,7 @@ impl Meta {
             tasks: Vec::new(),
             history: Vec::new(),
             class_stats: None,
+            unknown: None,
         }
     }
 
@@ -395,6 +400,9 @@ pub fn load<B: Backend>(path: &Path, b: &B) -> Result<Checkpoint<B>> {
         Some(sm) => Some(load_stats(&st, sm, &meta, path)?),
         None => None,
     };
+    if let Some(rule) = &meta.unknown {
+        rule.check(stats.as_ref()).map_err(bad)?;
+    }
     let stats_tensors = stats.as_ref().map_or(0, |s| if s.gauss.is_some() { 4 } else { 2 });
     let extra = st.names().len() - used - fisher_tensors - stats_tensors;
     if extra > 0 {

@@ -406,6 +406,11 @@ struct EvalArgs {
     /// model holds class statistics, else aligned-heads); every available one is listed.
     #[arg(long, value_enum)]
     classifier: Option<ClassifierKind>,
+    /// Classes the model has not learnt (ids, ranges or names): their test
+    /// images are scored against the known ones, giving the AUROC of the
+    /// model's "none of these" score and the share its threshold rejects.
+    #[arg(long)]
+    unknown_classes: Option<ClassList>,
     #[command(flatten)]
     common: Common,
 }
@@ -632,7 +637,14 @@ fn run(cli: Cli) -> lwf_engine::Result<()> {
         }
         Cmd::Eval(a) => {
             let be = setup(&a.common)?;
-            let r = app::eval(be, &a.model, &a.data.data, &a.data.folder(), a.classifier)?;
+            let r = app::eval(
+                be,
+                &a.model,
+                &a.data.data,
+                &a.data.folder(),
+                a.classifier,
+                a.unknown_classes.as_ref(),
+            )?;
             if let Some(n) = &r.note {
                 eprintln!("note: {n}");
             }

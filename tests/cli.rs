@@ -1472,3 +1472,48 @@ fn an_engine_cnn_s_round_trips_through_import() {
     );
     assert!(!never.exists());
 }
+
+/// `eval --unknown-classes`: a model of classes 0-4 scores the test images
+/// of 5-9 against its own, by every score its statistics allow; classes it
+/// has learnt are refused as "unknown".
+#[test]
+fn eval_scores_classes_the_model_has_not_learnt() {
+    let old = npy_dir("unknown-old", &[0, 1, 2, 3, 4], 1500, 300, 28);
+    let models = TempDir::new("unknown-models");
+    let m = models.path("m.safetensors");
+    ok(&with(
+        &["train", "--data", old.s(), "--classes", "0-4", "--class-stats", "cov", "--out", p(&m)],
+        &QUICK,
+    ));
+    let e = json(&ok(&[
+        "eval",
+        "--model",
+        p(&m),
+        "--data",
+        "fashion-mnist",
+        "--unknown-classes",
+        "5-9",
+        "--json",
+    ]));
+    let u = &e["unknown"];
+    assert_eq!(u["images"], 5000, "{e}");
+    let by: std::collections::BTreeMap<String, f64> =
+        serde_json::from_value(u["auroc_by_score"].clone()).unwrap();
+    assert_eq!(
+        by.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["combined", "energy", "mahalanobis", "max-cosine", "max-softmax"],
+        "{e}"
+    );
+    // Sandals, sneakers, bags and boots are far from shirts and coats: every
+    // score must tell them apart well above chance (0.5).
+    for (k, v) in &by {
+        assert!(*v > 0.7 && *v <= 1.0, "AUROC of {k}: {v} ({e})");
+    }
+    assert_eq!(u["score"], "combined", "the default with covariances ({e})");
+    assert_eq!(frac(&u["auroc"], "auroc"), by["combined"], "{e}");
+    fails_with(
+        &["eval", "--model", p(&m), "--data", "fashion-mnist", "--unknown-classes", "3,7"],
+        &["--unknown-classes names class 3", "has learnt"],
+        false,
+    );
+}

@@ -17,6 +17,7 @@ pub mod select;
 pub mod session;
 pub mod stats;
 pub mod train;
+pub mod unknown;
 
 use crate::backend::SgdHyper;
 use crate::error::{Error, Result};
