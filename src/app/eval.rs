@@ -7,7 +7,7 @@ use crate::data::{self, ClassList, FolderOptions};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::train::Trainer;
-use crate::incremental::unknown::{auroc, UnknownDetector, UnknownScore};
+use crate::incremental::unknown::{auroc, score_of, standardisation_of, UnknownDetector, UnknownScore};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -223,22 +223,14 @@ fn unknown_report<B: Backend>(
     let unknown_feats = tr.features(&ck.net, &data.test, &norm, &unknown_idx, 128);
     // Combined's standardisation: the model's, else the known images' own
     // (never the unknown ones', which would hide the shift being measured).
-    let standardise = ck
-        .meta
-        .unknown
-        .as_ref()
-        .and_then(|r| r.standardise)
-        .or_else(|| detector.standardisation(&known_feats, known_idx.len()));
-    let k = detector.all_scores(&known_feats, known_idx.len(), standardise);
-    let u = detector.all_scores(&unknown_feats, unknown_idx.len(), standardise);
+    let kept = ck.meta.unknown.as_ref().and_then(|r| r.standardise);
+    let k = detector.all_scores(&known_feats, known_idx.len(), kept);
+    let u = detector.all_scores(&unknown_feats, unknown_idx.len(), kept.or_else(|| standardisation_of(&k)));
     let score =
         ck.meta.unknown.as_ref().map_or_else(|| UnknownScore::default_for(ck.stats.as_ref()), |r| r.score);
     let auroc_by_score: BTreeMap<String, f64> =
         k.iter().zip(&u).map(|((s, kv), (_, uv))| (s.name().to_string(), auroc(kv, uv))).collect();
-    let of = |v: &[(UnknownScore, Vec<f32>)]| {
-        v.iter().find(|(s, _)| *s == score).map(|(_, x)| x.clone()).expect("available")
-    };
-    let (ks, us) = (of(&k), of(&u));
+    let (ks, us) = (score_of(&k, score).expect("available"), score_of(&u, score).expect("available"));
     let threshold = ck.meta.unknown.as_ref().map(|r| r.threshold);
     let share = |v: &[f32], above: bool, t: f32| {
         v.iter().filter(|&&x| (x > t) == above).count() as f64 / v.len() as f64
@@ -247,10 +239,10 @@ fn unknown_report<B: Backend>(
         classes: classes.to_vec(),
         images: unknown_idx.len(),
         score,
-        auroc: auroc(&ks, &us),
+        auroc: auroc(ks, us),
         auroc_by_score,
         threshold,
-        unknown_rejected: threshold.map(|t| share(&us, true, t)),
-        known_accepted: threshold.map(|t| share(&ks, false, t)),
+        unknown_rejected: threshold.map(|t| share(us, true, t)),
+        known_accepted: threshold.map(|t| share(ks, false, t)),
     })
 }

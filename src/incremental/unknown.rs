@@ -17,23 +17,21 @@
 //!   different images (the heads' logits and the feature geometry see
 //!   different things), so the sum separates better than either.
 //!
-//! The threshold is calibrated when a task is learnt: the score's quantile
-//! over known images (the held-out validation images when there are, else
-//! the training images) such that [`DEFAULT_ACCEPT`] of them are accepted.
-//! No image is stored, only the score's name, its standardisation and the
-//! threshold.
+//! `eval --unknown-classes` reports how well each score separates classes
+//! the model has not learnt. A model may carry an [`UnknownRule`] (score,
+//! standardisation, threshold: the score's [`quantile`] over known images
+//! that accepts a chosen share of them), checked on load and used by eval;
+//! train and extend do not calibrate one yet, and predict does not apply it.
+//! No image is stored.
 
-use super::classifier::{ClassifierKind, FeatureClassifier};
+use super::classifier::FeatureClassifier;
 use super::stats::ClassStats;
 use crate::backend::Backend;
 use crate::nn::Net;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Share of known images a calibrated threshold accepts.
-pub const DEFAULT_ACCEPT: f64 = 0.95;
-
-/// How an image's "unknown" score is computed (also `--unknown-score`).
+/// How an image's "unknown" score is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnknownScore {
@@ -216,60 +214,18 @@ impl UnknownDetector {
         }
         out
     }
+}
 
-    /// `combined`'s standardisation measured on known images' raw
-    /// features; `None` without covariances.
-    pub fn standardisation(&self, raw: &[f32], n: usize) -> Option<[Standardise; 2]> {
-        self.maha.as_ref()?;
-        let all = self.all_scores(raw, n, None);
-        let get = |s: UnknownScore| all.iter().find(|(k, _)| *k == s).map(|(_, v)| Standardise::of(v));
-        Some([get(UnknownScore::Energy)?, get(UnknownScore::Mahalanobis)?])
-    }
+/// The values of `score` in a result of [`UnknownDetector::all_scores`].
+pub fn score_of(scores: &[(UnknownScore, Vec<f32>)], score: UnknownScore) -> Option<&[f32]> {
+    scores.iter().find(|(s, _)| *s == score).map(|(_, v)| v.as_slice())
+}
 
-    /// One score of `n` rows.
-    pub fn scores(
-        &self,
-        score: UnknownScore,
-        raw: &[f32],
-        n: usize,
-        standardise: Option<[Standardise; 2]>,
-    ) -> Vec<f32> {
-        self.all_scores(raw, n, standardise)
-            .into_iter()
-            .find(|(s, _)| *s == score)
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| panic!("unknown score {score} is not available for this model"))
-    }
-
-    /// Calibrate `score` on known images' raw features: the threshold that
-    /// accepts `accept` of them.
-    pub fn calibrate(
-        &self,
-        score: UnknownScore,
-        raw: &[f32],
-        n: usize,
-        accept: f64,
-        on: &str,
-    ) -> UnknownRule {
-        let all = self.all_scores(raw, n, None);
-        let get = |s: UnknownScore| all.iter().find(|(k, _)| *k == s).map(|(_, v)| v.as_slice());
-        let standardise = (score == UnknownScore::Combined).then(|| {
-            [
-                Standardise::of(get(UnknownScore::Energy).expect("energy")),
-                Standardise::of(get(UnknownScore::Mahalanobis).expect("combined needs mahalanobis")),
-            ]
-        });
-        let values =
-            get(score).unwrap_or_else(|| panic!("unknown score {score} is not available for this model"));
-        UnknownRule {
-            score,
-            threshold: quantile(values, accept),
-            accept,
-            standardise,
-            calibrated_on: on.to_string(),
-            calibration_images: n,
-        }
-    }
+/// `combined`'s standardisation from scores already computed on known
+/// images; `None` without Mahalanobis.
+pub fn standardisation_of(scores: &[(UnknownScore, Vec<f32>)]) -> Option<[Standardise; 2]> {
+    let of = |s| score_of(scores, s).map(Standardise::of);
+    Some([of(UnknownScore::Energy)?, of(UnknownScore::Mahalanobis)?])
 }
 
 fn max(r: &[f32]) -> f32 {
@@ -315,15 +271,6 @@ pub fn auroc(known: &[f32], unknown: &[f32]) -> f64 {
     }
     let (nu, nk) = (unknown.len() as f64, known.len() as f64);
     (rank_sum - nu * (nu + 1.0) / 2.0) / (nu * nk)
-}
-
-/// Which classifier's statistics a score reads (for messages).
-pub fn needs(score: UnknownScore) -> Option<ClassifierKind> {
-    match score {
-        UnknownScore::MaxSoftmax | UnknownScore::Energy => None,
-        UnknownScore::MaxCosine => Some(ClassifierKind::Ncm),
-        UnknownScore::Mahalanobis | UnknownScore::Combined => Some(ClassifierKind::Mahalanobis),
-    }
 }
 
 #[cfg(test)]
