@@ -9,7 +9,7 @@ use lwf_engine::data::{ClassList, FolderOptions, Protocol, TaskList};
 use lwf_engine::incremental::classifier::ClassifierKind;
 use lwf_engine::incremental::select::SelectGrid;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
-use lwf_engine::incremental::{HeadMode, Hyper, Method, Observer};
+use lwf_engine::incremental::{CovDrift, HeadMode, Hyper, Method, Observer, Ssl};
 use lwf_engine::nn::{ArchKind, BnPolicy};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -174,6 +174,11 @@ struct HyperArgs {
     /// the new data by leaving one new class out at a time) or off.
     #[arg(long, default_value = "0.1", value_parser = parse_sigma)]
     sdc_sigma: Sigma,
+    /// How the old classes' covariances follow the trunk (with --class-stats
+    /// cov): sdc moves only their means; ridge fits a linear map from old to
+    /// new features on the new images and moves means and covariances.
+    #[arg(long, value_enum, default_value_t = CovDrift::Sdc)]
+    cov_drift: CovDrift,
     /// Share of each task's training images held out for validation
     /// (stratified, seeded); accuracy on them is reported after every epoch.
     /// 0 trains on all images.
@@ -185,6 +190,17 @@ struct HyperArgs {
     /// model's running statistics as they were.
     #[arg(long, value_enum, default_value_t = BnPolicy::Train)]
     bn: BnPolicy,
+    /// Self-supervision while the first task trains: rotation also trains the
+    /// trunk to name each image's class and which way up it is (four quarter
+    /// turns; half turns for non-square images), which costs about five times
+    /// the first task's steps.
+    #[arg(long, value_enum, default_value_t = Ssl::Off)]
+    ssl: Ssl,
+    /// Share of the task's validation images (its training images without a
+    /// validation split) that the "none of these" threshold accepts; predict
+    /// calls an image unknown when its score is above that threshold.
+    #[arg(long, default_value_t = 0.95)]
+    unknown_accept: f64,
 }
 
 /// `--select`: choose LwF's λ_o (and T, lr) from the new data alone.
@@ -252,8 +268,11 @@ impl HyperArgs {
             head_mode: self.head_mode,
             class_stats: self.class_stats,
             sdc_sigma: self.sdc_sigma,
+            cov_drift: self.cov_drift,
             val_fraction: self.val_fraction,
             bn: self.bn,
+            ssl: self.ssl,
+            unknown_accept: self.unknown_accept,
         };
         h.validate()?;
         Ok(h)

@@ -991,11 +991,11 @@ fn image_folders_train_extend_eval_predict() {
     }
     let csv = ok(&["predict", "--model", p(&m2), "--input", p(&new.join("eel")), "--csv", "--top-k", "4"]);
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "file,rank,class,name,probability");
+    assert_eq!(lines[0], "file,rank,class,name,probability,unknown");
     assert_eq!(lines.len(), 1 + 21 * 4, "{csv}");
     let first: Vec<&str> = lines[1].split(',').collect();
     assert_eq!((first[0], first[1]), (p(&new.join("eel").join("img00.png")), "1"), "{csv}");
-    let sum: f64 = lines[1..5].iter().map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap()).sum();
+    let sum: f64 = lines[1..5].iter().map(|l| l.rsplit(',').nth(1).unwrap().parse::<f64>().unwrap()).sum();
     assert!((sum - 1.0).abs() < 1e-4, "one image's four probabilities sum to {sum}");
 
     // Bad input: one line naming the flag or file, nothing written.
@@ -1473,6 +1473,40 @@ fn an_engine_cnn_s_round_trips_through_import() {
     assert!(!never.exists());
 }
 
+/// `train --ssl rotation`: the rotation head trains beside the class head
+/// and is gone from the saved model, which loads, evaluates and extends as
+/// any other.
+#[test]
+fn train_with_rotation_self_supervision_saves_the_class_head_only() {
+    let old = npy_dir("ssl-old", &[0, 1, 2], 600, 150, 28);
+    let models = TempDir::new("ssl-models");
+    let m = models.path("m.safetensors");
+    let out = ok(&with(
+        &["train", "--data", old.s(), "--classes", "0-2", "--ssl", "rotation", "--out", p(&m)],
+        &QUICK,
+    ));
+    assert!(out.contains("trained classes 0-2"), "{out}");
+    let e = json(&ok(&["eval", "--model", p(&m), "--data", old.s(), "--json"]));
+    assert_eq!(e["tasks"], serde_json::json!([[0, 1, 2]]), "{e}");
+    let acc = frac(&e["task_aware"][0], "task-aware");
+    assert!(acc > 0.6, "three clothing classes after one epoch: {acc} ({e})");
+    fails_with(
+        &[
+            "train",
+            "--data",
+            old.s(),
+            "--classes",
+            "0-2",
+            "--unknown-accept",
+            "0",
+            "--out",
+            p(&models.path("x.safetensors")),
+        ],
+        &["--unknown-accept"],
+        false,
+    );
+}
+
 /// `eval --unknown-classes`: a model of classes 0-4 scores the test images
 /// of 5-9 against its own, by every score its statistics allow; classes it
 /// has learnt are refused as "unknown".
@@ -1511,6 +1545,60 @@ fn eval_scores_classes_the_model_has_not_learnt() {
     }
     assert_eq!(u["score"], "combined", "the default with covariances ({e})");
     assert_eq!(frac(&u["auroc"], "auroc"), by["combined"], "{e}");
+    // train calibrated the threshold on its validation images to accept
+    // 95 % of them: test images of the same classes land near that share,
+    // and it turns most unknown images away.
+    assert!(u["threshold"].as_f64().is_some_and(f64::is_finite), "{e}");
+    let accepted = frac(&u["known_accepted"], "known accepted");
+    assert!((0.85..=1.0).contains(&accepted), "known accepted {accepted} ({e})");
+    let rejected = frac(&u["unknown_rejected"], "unknown rejected");
+    assert!(rejected > 0.5, "unknown rejected {rejected} ({e})");
+
+    // predict applies the rule: images of 5-9 are mostly "none of these",
+    // images of 0-4 mostly not, and the CSV carries the same verdicts.
+    let unseen = npy_dir("unknown-new", &[5, 6, 7, 8, 9], 0, 200, 28);
+    let marked = |dir: &TempDir| -> f64 {
+        let pr = json(&ok(&[
+            "predict",
+            "--model",
+            p(&m),
+            "--input",
+            &dir.path("test_images.npy").display().to_string(),
+            "--json",
+        ]));
+        assert_eq!(pr["unknown_rule"]["score"], "combined", "{pr}");
+        let preds = pr["predictions"].as_array().unwrap();
+        preds.iter().filter(|q| q["unknown"].as_bool().expect("every image gets a verdict")).count() as f64
+            / preds.len() as f64
+    };
+    let (on_unknown, on_known) = (marked(&unseen), marked(&old));
+    assert!(on_unknown > 0.5 && on_known < 0.15, "marked unknown: {on_unknown} of 5-9, {on_known} of 0-4");
+    let csv = ok(&[
+        "predict",
+        "--model",
+        p(&m),
+        "--input",
+        &unseen.path("test_images.npy").display().to_string(),
+        "--csv",
+        "--top-k",
+        "1",
+        "--limit",
+        "50",
+    ]);
+    let trues = csv.lines().skip(1).filter(|l| l.ends_with(",true")).count();
+    assert!(csv.lines().skip(1).all(|l| l.ends_with(",true") || l.ends_with(",false")), "{csv}");
+    assert!(trues > 25, "{trues} of 50 unknown images marked in the CSV: {csv}");
+    let table = ok(&[
+        "predict",
+        "--model",
+        p(&m),
+        "--input",
+        &unseen.path("test_images.npy").display().to_string(),
+        "--limit",
+        "20",
+    ]);
+    assert!(table.lines().next().unwrap().contains("none of these: combined score above"), "{table}");
+    assert!(table.lines().skip(1).any(|l| l.contains("none of these (score")), "{table}");
     fails_with(
         &["eval", "--model", p(&m), "--data", "fashion-mnist", "--unknown-classes", "3,7"],
         &["--unknown-classes names class 3", "has learnt"],

@@ -19,7 +19,7 @@ use lwf_engine::incremental::classifier::{
     correlation, shrink, sym_inverse, ClassifierKind, FeatureClassifier,
 };
 use lwf_engine::incremental::stats::{cosine, drift_at, ClassStats, Sigma, StatsKind};
-use lwf_engine::incremental::HeadMode;
+use lwf_engine::incremental::{CovDrift, HeadMode};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::rng::Rng;
 use proptest::prelude::*;
@@ -315,7 +315,8 @@ fn sdc_follows_the_local_drift_of_an_absent_class() {
         new_f.extend(j.iter().enumerate().map(|(q, v)| v + base_new[q % dim]));
     }
     let labels: Vec<u32> = (0..2 * n).map(|i| if i < n { 1 } else { 2 }).collect();
-    let report = stats.compensate(&old_f, &new_f, &labels, Sigma::Auto).expect("compensation ran");
+    let report =
+        stats.compensate(&old_f, &new_f, &labels, Sigma::Auto, CovDrift::Sdc).expect("compensation ran");
     let cos_after = cosine(stats.mean(0), truth.mean(0));
     let cos_before = cosine(before.mean(0), truth.mean(0));
     assert!(cos_after > 0.99, "compensated mean cosine {cos_after} (σ {}, {report:?})", report.sigma);
@@ -323,9 +324,9 @@ fn sdc_follows_the_local_drift_of_an_absent_class() {
     assert!(report.how.starts_with("auto") && !report.trials.is_empty(), "{report:?}");
     // Off leaves the means alone; a fixed σ is used as given.
     let mut off = before.clone();
-    assert!(off.compensate(&old_f, &new_f, &labels, Sigma::Off).is_none());
+    assert!(off.compensate(&old_f, &new_f, &labels, Sigma::Off, CovDrift::Sdc).is_none());
     assert_eq!(off, before);
-    let fixed = before.clone().compensate(&old_f, &new_f, &labels, Sigma::Fixed(0.2)).unwrap();
+    let fixed = before.clone().compensate(&old_f, &new_f, &labels, Sigma::Fixed(0.2), CovDrift::Sdc).unwrap();
     assert_eq!((fixed.sigma, fixed.how.as_str()), (0.2, "fixed"));
 }
 

@@ -1,8 +1,8 @@
 //! `extend`: new classes into a saved model, from the new data only.
 
 use super::{
-    check_input, class_names, eval_present, finish_session, load_for_model, validation_note, BackendChoice,
-    Resumable,
+    calibrate_unknown, check_input, class_names, eval_present, finish_session, load_for_model, unknown_note,
+    validation_note, BackendChoice, Resumable,
 };
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry};
@@ -182,6 +182,7 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
     add_task_fisher(&mut tr, &mut net, &new_view, meta.head_mode, t as u64 + 1, &cx, &mut state.fisher);
     let fisher = state.fisher.take().expect("just estimated");
     let stats = state.stats.take();
+    meta.unknown = calibrate_unknown(&mut tr, &net, &meta.tasks, stats.as_ref(), &new_view, &cx, t);
     let acc = eval_present(&mut tr, &net, &meta, &data.test, cx.norm, req.hyper.batch_size, stats.as_ref());
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), stats.as_ref())?;
     finish_session(&tr);
@@ -223,8 +224,9 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
             s.lambda_o, s.temperature, s.lr, s.seconds_total
         )
     });
+    let unk = unknown_note(meta.unknown.as_ref());
     Ok(format!(
-        "extended with classes {} ({}) by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note} → {}",
+        "extended with classes {} ({}) by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note}{unk} → {}",
         data::format_classes(&classes),
         class_names(data, &classes).join(", "),
         b.name(),

@@ -11,9 +11,11 @@ use crate::data::{self, Dataset, FolderOptions, Normalization, Split};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::ClassifierKind;
 use crate::incremental::eval::{evaluate, Accuracies};
+use crate::incremental::methods::{validation_split, TaskContext};
 use crate::incremental::session::Session;
 use crate::incremental::stats::ClassStats;
 use crate::incremental::train::Trainer;
+use crate::incremental::unknown::{self, UnknownRule};
 use crate::nn::{Arch, Net};
 use std::path::{Path, PathBuf};
 
@@ -146,6 +148,40 @@ fn validation_note(report: &crate::incremental::methods::TaskReport) -> String {
     report
         .final_validation_accuracy()
         .map_or(String::new(), |a| format!("; validation accuracy {:.2}%", 100.0 * a))
+}
+
+/// The "none of these" rule of a model that has just learnt `view` (task
+/// `t` of `cx`): calibrated on the task's validation images, else on its
+/// training images. Old tasks' images are gone, so only this task's classes
+/// set the threshold.
+fn calibrate_unknown<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    tasks: &[Vec<u32>],
+    stats: Option<&ClassStats>,
+    view: &data::TaskView,
+    cx: &TaskContext<'_>,
+    t: usize,
+) -> Option<UnknownRule> {
+    let (train_part, val) = validation_split(view, cx, t);
+    let (idx, which) =
+        if val.indices.is_empty() { (train_part.indices, "training") } else { (val.indices, "validation") };
+    let on = format!("{which} images of classes {}", data::format_classes(&view.classes));
+    unknown::calibrate(tr, net, tasks, stats, cx.split, cx.norm, &idx, cx.hyper.unknown_accept, on)
+}
+
+/// The summary's words for a model's "none of these" rule.
+fn unknown_note(rule: Option<&UnknownRule>) -> String {
+    rule.map_or(String::new(), |r| {
+        format!(
+            "; none of these: {} score above {:.3} (accepts {:.0}% of {} {})",
+            r.score,
+            r.threshold,
+            100.0 * r.accept,
+            r.calibration_images,
+            r.calibrated_on
+        )
+    })
 }
 
 /// The run is complete: its training state is no longer needed.

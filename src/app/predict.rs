@@ -9,6 +9,7 @@ use crate::data::{self, Split};
 use crate::error::{Error, Result};
 use crate::incremental::classifier::{ClassifierKind, FeatureClassifier};
 use crate::incremental::train::Trainer;
+use crate::incremental::unknown::{UnknownDetector, UnknownRule};
 use crate::metrics::report::csv_field;
 use crate::nn::Arch;
 use serde::Serialize;
@@ -23,6 +24,12 @@ pub struct Prediction {
     pub file: String,
     /// (class, name, probability), most likely first.
     pub top: Vec<(u32, String, f32)>,
+    /// "None of these": the model's unknown score is above its threshold
+    /// (absent when the model has no rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_score: Option<f32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +40,9 @@ pub struct Predictions {
     /// scores became probabilities).
     pub classifier: ClassifierKind,
     pub predictions: Vec<Prediction>,
+    /// The rule that marks an image as none of the model's classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_rule: Option<UnknownRule>,
     /// What the model lacks and what that means, when it has no statistics.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -45,22 +55,39 @@ impl Predictions {
 
     pub fn to_table(&self) -> String {
         let rule = self.classifier.probability_rule();
-        let mut lines = vec![format!("classifier {} (probabilities: {rule})", self.classifier)];
+        let mut head = format!("classifier {} (probabilities: {rule})", self.classifier);
+        if let Some(r) = &self.unknown_rule {
+            head += &format!(
+                "; none of these: {} score above {:.3}, which accepts {:.0}% of the {}",
+                r.score,
+                r.threshold,
+                100.0 * r.accept,
+                r.calibrated_on
+            );
+        }
+        let mut lines = vec![head];
         let width = self.predictions.iter().map(|p| p.file.chars().count()).max().unwrap_or(0);
         for p in &self.predictions {
             let tops: Vec<String> =
                 p.top.iter().map(|(c, n, pr)| format!("{n} ({c}) {:.1}%", 100.0 * pr)).collect();
-            lines.push(format!("{:<width$}  {}", p.file, tops.join("   ")));
+            let verdict = match (p.unknown, p.unknown_score) {
+                (Some(true), Some(v)) => format!("none of these (score {v:.3}); nearest: "),
+                _ => String::new(),
+            };
+            lines.push(format!("{:<width$}  {verdict}{}", p.file, tops.join("   ")));
         }
         lines.join("\n")
     }
 
-    /// One row per image and rank: `file,rank,class,name,probability`.
+    /// One row per image and rank: `file,rank,class,name,probability,unknown`
+    /// (`unknown`: true when the image is none of the model's classes,
+    /// empty when the model has no rule).
     pub fn to_csv(&self) -> String {
-        let mut s = String::from("file,rank,class,name,probability\n");
+        let mut s = String::from("file,rank,class,name,probability,unknown\n");
         for p in &self.predictions {
+            let unknown = p.unknown.map_or(String::new(), |u| u.to_string());
             for (rank, (c, n, pr)) in p.top.iter().enumerate() {
-                s += &format!("{},{},{c},{},{pr}\n", csv_field(&p.file), rank + 1, csv_field(n));
+                s += &format!("{},{},{c},{},{pr},{unknown}\n", csv_field(&p.file), rank + 1, csv_field(n));
             }
         }
         s
@@ -99,6 +126,10 @@ fn predict_on<B: Backend>(
     let all: Vec<usize> = (0..images.len()).collect();
     let feats = tr.features(&ck.net, &images, &ck.meta.norm(), &all, 128);
     let scores = clf.scores(&feats, images.len());
+    let verdicts = ck.meta.unknown.as_ref().map(|rule| {
+        let detector = UnknownDetector::new(b, &ck.net, &ck.meta.tasks, ck.stats.as_ref());
+        rule.apply(&detector, &feats, images.len())
+    });
     let nc = clf.classes.len();
     let mut predictions = Vec::with_capacity(images.len());
     for (i, file) in files.into_iter().enumerate() {
@@ -110,13 +141,21 @@ fn predict_on<B: Backend>(
             .take(top_k.max(1))
             .map(|&k| (clf.classes[k], ck.meta.class_name(clf.classes[k]), p[k]))
             .collect();
-        predictions.push(Prediction { image: i, file, top });
+        let verdict = verdicts.as_ref().map(|v| v[i]);
+        predictions.push(Prediction {
+            image: i,
+            file,
+            top,
+            unknown: verdict.map(|v| v.0),
+            unknown_score: verdict.map(|v| v.1),
+        });
     }
     Ok(Predictions {
         model: model.display().to_string(),
         inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
         classifier: kind,
         predictions,
+        unknown_rule: ck.meta.unknown.clone(),
         note: no_stats_note(ck.stats.as_ref()),
     })
 }

@@ -1,6 +1,8 @@
 //! `train`: a new model on some classes of a data set.
 
-use super::{class_names, finish_session, validation_note, BackendChoice, Resumable};
+use super::{
+    calibrate_unknown, class_names, finish_session, unknown_note, validation_note, BackendChoice, Resumable,
+};
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry, Meta};
 use crate::data::{self, ClassList, Dataset, FolderOptions};
@@ -84,6 +86,7 @@ fn train_on<B: Backend>(
     let mut fisher = None;
     add_task_fisher(&mut tr, &mut net, &view, req.hyper.head_mode, 1, &cx, &mut fisher);
     let fisher = fisher.expect("just estimated");
+    meta.unknown = calibrate_unknown(&mut tr, &net, &meta.tasks, Some(&stats), &view, &cx, 0);
     let acc = evaluate(
         &mut tr,
         &net,
@@ -98,7 +101,7 @@ fn train_on<B: Backend>(
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     finish_session(&tr);
     Ok(format!(
-        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%{}; class statistics: {} → {}",
+        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%{}; class statistics: {}{} → {}",
         data::format_classes(classes),
         class_names(data, classes).join(", "),
         b.name(),
@@ -107,6 +110,7 @@ fn train_on<B: Backend>(
         100.0 * acc.task_aware[0],
         validation_note(&report),
         stats.kind().name(),
+        unknown_note(meta.unknown.as_ref()),
         req.out.display()
     ))
 }

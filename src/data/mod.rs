@@ -6,6 +6,7 @@
 //! only when a batch is filled ([`Split::fill_batch`]), which is cheap next to
 //! a training step.
 
+pub mod augment;
 pub mod file;
 pub mod folder;
 pub mod idx;

@@ -7,8 +7,9 @@
 
 use super::stats::{ClassStats, DriftReport, Sigma, StatsKind};
 use super::train::{Anchors, Example, LossPlan, Phase, Teacher, Trainer, Validation};
-use super::{HeadMode, Hyper, Method, Observer};
+use super::{HeadMode, Hyper, Method, Observer, Ssl};
 use crate::backend::Backend;
+use crate::data::augment::{rotated, shape_keeping_turns};
 use crate::data::split::TaskView;
 use crate::data::{Normalization, Split};
 use crate::error::{Error, Result};
@@ -25,6 +26,8 @@ pub mod streams {
     pub const SHUFFLE: u64 = 500;
     pub const FISHER: u64 = 700;
     pub const VALIDATION: u64 = 900;
+    /// The first task's rotation head (`--ssl rotation`).
+    pub const SSL_HEAD: u64 = 1100;
 }
 
 /// What learning one task did: where the time went and, when it ran, what
@@ -142,20 +145,38 @@ pub fn train_first_task<B: Backend>(
     net.add_head(&tr.b, &mut Rng::derive(cx.seed, streams::HEAD), &view.classes);
     let h = net.heads.len() - 1;
     net.set_trainable(true, 0, &[h]);
-    let examples = examples_for(&view, cx.split, h, &view.classes);
+    let mut examples = examples_for(&view, cx.split, h, &view.classes);
     let val = Validation {
         examples: examples_for(&val_view, cx.split, h, &view.classes),
         teachers: Vec::new(),
         temperature: cx.hyper.temperature,
     };
-    let plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
+    let mut plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
+    // Rotation self-supervision: the turned copies of the training images
+    // join the split (after every original image, so the class head's and
+    // the validation's indices stay valid) and train an extra head of
+    // (class, turn) pairs beside the class head.
+    let rotated;
+    let split = match cx.hyper.ssl {
+        Ssl::Off => cx.split,
+        Ssl::Rotation => {
+            let (split, extra) = rotation_examples(cx.split, &examples, net.heads.len());
+            let labels = (0..extra.iter().map(|e| e.label + 1).max().unwrap_or(0)).collect::<Vec<u32>>();
+            net.add_head(&tr.b, &mut Rng::derive(cx.seed, streams::SSL_HEAD), &labels);
+            net.set_trainable(true, 0, &[h, h + 1]);
+            plan.ce_heads.push(h + 1);
+            examples.extend(extra);
+            rotated = split;
+            &rotated
+        }
+    };
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
     // A net trained from scratch has no running statistics worth keeping:
     // `--bn` is a policy for new tasks, the first always trains BatchNorm.
     let hyper = Hyper { bn: BnPolicy::Train, ..cx.hyper.clone() };
     let phase = tr.run_epochs(
         net,
-        cx.split,
+        split,
         cx.norm,
         &examples,
         &plan,
@@ -166,10 +187,42 @@ pub fn train_first_task<B: Backend>(
         "task 1",
         Some(&val),
     )?;
+    if cx.hyper.ssl == Ssl::Rotation {
+        // The pretext head has done its work: the model keeps the class head.
+        net.heads.truncate(h + 1);
+        net.set_trainable(true, 0, &[h]);
+    }
     let mut report = TaskReport::default();
     report.add(phase);
     report.timing.train_seconds = start.elapsed().as_secs_f64() - report.timing.validation_seconds;
     Ok(report)
+}
+
+/// Rotation self-supervision's training examples for a task whose class
+/// examples are `examples` (labels are positions among the task's classes):
+/// `split` followed by the examples' images turned by each shape-keeping
+/// turn but none, and one example per image and turn (the upright ones
+/// included) for head `head`, labelled `class · turns + turn`.
+pub fn rotation_examples(split: &Split, examples: &[Example], head: usize) -> (Split, Vec<Example>) {
+    let turns = shape_keeping_turns(split.h, split.w);
+    let idx: Vec<usize> = examples.iter().map(|e| e.idx).collect();
+    let n = split.len();
+    let mut all = split.clone();
+    let mut extra = Vec::with_capacity(examples.len() * turns.len());
+    for (k, &turn) in turns.iter().enumerate() {
+        if turn != 0 {
+            all = all.concat(rotated(split, &idx, turn));
+        }
+        let label_of = |e: &Example| e.label * turns.len() as u32 + k as u32;
+        extra.extend(examples.iter().enumerate().map(|(j, e)| Example {
+            // The upright copy is the original image; turned copies follow
+            // the split in blocks of `examples.len()`.
+            idx: if turn == 0 { e.idx } else { n + (k - 1) * examples.len() + j },
+            head,
+            label: label_of(e),
+        }));
+    }
+    (all, extra)
 }
 
 /// FLOPs per new image of LwF's whole phase for a second task, following
@@ -380,7 +433,8 @@ pub fn learn_task<B: Backend>(
             }
             *stats = fresh;
         } else if compensate {
-            report.drift = stats.compensate(&old_features, &new_features, &labels, hyper.sdc_sigma);
+            report.drift =
+                stats.compensate(&old_features, &new_features, &labels, hyper.sdc_sigma, hyper.cov_drift);
         }
         stats.append(ClassStats::compute(&new_features, &labels, &new.classes, net.arch.hidden, kind));
         report.timing.stats_seconds += t0.elapsed().as_secs_f64();
@@ -449,4 +503,34 @@ fn dup_buf<B: Backend>(b: &B, x: &B::Buf) -> B::Buf {
     let mut y = b.zeros(n);
     b.copy(&mut y, 0, x, 0, n);
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Pixels;
+
+    /// Three 2×2 images; the task's examples are images 0 and 2.
+    #[test]
+    fn rotation_examples_point_at_turned_copies_with_class_and_turn_labels() {
+        let split = Split::new(Pixels::U8((0..12).collect()), vec![4, 9, 6], 1, 2, 2);
+        let examples = [Example { idx: 0, head: 0, label: 0 }, Example { idx: 2, head: 0, label: 1 }];
+        let (all, extra) = rotation_examples(&split, &examples, 1);
+        assert_eq!(all.len(), 3 + 2 * 3, "three turned copies of two images after the split");
+        assert_eq!(extra.len(), 2 * 4);
+        let px = |s: &Split, i: usize| match &s.pixels {
+            Pixels::U8(v) => v[i * 4..(i + 1) * 4].to_vec(),
+            Pixels::F32(_) => unreachable!(),
+        };
+        for e in &extra {
+            assert_eq!(e.head, 1);
+            let (class, turn) = (e.label / 4, e.label % 4);
+            let original = examples[class as usize].idx;
+            // The example's image is its original turned `turn` times.
+            assert_eq!(px(&all, e.idx), px(&rotated(&split, &[original], turn as usize), 0), "{e:?}");
+        }
+        let mut labels: Vec<u32> = extra.iter().map(|e| e.label).collect();
+        labels.sort_unstable();
+        assert_eq!(labels, (0..8).collect::<Vec<u32>>(), "each (class, turn) pair once");
+    }
 }

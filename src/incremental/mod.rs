@@ -17,6 +17,7 @@ pub mod select;
 pub mod session;
 pub mod stats;
 pub mod train;
+pub mod transport;
 pub mod unknown;
 
 use crate::backend::SgdHyper;
@@ -120,6 +121,42 @@ impl HeadMode {
     }
 }
 
+/// Self-supervision while the first task trains (`--ssl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ssl {
+    /// Class labels only.
+    #[default]
+    Off,
+    /// Rotation (PASS, Zhu et al. 2021; Hendrycks et al. 2019): every
+    /// training image also trains, turned by each quarter turn (half turns
+    /// only for non-square images), an extra head that names class and turn
+    /// together; the extra head is dropped when the task ends.
+    Rotation,
+}
+
+impl Ssl {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ssl::Off => "off",
+            Ssl::Rotation => "rotation",
+        }
+    }
+}
+
+/// How drift compensation moves the old classes' Gaussians (`--cov-drift`;
+/// the NCM means are always moved by SDC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CovDrift {
+    /// SDC moves the Tukey-space means; the covariances stay as measured.
+    #[default]
+    Sdc,
+    /// A ridge-regression map from old to new features, fitted on the new
+    /// images, moves means and covariances together ([`transport`]).
+    Ridge,
+}
+
 /// Hyper-parameters; `Default` is the protocol of DESIGN.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hyper {
@@ -157,6 +194,19 @@ pub struct Hyper {
     /// BatchNorm ignore it.
     #[serde(default)]
     pub bn: crate::nn::BnPolicy,
+    /// Self-supervision of the first task (files from before it read as off).
+    #[serde(default)]
+    pub ssl: Ssl,
+    #[serde(default)]
+    pub cov_drift: CovDrift,
+    /// Share of the known validation images the "none of these" threshold
+    /// accepts when train and extend calibrate it.
+    #[serde(default = "default_unknown_accept")]
+    pub unknown_accept: f64,
+}
+
+fn default_unknown_accept() -> f64 {
+    0.95
 }
 
 impl Default for Hyper {
@@ -180,6 +230,9 @@ impl Default for Hyper {
             sdc_sigma: stats::Sigma::default(),
             val_fraction: 0.1,
             bn: crate::nn::BnPolicy::default(),
+            ssl: Ssl::Off,
+            cov_drift: CovDrift::Sdc,
+            unknown_accept: default_unknown_accept(),
         }
     }
 }
@@ -205,6 +258,9 @@ impl Hyper {
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad("--val-fraction must be in [0, 1) (0: no validation split)");
+        }
+        if !(self.unknown_accept > 0.0 && self.unknown_accept <= 1.0) {
+            return bad("--unknown-accept must be a share in (0, 1]");
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad("--momentum must be in [0, 1)");

@@ -150,6 +150,10 @@ pub struct DriftReport {
     pub trials: Vec<(f32, f64)>,
     /// Mean L2 length of the moves applied to the old NCM means.
     pub mean_shift: f64,
+    /// `--cov-drift ridge`: share of the new Tukey features' variance the
+    /// fitted map explains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ridge_explained: Option<f64>,
 }
 
 /// Number of packed upper-triangle entries of a dim × dim matrix.
@@ -228,6 +232,7 @@ impl ClassStats {
         new_raw: &[f32],
         labels: &[u32],
         sigma: Sigma,
+        cov_drift: super::CovDrift,
     ) -> Option<DriftReport> {
         let dim = self.dim;
         assert_eq!(old_raw.len(), new_raw.len(), "compensate: old and new features differ in length");
@@ -244,13 +249,22 @@ impl ClassStats {
             .map(|(a, b)| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt())
             .sum::<f64>()
             / self.classes.len() as f64;
-        let sigma_tukey = self.gauss.as_mut().map(|g| {
+        let mut explained = None;
+        let sigma_tukey = self.gauss.as_mut().and_then(|g| {
             let (old, new) = (tukey_space(old_raw, dim), tukey_space(new_raw, dim));
-            let (st, _, _) = pick_sigma(&old, &new, labels, dim, sigma);
-            shift_means(&mut g.means, &old, &new, dim, st);
-            st
+            match cov_drift {
+                super::CovDrift::Sdc => {
+                    let (st, _, _) = pick_sigma(&old, &new, labels, dim, sigma);
+                    shift_means(&mut g.means, &old, &new, dim, st);
+                    Some(st)
+                }
+                super::CovDrift::Ridge => {
+                    explained = Some(super::transport::transport(g, &old, &new, dim).explained);
+                    None
+                }
+            }
         });
-        Some(DriftReport { sigma: s, sigma_tukey, how, trials, mean_shift })
+        Some(DriftReport { sigma: s, sigma_tukey, how, trials, mean_shift, ridge_explained: explained })
     }
 }
 

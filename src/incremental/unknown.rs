@@ -20,13 +20,16 @@
 //! `eval --unknown-classes` reports how well each score separates classes
 //! the model has not learnt. A model may carry an [`UnknownRule`] (score,
 //! standardisation, threshold: the score's [`quantile`] over known images
-//! that accepts a chosen share of them), checked on load and used by eval;
-//! train and extend do not calibrate one yet, and predict does not apply it.
-//! No image is stored.
+//! that accepts a chosen share of them), checked on load. train and extend
+//! calibrate it ([`calibrate`]) on the task's validation images (its
+//! training images when there is no validation split); eval reports it,
+//! predict applies it. No image is stored.
 
 use super::classifier::FeatureClassifier;
 use super::stats::ClassStats;
+use super::train::Trainer;
 use crate::backend::Backend;
+use crate::data::{Normalization, Split};
 use crate::nn::Net;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -213,6 +216,50 @@ impl UnknownDetector {
             out.push((UnknownScore::Combined, combined));
         }
         out
+    }
+}
+
+/// The rule of the default score for a model's statistics, its threshold
+/// accepting `accept` of the known images `idx` of `split` (described by
+/// `calibrated_on`); `None` without images.
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate<B: Backend>(
+    tr: &mut Trainer<B>,
+    net: &Net<B>,
+    tasks: &[Vec<u32>],
+    stats: Option<&ClassStats>,
+    split: &Split,
+    norm: &Normalization,
+    idx: &[usize],
+    accept: f64,
+    calibrated_on: String,
+) -> Option<UnknownRule> {
+    if idx.is_empty() {
+        return None;
+    }
+    let b = tr.b.clone();
+    let feats = tr.features(net, split, norm, idx, 128);
+    let scores = UnknownDetector::new(&b, net, tasks, stats).all_scores(&feats, idx.len(), None);
+    let score = UnknownScore::default_for(stats);
+    let values = score_of(&scores, score).expect("the default score is available");
+    Some(UnknownRule {
+        score,
+        threshold: quantile(values, accept),
+        accept,
+        standardise: if score == UnknownScore::Combined { standardisation_of(&scores) } else { None },
+        calibrated_on,
+        calibration_images: idx.len(),
+    })
+}
+
+impl UnknownRule {
+    /// Which of `n` rows of raw features the rule calls unknown, with
+    /// their scores.
+    pub fn apply(&self, detector: &UnknownDetector, raw: &[f32], n: usize) -> Vec<(bool, f32)> {
+        let scores = detector.all_scores(raw, n, self.standardise);
+        let values =
+            score_of(&scores, self.score).expect("the rule was checked against the statistics on load");
+        values.iter().map(|&v| (v > self.threshold, v)).collect()
     }
 }
 
