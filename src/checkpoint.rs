@@ -264,6 +264,10 @@ pub fn save<B: Backend>(
         }
     }
     let json = serde_json::to_string(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    // Tensors read back from a device that faulted are zeros, not the model.
+    if let Some(why) = b.fault() {
+        return Err(Error::Device(why));
+    }
     write_safetensors(path, &tensors, META_KEY, json)
 }
 

@@ -926,3 +926,56 @@ fn features_and_class_statistics() {
     assert_close("Tukey-space means", &gg.means, &cg.means, 1e-5, 1e-4);
     assert_close("covariances", &gg.covs, &cg.covs, 1e-5, 1e-3);
 }
+
+/// A GPU buffer over the device's limits is an error a verb returns, not a
+/// panic mid-step: the backend keeps the first fault, skips what follows
+/// (reads give zeros), a training step runs to its end, and saving refuses
+/// to write a model read back from a faulted device.
+#[test]
+fn a_buffer_over_the_device_limit_is_an_error_not_a_panic() {
+    if gpu().is_none() {
+        return; // skipped (said so), or failed under LWF_REQUIRE_GPU=1
+    }
+    // A device of its own: the cap and the fault must not touch the shared one.
+    let g = WgpuBackend::new().expect("a second device on the adapter");
+    assert_eq!(g.fault(), None);
+    let before = g.upload(&[1.0; 16]);
+    g.set_buffer_limit(4096);
+    let big = g.zeros(2048);
+    let why = g.fault().expect("an 8 KiB buffer over a 4 KiB cap is a fault");
+    assert!(why.contains("exceeds the GPU's largest buffer (4096 bytes)") && !why.contains('\n'), "{why}");
+    assert_eq!(g.download(&big), vec![0.0; 2048]);
+    assert_eq!(g.download(&before), vec![0.0; 16], "after a fault every read is zeros");
+
+    // A training step whose im2col scratch cannot fit: no panic, and the fault says why.
+    let g = WgpuBackend::new().expect("a third device");
+    g.set_buffer_limit(16 * 1024);
+    let arch = ArchKind::CnnS.build([1, 28, 28]);
+    let mut rng = Rng::new(1);
+    let mut net = Net::new(&g, arch.clone(), &mut rng);
+    net.add_head(&g, &mut rng, &[0, 1]);
+    let xs = rand_vec(2, 8 * 28 * 28, -1.0, 1.0);
+    let labels = vec![0u32, 1, 0, 1, 0, 1, 0, 1];
+    let loss = BatchLoss {
+        ce: vec![(0, labels.as_slice())],
+        kd: vec![],
+        temperature: 2.0,
+        kd_weight: 1.0,
+        anchors: None,
+    };
+    let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
+    let value = sgd_step(&g, &mut StepState::default(), &mut net, &mut sgd, &xs, [8, 1, 28, 28], &loss);
+    let why = g.fault().expect("cnn-s's buffers do not fit in 16 KiB");
+    assert!(why.contains("16384 bytes"), "{why} (loss read back: {value})");
+
+    let dir = std::env::temp_dir().join(format!("lwf-gpu-fault-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("m.safetensors");
+    let norm = lwf_engine::data::Normalization { mean: vec![0.5], std: vec![0.25] };
+    let meta = lwf_engine::checkpoint::Meta::new(arch, &norm, lwf_engine::incremental::HeadMode::PerTask);
+    let err = lwf_engine::checkpoint::save(&out, &g, &net, &meta, None, None)
+        .expect_err("a faulted device saves nothing");
+    assert!(matches!(err, lwf_engine::Error::Device(_)), "{err}");
+    assert!(!out.exists(), "no file written");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -125,11 +125,14 @@ pub fn experiment(choice: BackendChoice, req: &ExperimentRequest, obs: &dyn Obse
     let engine = on_backend!(choice, b => {
         let engine = EngineInfo::new(choice.kind(), b.name());
         run_experiment_with(&b, &data, &cfg, obs, &skip, &mut |run| {
+            if let Some(why) = b.fault() {
+                return Err(Error::Device(why));
+            }
             results.push(crate::results::write_run(&req.out, &cfg, &data, &engine, &run)?);
             Ok(())
         })?;
-        engine
-    });
+        Ok(engine)
+    })?;
     crate::results::write_reports(&req.out, &cfg, &data, &engine.device, results)
 }
 

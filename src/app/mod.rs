@@ -57,7 +57,13 @@ macro_rules! on_backend {
             }
             BackendChoice::Wgpu => {
                 let $b = $crate::backend::wgpu::WgpuBackend::new()?;
-                $body
+                let result = $body;
+                // A fault skips the device's work: whatever the verb computed
+                // after it is not to be reported.
+                match $crate::backend::Backend::fault(&$b) {
+                    Some(why) => Err($crate::error::Error::Device(why)),
+                    None => result,
+                }
             }
         }
     };

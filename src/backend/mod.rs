@@ -179,6 +179,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Human-readable device name (e.g. "cpu (2 threads, avx2)" or the GPU adapter).
     fn name(&self) -> String;
 
+    /// Why the device stopped working, once it has: a buffer over the GPU's
+    /// limits, a lost device. Its operations are then skipped, so a verb
+    /// asks before it saves or reports anything. The CPU never faults.
+    fn fault(&self) -> Option<String> {
+        None
+    }
+
     // ---- memory ---------------------------------------------------------
     /// A new buffer of `len` zeros.
     fn zeros(&self, len: usize) -> Self::Buf;

@@ -147,6 +147,10 @@ impl<B: Backend> Trainer<B> {
             }
             for (step, &batch) in batches.iter().enumerate() {
                 let loss = self.step(net, split, norm, examples, batch, plan, hyper, &mut sgd);
+                if let Some(why) = self.b.fault() {
+                    obs.phase_done();
+                    return Err(Error::Device(why));
+                }
                 if !loss.is_finite() {
                     obs.phase_done();
                     return Err(Error::NonFiniteLoss {

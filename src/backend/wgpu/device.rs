@@ -156,6 +156,15 @@ pub(super) struct Ctx {
     /// Extra cap on scratch buffers, in elements (0: none); tests lower it to
     /// exercise the batch chunking of convolutions.
     pub(super) scratch_limit: AtomicUsize,
+    /// Extra cap on any buffer, in bytes (0: none); tests lower it to reach
+    /// the device-limit errors on a small model.
+    pub(super) buffer_limit: AtomicU64,
+    /// The first fault (a buffer over the device's limits, a lost device, an
+    /// error wgpu reports outside a scope). The backend's methods cannot
+    /// return errors, so from then on every operation is skipped (reads give
+    /// zeros) and the verbs ask [`Ctx::fault`] before they save or report:
+    /// the user gets one line and an exit code instead of a panic mid-step.
+    fault: Arc<Mutex<Option<String>>>,
 }
 
 impl Ctx {
@@ -190,6 +199,15 @@ impl Ctx {
         .map_err(|e| Error::Device(format!("GPU adapter {} refused a device: {e}", info.name)))?;
 
         let pipes = build_pipelines(&device)?;
+        let fault: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let (on_error, on_lost) = (fault.clone(), fault.clone());
+        let adapter_name = info.name.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            record_fault(&on_error, format!("the GPU reported an error: {e}"));
+        }));
+        device.set_device_lost_callback(move |reason, msg| {
+            record_fault(&on_lost, format!("the GPU device {adapter_name} was lost ({reason:?}): {msg}"));
+        });
         let align = (limits.min_uniform_buffer_offset_alignment as usize).max(16);
         let biggest = Kernel::ALL.iter().map(|k| k.spec().params_size as usize).max().unwrap_or(16);
         let slot_stride = biggest.div_ceil(align) * align;
@@ -211,12 +229,64 @@ impl Ctx {
             pending: Mutex::new(Pending::default()),
             scratch: Mutex::new(Scratch::default()),
             scratch_limit: AtomicUsize::new(0),
+            buffer_limit: AtomicU64::new(0),
+            fault,
         })
+    }
+
+    /// The first fault, if any (see the field's note).
+    pub(super) fn fault(&self) -> Option<String> {
+        lock(&self.fault).clone()
+    }
+
+    /// Record a fault found outside this file (a device limit a kernel's
+    /// caller meets); the first one is kept.
+    pub(super) fn set_fault(&self, why: String) {
+        record_fault(&self.fault, why);
+    }
+
+    fn faulted(&self) -> bool {
+        lock(&self.fault).is_some()
+    }
+
+    /// The largest buffer and storage binding, in bytes (a test's cap applied).
+    fn max_buffer(&self) -> u64 {
+        match self.buffer_limit.load(Ordering::Relaxed) {
+            0 => self.limits.max_buffer_size,
+            cap => self.limits.max_buffer_size.min(cap),
+        }
+    }
+
+    fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.max_buffer())
+    }
+
+    /// A buffer of `bytes` that the device cannot hold: record why and give
+    /// back a placeholder (never used: every operation is skipped now).
+    fn too_big(&self, bytes: u64, len: usize, what: &str) -> Option<RawBuf> {
+        if bytes <= self.max_buffer() {
+            return None;
+        }
+        record_fault(
+            &self.fault,
+            format!(
+                "{what} of {bytes} bytes exceeds the GPU's largest buffer ({} bytes); \
+                 use a smaller --batch-size or image size, or --backend cpu",
+                self.max_buffer()
+            ),
+        );
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("lwf placeholder"),
+            size: 4,
+            usage: Self::usage(),
+            mapped_at_creation: false,
+        });
+        Some(self.new_raw(buffer, len))
     }
 
     /// Largest scratch buffer, in elements.
     pub(super) fn scratch_cap(&self) -> usize {
-        let bind = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let bind = self.max_binding();
         let cap = ((bind / 4) as usize).min(MAX_SCRATCH);
         match self.scratch_limit.load(Ordering::Relaxed) {
             0 => cap,
@@ -236,11 +306,9 @@ impl Ctx {
     /// A zeroed buffer of `len` elements (wgpu zero-initialises new buffers).
     pub(super) fn alloc(&self, len: usize, label: &str) -> RawBuf {
         let size = (len.max(1) * 4) as u64;
-        assert!(
-            size <= self.limits.max_buffer_size,
-            "wgpu backend: a buffer of {len} elements exceeds the device's max buffer size ({} bytes)",
-            self.limits.max_buffer_size
-        );
+        if let Some(placeholder) = self.too_big(size, len, "a buffer") {
+            return placeholder;
+        }
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
@@ -256,11 +324,9 @@ impl Ctx {
             return self.alloc(0, "lwf buffer");
         }
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        assert!(
-            bytes.len() as u64 <= self.limits.max_buffer_size,
-            "wgpu backend: an upload of {} bytes exceeds the device's max buffer size",
-            bytes.len()
-        );
+        if let Some(placeholder) = self.too_big(bytes.len() as u64, data.len(), "an upload") {
+            return placeholder;
+        }
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("lwf buffer"),
             size: bytes.len() as u64,
@@ -279,7 +345,7 @@ impl Ctx {
     /// the next submission, so pending work that touches `dst` is submitted first.
     pub(super) fn write<T: Pod>(&self, dst: &RawBuf, data: &[T]) {
         assert!(data.len() <= dst.len, "write: {} elements into a buffer of {}", data.len(), dst.len);
-        if data.is_empty() {
+        if data.is_empty() || self.faulted() {
             return;
         }
         let mut st = lock(&self.pending);
@@ -297,7 +363,7 @@ impl Ctx {
             src.len,
             dst.len
         );
-        if len == 0 {
+        if len == 0 || self.faulted() {
             return;
         }
         let mut st = lock(&self.pending);
@@ -315,6 +381,9 @@ impl Ctx {
 
     /// Record zeroing the whole buffer.
     pub(super) fn clear(&self, dst: &RawBuf) {
+        if self.faulted() {
+            return;
+        }
         let mut st = lock(&self.pending);
         self.command_room(&mut st);
         st.touched.insert(dst.id);
@@ -376,15 +445,24 @@ impl Ctx {
         let pipe = &self.pipes[kernel as usize];
         assert_eq!(bufs.len(), pipe.bindings, "{kernel:?}: wrong number of buffers");
         assert_eq!(size_of::<P>() as u64, pipe.params_size, "{kernel:?}: wrong params type");
+        if self.faulted() {
+            return;
+        }
         let max_dim = self.limits.max_compute_workgroups_per_dimension;
-        assert!(groups.iter().all(|&g| g <= max_dim), "{kernel:?}: grid {groups:?} exceeds {max_dim}");
-        for b in bufs {
-            assert!(
-                b.buffer.size() <= self.limits.max_storage_buffer_binding_size,
-                "{kernel:?}: a buffer of {} bytes exceeds the device's max storage binding size ({} bytes)",
-                b.buffer.size(),
-                self.limits.max_storage_buffer_binding_size
+        if groups.iter().any(|&g| g > max_dim) {
+            let why = format!(
+                "{kernel:?} needs a grid of {groups:?} workgroups, over the GPU's {max_dim} a dimension"
             );
+            return record_fault(&self.fault, why);
+        }
+        if let Some(b) = bufs.iter().find(|b| b.buffer.size() > self.max_binding()) {
+            let why = format!(
+                "{kernel:?} binds a buffer of {} bytes, over the GPU's largest storage binding ({} bytes); \
+                 use a smaller --batch-size or image size, or --backend cpu",
+                b.buffer.size(),
+                self.max_binding()
+            );
+            return record_fault(&self.fault, why);
         }
         let mut guard = lock(&self.pending);
         let st = &mut *guard;
@@ -446,6 +524,9 @@ impl Ctx {
         if src.len == 0 {
             return Vec::new();
         }
+        if self.faulted() {
+            return vec![0; src.len * 4];
+        }
         let bytes = (src.len * 4) as u64;
         let mut guard = lock(&self.pending);
         let st = &mut *guard;
@@ -465,13 +546,17 @@ impl Ctx {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
-            panic!("wgpu backend: waiting for the GPU failed: {e}");
-        }
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("wgpu backend: mapping the read-back buffer failed: {e}"),
-            Err(_) => panic!("wgpu backend: the GPU device was lost before a read-back completed"),
+        let failed = match self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            Err(e) => Some(format!("waiting for the GPU failed: {e}")),
+            Ok(_) => match rx.recv() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("reading back from the GPU failed: {e}")),
+                Err(_) => Some("the GPU device was lost before a read-back completed".to_string()),
+            },
+        };
+        if let Some(why) = failed {
+            record_fault(&self.fault, why);
+            return vec![0; src.len * 4];
         }
         let out = {
             let view = slice.get_mapped_range().expect("a mapped read-back buffer");
@@ -498,6 +583,11 @@ impl Ctx {
     pub(super) fn grid_elems(&self, n: usize) -> [u32; 3] {
         self.grid(n.div_ceil(WG as usize))
     }
+}
+
+/// Keep the first fault: later ones are usually its consequences.
+fn record_fault(fault: &Mutex<Option<String>>, why: String) {
+    lock(fault).get_or_insert(why);
 }
 
 /// Compile every shader family and build one pipeline per entry point, each

@@ -92,6 +92,13 @@ impl WgpuBackend {
         self.ctx.scratch_limit.store(elems, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Cap every buffer at `bytes` (0: the device's limit), as if the GPU
+    /// were smaller. For tests of the device-limit errors.
+    #[doc(hidden)]
+    pub fn set_buffer_limit(&self, bytes: u64) {
+        self.ctx.buffer_limit.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn ew(&self, k: Kernel, n: usize, alpha: f32, bufs: &[&RawBuf]) {
         let p = EwParams { n: u(n), alpha, ..Default::default() };
         self.ctx.dispatch(k, &p, bufs, self.ctx.grid_elems(n));
@@ -161,7 +168,16 @@ impl WgpuBackend {
     fn conv_chunk(&self, n: usize, per_image: &[usize]) -> usize {
         let cap = self.ctx.scratch_cap();
         let worst = per_image.iter().copied().max().unwrap_or(1).max(1);
-        assert!(worst <= cap, "conv2d: one image needs {worst} scratch elements, the device allows {cap}");
+        if worst > cap {
+            // A device limit, not a bug: the step is skipped and the verb reports it.
+            self.ctx.set_fault(format!(
+                "a convolution needs {} bytes of scratch per image, over the GPU's largest buffer ({} bytes); \
+                 use a smaller image size, or --backend cpu",
+                4 * worst,
+                4 * cap
+            ));
+            return 1;
+        }
         (cap / worst).min(n).min(device::MAX_DIM as usize).max(1)
     }
 }
@@ -255,6 +271,10 @@ impl Backend for WgpuBackend {
 
     fn name(&self) -> String {
         format!("wgpu: {} ({:?})", self.ctx.info.name, self.ctx.info.backend)
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.ctx.fault().map(|why| format!("{}: {why}", self.name()))
     }
 
     fn zeros(&self, len: usize) -> WgpuBuf {
