@@ -1557,6 +1557,7 @@ fn eval_scores_classes_the_model_has_not_learnt() {
     // predict applies the rule: images of 5-9 are mostly "none of these",
     // images of 0-4 mostly not, and the CSV carries the same verdicts.
     let unseen = npy_dir("unknown-new", &[5, 6, 7, 8, 9], 0, 200, 28);
+    let unseen_train = npy_dir("unknown-new-train", &[5, 6, 7, 8, 9], 1500, 100, 28);
     let marked = |dir: &TempDir| -> f64 {
         let pr = json(&ok(&[
             "predict",
@@ -1599,6 +1600,38 @@ fn eval_scores_classes_the_model_has_not_learnt() {
     ]);
     assert!(table.lines().next().unwrap().contains("none of these: combined score above"), "{table}");
     assert!(table.lines().skip(1).any(|l| l.contains("none of these (score")), "{table}");
+
+    // extend calibrates again (on the new classes), and --cov-drift ridge
+    // moves the old Gaussians differently from SDC's means-only move.
+    let mut maha = Vec::new();
+    for drift in ["sdc", "ridge"] {
+        let out = models.path(&format!("x-{drift}.safetensors"));
+        let said = ok(&with(
+            &[
+                "extend",
+                "--model",
+                p(&m),
+                "--data",
+                unseen_train.s(),
+                "--classes",
+                "5-9",
+                "--cov-drift",
+                drift,
+                "--out",
+                p(&out),
+            ],
+            &QUICK,
+        ));
+        assert!(
+            said.contains("none of these: combined score above") && said.contains("classes 5-9"),
+            "{said}"
+        );
+        let e = json(&ok(&["eval", "--model", p(&out), "--data", "fashion-mnist", "--json"]));
+        let m = frac(&e["class_il_by_classifier"]["mahalanobis"], "mahalanobis class-IL");
+        assert!(m > 0.4, "{drift}: mahalanobis class-IL {m} over ten classes ({e})");
+        maha.push(m);
+    }
+    assert_ne!(maha[0], maha[1], "ridge moved the covariances: the classifiers differ");
     fails_with(
         &["eval", "--model", p(&m), "--data", "fashion-mnist", "--unknown-classes", "3,7"],
         &["--unknown-classes names class 3", "has learnt"],
