@@ -16,7 +16,8 @@
 use crate::backend::Backend;
 use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::incremental::stats::{packed_len, ClassStats, Gaussian, StatsKind};
+use crate::incremental::linalg::packed_len;
+use crate::incremental::stats::{ClassStats, Gaussian, StatsKind};
 use crate::incremental::HeadMode;
 use crate::nn::{Arch, Net};
 use crate::rng::Rng;
@@ -65,11 +66,15 @@ pub struct HistoryEntry {
     pub validation_accuracy: Option<f64>,
     /// What `extend --select` tried and chose (λ_o, T, lr and the trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selection: Option<crate::incremental::select::Selection>,
+    pub selection: Option<crate::incremental::selection::Selection>,
     /// The BatchNorm policy the step trained with (`train` or `frozen`;
     /// absent for nets without BatchNorm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bn: Option<crate::nn::BnPolicy>,
+    /// Classes of `classes` the model already knew: `extend` was given more
+    /// images of them (they kept their id, head and name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_classes: Vec<u32>,
 }
 
 /// What the `class_stats.*` tensors hold.

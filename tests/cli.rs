@@ -466,13 +466,24 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     let missing = dir.path("missing.safetensors");
     fails(&["eval", "--model", p(&missing), "--data", new.s()], &[p(&missing)]);
 
-    // Classes the model already has.
+    // Classes the model already has, with a method that retrains on the old
+    // data: their extra images belong in --old-data.
     fails(
         &with(
-            &["extend", "--model", p(&m28), "--data", "fashion-mnist", "--classes", "3-6", "--out", p(&out)],
-            &QUICK,
+            &[
+                "extend",
+                "--model",
+                p(&m28),
+                "--data",
+                "fashion-mnist",
+                "--classes",
+                "3-6",
+                "--method",
+                "joint",
+            ],
+            &with(&["--out", p(&out)], &QUICK),
         ),
-        &["class 3", "already known", p(&m28), "0-4"],
+        &["classes 3,4", "already known", p(&m28), "--old-data"],
     );
     fails(
         &with(&["extend", "--model", p(&m28), "--data", old.s(), "--out", p(&out)], &QUICK),
@@ -880,6 +891,68 @@ fn shards_merge_into_the_unsharded_experiment() {
 
 /// `extend --select` prints its trial table, keeps the chosen values in the
 /// checkpoint's history, and refuses what it cannot do in one line.
+/// More images of classes the model knows, beside a new class: the known
+/// classes keep their id, head and name and train on their own head, their
+/// statistics are merged count-weighted with the compensated old ones, and
+/// only the new class makes a task; given known classes alone, no task or
+/// head is added.
+#[test]
+fn extend_takes_more_images_of_known_classes() {
+    let old = npy_dir("known-old", &[0, 1], 200, 100, 28);
+    let more = npy_dir("known-more", &[0, 1, 2], 900, 150, 28);
+    let models = TempDir::new("known-models");
+    let (m1, m2, m3) =
+        (models.path("a.safetensors"), models.path("b.safetensors"), models.path("c.safetensors"));
+    let b = lwf_engine::CpuBackend::new();
+    ok(&with(
+        &["train", "--data", old.s(), "--classes", "0-1", "--class-stats", "cov", "--out", p(&m1)],
+        &QUICK,
+    ));
+    let before = lwf_engine::checkpoint::load(&m1, &b).unwrap();
+
+    let s = ok(&with(
+        &["extend", "--model", p(&m1), "--data", more.s(), "--classes", "0-2", "--out", p(&m2)],
+        &QUICK,
+    ));
+    assert!(s.contains("extended with classes 2 (Pullover) and refined known classes 0,1"), "{s}");
+    let after = lwf_engine::checkpoint::load(&m2, &b).unwrap();
+    assert_eq!(after.meta.tasks, vec![vec![0, 1], vec![2]]);
+    let heads: Vec<(Vec<u32>, Vec<String>)> =
+        after.meta.heads.iter().map(|h| (h.classes.clone(), h.class_names.clone())).collect();
+    assert_eq!(
+        heads,
+        vec![(vec![0, 1], vec!["T-shirt/top".into(), "Trouser".into()]), (vec![2], vec!["Pullover".into()])]
+    );
+    let last = after.meta.history.last().unwrap();
+    assert_eq!((last.classes.clone(), last.known_classes.clone()), (vec![0, 1, 2], vec![0, 1]));
+    // Counts add: the old ones plus this extend's training images of the
+    // class (the validation share is held out of both).
+    let (s1, s2) = (before.stats.unwrap(), after.stats.unwrap());
+    assert_eq!(s2.classes, vec![0, 1, 2]);
+    let labels: Vec<u8> = slice(&fmnist().train, &[0, 1, 2], 900, 28).1;
+    for (k, c) in [0u8, 1, 2].iter().enumerate() {
+        let given = labels.iter().filter(|&&l| l == *c).count() as u64;
+        let old_count = if k < 2 { s1.counts[k] } else { 0 };
+        let added = s2.counts[k] - old_count;
+        assert!(added > given * 3 / 4 && added <= given, "class {c}: {added} added of {given} given");
+    }
+    assert!(s2.gauss.is_some(), "the covariances are merged too");
+
+    // Known classes alone: no new task, head or output.
+    let s = ok(&with(
+        &["extend", "--model", p(&m2), "--data", more.s(), "--classes", "0,2", "--out", p(&m3)],
+        &QUICK,
+    ));
+    assert!(s.contains("refined known classes 0,2") && !s.contains("extended with"), "{s}");
+    let again = lwf_engine::checkpoint::load(&m3, &b).unwrap();
+    assert_eq!(again.meta.tasks, after.meta.tasks);
+    assert_eq!(again.net.heads.len(), 2);
+    let s3 = again.stats.unwrap();
+    assert!(s3.counts[0] > s2.counts[0] && s3.counts[1] == s2.counts[1] && s3.counts[2] > s2.counts[2]);
+    let eval = json(&ok(&["eval", "--model", p(&m3), "--data", more.s(), "--json"]));
+    assert!(eval.is_object(), "the refined model evaluates: {eval}");
+}
+
 #[test]
 fn extend_select_chooses_lambda_and_records_it() {
     let dir = TempDir::new("select");

@@ -15,9 +15,8 @@ mod common;
 use common::{proptest_cfg, uniform_vec, B};
 use lwf_engine::backend::CpuBackend;
 use lwf_engine::checkpoint::{self, HeadMeta, Meta};
-use lwf_engine::incremental::classifier::{
-    correlation, shrink, sym_inverse, ClassifierKind, FeatureClassifier,
-};
+use lwf_engine::incremental::classifier::{correlation, shrink, ClassifierKind, FeatureClassifier};
+use lwf_engine::incremental::linalg::sym_inverse;
 use lwf_engine::incremental::stats::{cosine, drift_at, ClassStats, Sigma, StatsKind};
 use lwf_engine::incremental::{CovDrift, HeadMode};
 use lwf_engine::nn::{Arch, Net};
@@ -449,4 +448,55 @@ fn ncm_task_is_task_probability_times_the_tasks_head() {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         assert_eq!(clf.probabilities(row), row.to_vec(), "its scores are the probabilities");
     }
+}
+
+/// Merging the statistics of two sets of images equals measuring them
+/// together: count-weighted NCM and Tukey means, pooled covariances with the
+/// between-means term; a class only the second set has is appended.
+#[test]
+fn merged_statistics_equal_those_of_the_images_together() {
+    let dim = 6;
+    let mut rng = Rng::new(11);
+    let n = 90;
+    let raw: Vec<f32> = (0..n * dim).map(|_| rng.uniform(0.0, 2.0)).collect();
+    // Class 7 is shifted so the two halves' means differ (the between term matters).
+    let labels: Vec<u32> = (0..n).map(|i| [3, 7, 9][i % 3]).collect();
+    let first: Vec<usize> = (0..n).filter(|&i| i < 50 && labels[i] != 9).collect();
+    let second: Vec<usize> = (0..n).filter(|&i| i >= 50 || labels[i] == 9).collect();
+    let mut raw = raw;
+    for &i in &second {
+        if labels[i] == 7 {
+            raw[i * dim] += 1.5;
+        }
+    }
+    let rows = |idx: &[usize]| -> (Vec<f32>, Vec<u32>) {
+        (
+            idx.iter().flat_map(|&i| raw[i * dim..(i + 1) * dim].to_vec()).collect(),
+            idx.iter().map(|&i| labels[i]).collect(),
+        )
+    };
+    let (xa, la) = rows(&first);
+    let (xb, lb) = rows(&second);
+    let mut merged = ClassStats::compute(&xa, &la, &[3, 7], dim, StatsKind::Cov);
+    merged.merge(ClassStats::compute(&xb, &lb, &[7, 3, 9], dim, StatsKind::Cov));
+    let together = ClassStats::compute(&raw, &labels, &[3, 7, 9], dim, StatsKind::Cov);
+    assert_eq!(merged.classes, together.classes);
+    assert_eq!(merged.counts, together.counts);
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len());
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() < 1e-5, "{what}[{k}]: {x} vs {y}");
+        }
+    };
+    close(&merged.means, &together.means, "ncm means");
+    let (g, t) = (merged.gauss.as_ref().unwrap(), together.gauss.as_ref().unwrap());
+    close(&g.means, &t.means, "tukey means");
+    close(&g.covs, &t.covs, "covariances");
+    // Without a shared class, merge is append.
+    let mut appended = ClassStats::compute(&xa, &la, &[3, 7], dim, StatsKind::Mean);
+    let mut by_merge = appended.clone();
+    let other = ClassStats::compute(&xb, &lb, &[9], dim, StatsKind::Mean);
+    by_merge.merge(other.clone());
+    appended.append(other);
+    assert_eq!(by_merge, appended);
 }

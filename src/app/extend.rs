@@ -23,7 +23,9 @@ pub struct ExtendRequest {
     pub data: String,
     /// How an image folder is read; its size and channels default to the model's.
     pub folder: FolderOptions,
-    /// New classes (ids or names); `None`: every class of the data the model does not know.
+    /// Classes to learn (ids or names): new ones get a new head; known ones
+    /// (more images of them) keep theirs. `None`: every class of the data
+    /// the model does not know.
     pub classes: Option<ClassList>,
     pub method: Method,
     pub old_data: Option<String>,
@@ -85,11 +87,16 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
             present
         }
     };
-    if let Some(c) = classes.iter().find(|c| known.contains(c)) {
+    // Known classes given again are more images of them: LwF distils every
+    // old head as usual, each known class trains on its own head, and its
+    // statistics are merged with the old ones. New classes get a new head.
+    let (again, fresh): (Vec<u32>, Vec<u32>) = classes.iter().partition(|c| known.contains(c));
+    if !again.is_empty() && method.needs_old_data() {
         return Err(Error::Config(format!(
-            "class {c} is already known by {} (it knows {}): extend adds new classes only",
-            req.model.display(),
-            data::format_classes(&known)
+            "classes {} are already known by {}: --method {method} retrains on the old data, so put their \
+             extra images there (--old-data) and extend with new classes only",
+            data::format_classes(&again),
+            req.model.display()
         )));
     }
     data::check_classes_present(&data.train, &classes, &data.root.display().to_string())?;
@@ -152,19 +159,20 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         }
         None => (learn_task(&mut tr, &mut net, method, t, &new_view, &old_views, &mut state, &cx)?, None),
     };
-    meta.tasks.push(classes.clone());
-    let mut heads = meta.heads.clone();
-    match meta.head_mode {
-        HeadMode::PerTask => heads.push(checkpoint::HeadMeta {
-            classes: classes.clone(),
-            class_names: class_names(data, &classes),
-        }),
-        HeadMode::Shared => {
-            heads[0].classes.extend(&classes);
-            heads[0].class_names.extend(class_names(data, &classes));
+    // Only new classes make a task (and a head); known ones stay in theirs.
+    if !fresh.is_empty() {
+        meta.tasks.push(fresh.clone());
+        match meta.head_mode {
+            HeadMode::PerTask => meta.heads.push(checkpoint::HeadMeta {
+                classes: fresh.clone(),
+                class_names: class_names(data, &fresh),
+            }),
+            HeadMode::Shared => {
+                meta.heads[0].classes.extend(&fresh);
+                meta.heads[0].class_names.extend(class_names(data, &fresh));
+            }
         }
     }
-    meta.heads = heads;
     meta.history.push(HistoryEntry {
         verb: "extend".into(),
         method: method.name().into(),
@@ -178,8 +186,9 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         validation_accuracy: report.final_validation_accuracy(),
         selection: selection.clone(),
         bn: (!net.batchnorms().is_empty()).then_some(req.hyper.bn),
+        known_classes: again.clone(),
     });
-    add_task_fisher(&mut tr, &mut net, &new_view, meta.head_mode, t as u64 + 1, &cx, &mut state.fisher);
+    add_task_fisher(&mut tr, &mut net, &new_view, t as u64 + 1, &cx, &mut state.fisher);
     let fisher = state.fisher.take().expect("just estimated");
     let stats = state.stats.take();
     meta.unknown = calibrate_unknown(&mut tr, &net, &meta.tasks, stats.as_ref(), &new_view, &cx, t);
@@ -225,10 +234,26 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         )
     });
     let unk = unknown_note(meta.unknown.as_ref());
+    let what = match (again.is_empty(), fresh.is_empty()) {
+        (true, _) => format!(
+            "extended with classes {} ({})",
+            data::format_classes(&fresh),
+            class_names(data, &fresh).join(", ")
+        ),
+        (false, true) => format!(
+            "refined known classes {} ({}) with more images",
+            data::format_classes(&again),
+            class_names(data, &again).join(", ")
+        ),
+        (false, false) => format!(
+            "extended with classes {} ({}) and refined known classes {} with more images",
+            data::format_classes(&fresh),
+            class_names(data, &fresh).join(", "),
+            data::format_classes(&again)
+        ),
+    };
     Ok(format!(
-        "extended with classes {} ({}) by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note}{unk} → {}",
-        data::format_classes(&classes),
-        class_names(data, &classes).join(", "),
+        "{what} by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note}{unk} → {}",
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),

@@ -350,6 +350,7 @@ fn import_on<B: Backend>(b: &B, req: &ImportRequest, obs: &dyn Observer) -> Resu
         validation_accuracy: None,
         selection: None,
         bn: None,
+        known_classes: Vec::new(),
     });
 
     let mut tr = Trainer::new(b.clone());
@@ -360,7 +361,7 @@ fn import_on<B: Backend>(b: &B, req: &ImportRequest, obs: &dyn Observer) -> Resu
             let cx = TaskContext { split: &d.train, norm: &req.norm, hyper: &hyper, seed: 0, obs };
             let stats = task_stats(&mut tr, &net, &view, &cx, req.class_stats);
             let mut fisher = None;
-            add_task_fisher(&mut tr, &mut net, &view, req.head_mode, 1, &cx, &mut fisher);
+            add_task_fisher(&mut tr, &mut net, &view, 1, &cx, &mut fisher);
             let test_view = data::task_view(&d.test, &ids);
             let acc = (!test_view.indices.is_empty()).then(|| {
                 crate::incremental::eval::evaluate(

@@ -173,7 +173,9 @@ fn calibrate_unknown<B: Backend>(
     let (idx, which) =
         if val.indices.is_empty() { (train_part.indices, "training") } else { (val.indices, "validation") };
     let on = format!("{which} images of classes {}", data::format_classes(&view.classes));
-    unknown::calibrate(tr, net, tasks, stats, cx.split, cx.norm, &idx, cx.hyper.unknown_accept, on)
+    let feats = tr.features(net, cx.split, cx.norm, &idx, 128);
+    let b = tr.b.clone();
+    unknown::calibrate(&b, net, tasks, stats, &feats, idx.len(), cx.hyper.unknown_accept, on)
 }
 
 /// The summary's words for a model's "none of these" rule.

@@ -81,10 +81,11 @@ fn train_on<B: Backend>(
         validation_accuracy: report.final_validation_accuracy(),
         selection: None,
         bn: (!net.batchnorms().is_empty()).then_some(crate::nn::BnPolicy::Train),
+        known_classes: Vec::new(),
     });
     let stats = task_stats(&mut tr, &net, &view, &cx, req.hyper.class_stats);
     let mut fisher = None;
-    add_task_fisher(&mut tr, &mut net, &view, req.hyper.head_mode, 1, &cx, &mut fisher);
+    add_task_fisher(&mut tr, &mut net, &view, 1, &cx, &mut fisher);
     let fisher = fisher.expect("just estimated");
     meta.unknown = calibrate_unknown(&mut tr, &net, &meta.tasks, Some(&stats), &view, &cx, 0);
     let acc = evaluate(

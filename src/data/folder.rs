@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, UNIX_EPOCH};
 
-use super::{load, Dataset, Pixels, Split};
+use super::{Dataset, Pixels, Split};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -211,7 +211,7 @@ pub fn load_folder(root: &Path, opts: &FolderOptions) -> Result<(Dataset, Folder
         cache_error: cache.error,
         skipped: scan.skipped,
     };
-    Ok((load::assemble(root.to_path_buf(), train, test, Some(scan.class_names), true), summary))
+    Ok((Dataset::assemble(root.to_path_buf(), train, test, Some(scan.class_names), true), summary))
 }
 
 /// Decode image files as a model reads them: each converted to `channels`
@@ -220,8 +220,8 @@ pub fn load_folder(root: &Path, opts: &FolderOptions) -> Result<(Dataset, Folder
 pub fn decode_files(paths: &[PathBuf], channels: usize, size: (usize, usize)) -> Result<Split> {
     let opts = FolderOptions { channels: Some(channels), image_size: Some(size), ..FolderOptions::default() };
     check_options(&opts)?;
-    let keys: Vec<cache::FileKey> =
-        paths.iter().map(|p| cache::FileKey { path: p, rel: "", len: 0, mtime_ns: 0 }).collect();
+    let keys: Vec<decode::FileKey> =
+        paths.iter().map(|p| decode::FileKey { path: p, rel: "", len: 0, mtime_ns: 0 }).collect();
     let root = paths.first().map_or(Path::new("."), |p| p.as_path());
     let images = decode::decode_all(root, &keys, &opts)?;
     Ok(Split { pixels: Pixels::U8(images.pixels), labels: Vec::new(), c: images.c, h: images.h, w: images.w })
@@ -458,10 +458,10 @@ fn entry(root: &Path, path: PathBuf, class: u32, test: bool) -> Result<Entry> {
 }
 
 /// The files to decode, as the cache and decoder see them.
-fn entries_of(scan: &Scan) -> Vec<cache::FileKey<'_>> {
+fn entries_of(scan: &Scan) -> Vec<decode::FileKey<'_>> {
     scan.entries
         .iter()
-        .map(|e| cache::FileKey { path: &e.path, rel: &e.rel, len: e.len, mtime_ns: e.mtime_ns })
+        .map(|e| decode::FileKey { path: &e.path, rel: &e.rel, len: e.len, mtime_ns: e.mtime_ns })
         .collect()
 }
 

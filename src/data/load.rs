@@ -9,11 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::file::{read_decoded, Checksums};
 use super::folder::{self, FolderOptions};
-use super::{idx, npy, Dataset, Normalization, Pixels, Split};
+use super::{idx, npy, Dataset, Pixels, Split, FASHION_MNIST};
 use crate::{Error, Result};
-
-/// The name that resolves to the shipped Fashion-MNIST directory.
-pub const FASHION_MNIST: &str = "fashion-mnist";
 
 /// IDX names (each may also end in `.gz`): train images, labels, test images, labels.
 const IDX_NAMES: [&str; 4] = [
@@ -93,7 +90,7 @@ pub fn load_with(spec: &str, opts: &FolderOptions) -> Result<Dataset> {
         let done: Vec<&str> = files.paths.iter().filter_map(|p| p.file_name()?.to_str()).collect();
         sums.verify_rest(&root, &done)?;
     }
-    Ok(assemble(root, train, test, names, false))
+    Ok(Dataset::assemble(root, train, test, names, false))
 }
 
 /// Load unlabelled images (IDX or NPY, raw or gzipped, told apart by content)
@@ -107,33 +104,6 @@ pub fn load_images(path: &Path) -> Result<Split> {
         (Pixels::U8(v), [n, 1, h, w])
     };
     Ok(Split { pixels, labels: Vec::new(), c, h, w })
-}
-
-/// Name the data set, count the classes and fix Fashion-MNIST's normalisation.
-pub(super) fn assemble(
-    root: PathBuf,
-    train: Split,
-    test: Split,
-    names: Option<Vec<String>>,
-    ids_from_names: bool,
-) -> Dataset {
-    let max_label = train.labels.iter().chain(&test.labels).max().map_or(0, |&m| m as usize + 1);
-    let num_classes = max_label.max(names.as_ref().map_or(0, Vec::len));
-    let class_names = names.unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect());
-    let name = dir_name(&root);
-    let is_fmnist = name == FASHION_MNIST
-        && matches!(train.pixels, Pixels::U8(_))
-        && (train.c, train.h, train.w) == (1, 28, 28);
-    let fixed_norm = is_fmnist.then(Normalization::fashion_mnist);
-    Dataset { name, root, train, test, class_names, num_classes, fixed_norm, ids_from_names }
-}
-
-/// The directory's own name, looking through `.` and `..`.
-fn dir_name(root: &Path) -> String {
-    let named = root.file_name().map(|n| n.to_string_lossy().into_owned());
-    named
-        .or_else(|| root.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| root.display().to_string())
 }
 
 /// What a data directory must contain, for messages.

@@ -15,14 +15,17 @@ pub mod npy;
 pub mod split;
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use folder::{load_folder, FolderOptions, FolderSummary};
-pub use load::{load, load_images, load_with, resolve, FASHION_MNIST};
+pub use load::{load, load_images, load_with, resolve};
 pub use split::{
     check_classes_present, format_classes, joint_split, local_label, parse_classes, parse_tasks,
     protocol_tasks, task_view, to_local, ClassList, ClassRef, Protocol, TaskList, TaskView,
 };
+
+/// The name that resolves to the shipped Fashion-MNIST directory.
+pub const FASHION_MNIST: &str = "fashion-mnist";
 
 /// Image pixels in their stored type.
 #[derive(Clone, Debug, PartialEq)]
@@ -319,6 +322,25 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Name the data set, count the classes and fix Fashion-MNIST's normalisation.
+    pub(crate) fn assemble(
+        root: PathBuf,
+        train: Split,
+        test: Split,
+        names: Option<Vec<String>>,
+        ids_from_names: bool,
+    ) -> Dataset {
+        let max_label = train.labels.iter().chain(&test.labels).max().map_or(0, |&m| m as usize + 1);
+        let num_classes = max_label.max(names.as_ref().map_or(0, Vec::len));
+        let class_names = names.unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect());
+        let name = dir_name(&root);
+        let is_fmnist = name == FASHION_MNIST
+            && matches!(train.pixels, Pixels::U8(_))
+            && (train.c, train.h, train.w) == (1, 28, 28);
+        let fixed_norm = is_fmnist.then(Normalization::fashion_mnist);
+        Dataset { name, root, train, test, class_names, num_classes, fixed_norm, ids_from_names }
+    }
+
     /// The normalisation of a model whose first task is `first`: the data
     /// set's fixed one, else per channel over that task's training images
     /// (the only images a model has seen when its normalisation is chosen;
@@ -366,6 +388,14 @@ impl Dataset {
         self.num_classes = names.len();
         self.class_names = names;
     }
+}
+
+/// The directory's own name, looking through `.` and `..`.
+fn dir_name(root: &Path) -> String {
+    let named = root.file_name().map(|n| n.to_string_lossy().into_owned());
+    named
+        .or_else(|| root.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| root.display().to_string())
 }
 
 #[cfg(test)]

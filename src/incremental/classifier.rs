@@ -23,7 +23,8 @@
 //! posterior of Gaussians with the shared correlation-normalised shape and
 //! equal priors).
 
-use super::stats::{ncm_space, tukey_space, unpack_symmetric, ClassStats};
+use super::linalg::{packed_len, sym_inverse, unpack_symmetric};
+use super::stats::{ncm_space, tukey_space, ClassStats};
 use crate::backend::Backend;
 use crate::nn::Net;
 use rayon::prelude::*;
@@ -197,7 +198,7 @@ impl FeatureClassifier {
     pub fn mahalanobis(stats: &ClassStats) -> Option<Self> {
         let g = stats.gauss.as_ref()?;
         let dim = stats.dim;
-        let plen = super::stats::packed_len(dim);
+        let plen = packed_len(dim);
         let inv: Vec<f32> = (0..stats.classes.len())
             .into_par_iter()
             .flat_map_iter(|k| {
@@ -434,60 +435,6 @@ pub fn correlation(cov: &[f64], dim: usize) -> Vec<f64> {
         }
     }
     c
-}
-
-/// Inverse of a symmetric matrix (FeCAM's pseudo-inverse, which for the
-/// shrunk correlation matrices met in practice is the plain inverse; the
-/// shrinkage can leave them indefinite, so no Cholesky), by Gauss–Jordan
-/// elimination with partial pivoting in f64. Should a pivot vanish (a
-/// singular matrix), a ridge of 1e-6·mean |diagonal| is added and it is tried
-/// again, growing tenfold each time.
-pub fn sym_inverse(a: &[f64], dim: usize) -> Vec<f64> {
-    let scale = (0..dim).map(|i| a[i * dim + i].abs()).sum::<f64>() / dim.max(1) as f64;
-    let mut ridge = 0.0;
-    loop {
-        if let Some(inv) = gauss_jordan(a, dim, ridge, 1e-12 * scale.max(1e-300)) {
-            return inv;
-        }
-        ridge = if ridge == 0.0 { 1e-6 * scale.max(1e-30) } else { ridge * 10.0 };
-    }
-}
-
-/// (A + ridge·I)⁻¹, or None when a pivot is below `tiny`.
-fn gauss_jordan(a: &[f64], n: usize, ridge: f64, tiny: f64) -> Option<Vec<f64>> {
-    let mut m = a.to_vec();
-    for i in 0..n {
-        m[i * n + i] += ridge;
-    }
-    let mut inv: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
-    for c in 0..n {
-        let p = (c..n).max_by(|&x, &y| m[x * n + c].abs().total_cmp(&m[y * n + c].abs()))?;
-        if m[p * n + c].is_nan() || m[p * n + c].abs() <= tiny {
-            return None;
-        }
-        if p != c {
-            for k in 0..n {
-                m.swap(c * n + k, p * n + k);
-                inv.swap(c * n + k, p * n + k);
-            }
-        }
-        let d = 1.0 / m[c * n + c];
-        for k in 0..n {
-            m[c * n + k] *= d;
-            inv[c * n + k] *= d;
-        }
-        let (pivot_m, pivot_inv) = (m[c * n..(c + 1) * n].to_vec(), inv[c * n..(c + 1) * n].to_vec());
-        for r in (0..n).filter(|&r| r != c) {
-            let f = m[r * n + c];
-            if f != 0.0 {
-                for k in 0..n {
-                    m[r * n + k] -= f * pivot_m[k];
-                    inv[r * n + k] -= f * pivot_inv[k];
-                }
-            }
-        }
-    }
-    inv.iter().all(|v| v.is_finite()).then_some(inv)
 }
 
 /// Squared Mahalanobis distances of `n` rows of `x` to `mean` under the

@@ -105,6 +105,26 @@ pub struct TaskContext<'c> {
     pub obs: &'c dyn Observer,
 }
 
+/// Examples of a task view, each on the head that holds its class and
+/// labelled by its position there (the first head holding it; a class is in
+/// one head). One view may span several heads: a task's own, or known
+/// classes that `extend` is given more images of beside new ones.
+pub fn examples_on_heads<B: Backend>(net: &Net<B>, view: &TaskView, split: &Split) -> Vec<Example> {
+    view.indices
+        .iter()
+        .map(|&idx| {
+            let class = split.labels[idx];
+            let (head, label) = net
+                .heads
+                .iter()
+                .enumerate()
+                .find_map(|(h, head)| head.classes.iter().position(|&c| c == class).map(|l| (h, l as u32)))
+                .expect("a head for every class of the view");
+            Example { idx, head, label }
+        })
+        .collect()
+}
+
 /// Examples of a task view for head `head`, labelled by their position in
 /// `head_classes`.
 pub fn examples_for(view: &TaskView, split: &Split, head: usize, head_classes: &[u32]) -> Vec<Example> {
@@ -319,7 +339,7 @@ pub fn learn_task<B: Backend>(
         ));
     }
     if method == Method::Ewc && old.len() >= t {
-        add_task_fisher(tr, net, &old[t - 1], mode, t as u64, cx, &mut state.fisher);
+        add_task_fisher(tr, net, &old[t - 1], t as u64, cx, &mut state.fisher);
     }
     let anchors = match method {
         Method::L2 | Method::Ewc => Some(Anchors {
@@ -334,25 +354,32 @@ pub fn learn_task<B: Backend>(
         _ => None,
     };
 
-    // (2) The new outputs: a new head, or new rows of the shared head.
+    // (2) The new outputs: a new head, or new rows of the shared head, for
+    // the classes no head holds yet. Known classes among `new` (more images
+    // of them) keep their head and train there.
+    let fresh: Vec<u32> =
+        new.classes.iter().copied().filter(|c| !net.heads.iter().any(|h| h.classes.contains(c))).collect();
     let mut head_rng = Rng::derive(cx.seed, streams::HEAD + t as u64);
-    let new_head = match mode {
+    let new_head = (!fresh.is_empty()).then(|| match mode {
         HeadMode::PerTask => {
-            net.add_head(&b, &mut head_rng, &new.classes);
+            net.add_head(&b, &mut head_rng, &fresh);
             net.heads.len() - 1
         }
         HeadMode::Shared => {
-            net.grow_head(&b, &mut head_rng, 0, &new.classes);
+            net.grow_head(&b, &mut head_rng, 0, &fresh);
             0
         }
-    };
-    let head_classes = net.heads[new_head].classes.clone();
-    let mut examples = examples_for(new, cx.split, new_head, &head_classes);
+    });
+    let mut examples = examples_on_heads(net, new, cx.split);
     let val = Validation {
-        examples: examples_for(&val_view, cx.split, new_head, &head_classes),
+        examples: examples_on_heads(net, &val_view, cx.split),
         teachers: val_teachers,
         temperature: hyper.temperature,
     };
+    // The heads the new images train: the new one and those of known classes.
+    let mut trained_heads: Vec<usize> = examples.iter().map(|e| e.head).collect();
+    trained_heads.sort_unstable();
+    trained_heads.dedup();
     let all_heads: Vec<usize> = (0..net.heads.len()).collect();
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE + t as u64);
     let label = format!("task {} {method}", t + 1);
@@ -361,7 +388,8 @@ pub fn learn_task<B: Backend>(
     // heads and θs are frozen, so their outputs equal Y_o and KD is constant
     // (omitted, as the reference). In shared mode the whole head trains, so
     // KD keeps the old outputs in place.
-    if method == Method::Lwf && hyper.warmup_epochs > 0 {
+    // Without new classes there is no new output to warm up.
+    if let (Method::Lwf, Some(new_head), true) = (method, new_head, hyper.warmup_epochs > 0) {
         net.set_trainable(false, 0, &[new_head]);
         let kd: &[Teacher] = if mode == HeadMode::Shared { &teachers } else { &[] };
         let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None };
@@ -383,18 +411,18 @@ pub fn learn_task<B: Backend>(
     }
 
     // (4) The main phase.
-    let mut ce_heads = vec![new_head];
+    let mut ce_heads = trained_heads.clone();
     match method {
         Method::Lwf | Method::Joint | Method::JointShared => net.set_trainable(true, 0, &all_heads),
-        Method::Finetune | Method::L2 | Method::Ewc => net.set_trainable(true, 0, &[new_head]),
-        Method::Freeze => net.set_trainable(true, hyper.freeze_layers, &[new_head]),
-        Method::FeatureExtraction => net.set_trainable(false, 0, &[new_head]),
+        Method::Finetune | Method::L2 | Method::Ewc => net.set_trainable(true, 0, &trained_heads),
+        Method::Freeze => net.set_trainable(true, hyper.freeze_layers, &trained_heads),
+        Method::FeatureExtraction => net.set_trainable(false, 0, &trained_heads),
     }
     if method.needs_old_data() {
         for view in old {
-            let (head, classes) = head_of(net, mode, view);
-            examples.extend(examples_for(view, cx.split, head, &classes));
-            ce_heads.push(head);
+            let view_examples = examples_on_heads(net, view, cx.split);
+            ce_heads.extend(view_examples.iter().map(|e| e.head));
+            examples.extend(view_examples);
         }
         ce_heads.sort_unstable();
         ce_heads.dedup();
@@ -436,7 +464,9 @@ pub fn learn_task<B: Backend>(
             report.drift =
                 stats.compensate(&old_features, &new_features, &labels, hyper.sdc_sigma, hyper.cov_drift);
         }
-        stats.append(ClassStats::compute(&new_features, &labels, &new.classes, net.arch.hidden, kind));
+        // Known classes among `new`: the measured statistics are merged with
+        // the (compensated) old ones, count-weighted; new classes appended.
+        stats.merge(ClassStats::compute(&new_features, &labels, &new.classes, net.arch.hidden, kind));
         report.timing.stats_seconds += t0.elapsed().as_secs_f64();
     }
     Ok(report)
@@ -457,7 +487,6 @@ pub fn check_freeze_layers<B: Backend>(net: &Net<B>, method: Method, hyper: &Hyp
     Ok(())
 }
 
-/// The head (and its classes) that holds a task's classes.
 /// EWC's diagonal Fisher of finished task number `task` (1-based), at the
 /// parameters the net holds now, added to `fisher` (created on first use).
 /// The one place that says which examples estimate it: `ewc_samples` of the
@@ -469,14 +498,12 @@ pub fn add_task_fisher<B: Backend>(
     tr: &mut Trainer<B>,
     net: &mut Net<B>,
     view: &TaskView,
-    mode: HeadMode,
     task: u64,
     cx: &TaskContext<'_>,
     fisher: &mut Option<Vec<B::Buf>>,
 ) {
     let b = tr.b.clone();
-    let (head, classes) = head_of(net, mode, view);
-    let mut ex = examples_for(view, cx.split, head, &classes);
+    let mut ex = examples_on_heads(net, view, cx.split);
     Rng::derive(cx.seed, streams::FISHER + task).shuffle(&mut ex);
     ex.truncate(cx.hyper.ewc_samples);
     let sums =
@@ -484,18 +511,6 @@ pub fn add_task_fisher<B: Backend>(
     tr.accumulate_fisher(net, cx.split, cx.norm, &ex, sums);
     let all: Vec<usize> = (0..net.heads.len()).collect();
     net.set_trainable(true, 0, &all);
-}
-
-fn head_of<B: Backend>(net: &Net<B>, mode: HeadMode, view: &TaskView) -> (usize, Vec<u32>) {
-    let h = match mode {
-        HeadMode::Shared => 0,
-        HeadMode::PerTask => net
-            .heads
-            .iter()
-            .position(|h| h.classes.contains(&view.classes[0]))
-            .expect("a head for every finished task"),
-    };
-    (h, net.heads[h].classes.clone())
 }
 
 fn dup_buf<B: Backend>(b: &B, x: &B::Buf) -> B::Buf {

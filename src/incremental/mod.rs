@@ -11,9 +11,11 @@
 
 pub mod classifier;
 pub mod eval;
+pub mod linalg;
 pub mod methods;
 pub mod protocol;
 pub mod select;
+pub mod selection;
 pub mod session;
 pub mod stats;
 pub mod train;

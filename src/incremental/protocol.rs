@@ -8,7 +8,8 @@ use super::methods::{
     check_freeze_layers, learn_task, streams, task_stats, train_first_task, MethodState, TaskContext,
     TaskReport,
 };
-use super::select::{learn_task_selected, SelectGrid, Selection};
+use super::select::{learn_task_selected, SelectGrid};
+use super::selection::Selection;
 use super::stats::{cosine, ClassStats, StatsKind};
 use super::train::Trainer;
 use super::{Hyper, Method, Observer};

@@ -25,6 +25,7 @@
 //! classes drift idiosyncratically as the trunk learns them, old ones do not.
 //! So it is offered, not the default.
 
+use super::linalg::packed_len;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -156,11 +157,6 @@ pub struct DriftReport {
     pub ridge_explained: Option<f64>,
 }
 
-/// Number of packed upper-triangle entries of a dim × dim matrix.
-pub fn packed_len(dim: usize) -> usize {
-    dim * (dim + 1) / 2
-}
-
 impl ClassStats {
     /// An empty set of statistics for `dim`-wide features.
     pub fn empty(dim: usize, kind: StatsKind) -> Self {
@@ -218,6 +214,69 @@ impl ClassStats {
         }
     }
 
+    /// Add `other`'s classes (same dim and kind): a class this set already
+    /// has is merged with it, as if both sets of images had been measured
+    /// together (count-weighted means; pooled covariances, with the spread
+    /// between the two means); the others are appended in `other`'s order.
+    pub fn merge(&mut self, other: ClassStats) {
+        if !other.classes.iter().any(|c| self.classes.contains(c)) {
+            return self.append(other);
+        }
+        assert_eq!(self.dim, other.dim, "ClassStats::merge: feature widths differ");
+        assert_eq!(
+            self.kind(),
+            other.kind(),
+            "ClassStats::merge: one side keeps covariances, the other does not"
+        );
+        let (dim, plen) = (self.dim, packed_len(self.dim));
+        let mut fresh = ClassStats::empty(dim, other.kind());
+        for (j, &c) in other.classes.iter().enumerate() {
+            let Some(k) = self.classes.iter().position(|&x| x == c) else {
+                fresh.counts.push(other.counts[j]);
+                fresh.classes.push(c);
+                fresh.means.extend_from_slice(other.mean(j));
+                if let (Some(f), Some(o)) = (fresh.gauss.as_mut(), other.gauss.as_ref()) {
+                    f.means.extend_from_slice(&o.means[j * dim..(j + 1) * dim]);
+                    f.covs.extend_from_slice(&o.covs[j * plen..(j + 1) * plen]);
+                }
+                continue;
+            };
+            let (n1, n2) = (self.counts[k] as f64, other.counts[j] as f64);
+            let n = n1 + n2;
+            if n2 == 0.0 {
+                continue;
+            }
+            let weighted = |a: &[f32], b: &[f32]| -> Vec<f32> {
+                a.iter().zip(b).map(|(x, y)| ((n1 * *x as f64 + n2 * *y as f64) / n) as f32).collect()
+            };
+            let merged = weighted(self.mean(k), other.mean(j));
+            self.means[k * dim..(k + 1) * dim].copy_from_slice(&merged);
+            if let (Some(g), Some(o)) = (self.gauss.as_mut(), other.gauss.as_ref()) {
+                let (m1, m2) = (&g.means[k * dim..(k + 1) * dim], &o.means[j * dim..(j + 1) * dim]);
+                let mu = weighted(m1, m2);
+                let d1: Vec<f64> = m1.iter().zip(&mu).map(|(a, m)| (*a - *m) as f64).collect();
+                let d2: Vec<f64> = m2.iter().zip(&mu).map(|(a, m)| (*a - *m) as f64).collect();
+                // S = [(n1−1)S1 + (n2−1)S2 + n1·d1d1ᵀ + n2·d2d2ᵀ] / (n−1).
+                let denom = (n - 1.0).max(1.0);
+                let (c1, c2) = (&mut g.covs[k * plen..(k + 1) * plen], &o.covs[j * plen..(j + 1) * plen]);
+                let mut at = 0;
+                for r in 0..dim {
+                    for q in r..dim {
+                        let pooled = (n1 - 1.0).max(0.0) * c1[at] as f64
+                            + (n2 - 1.0).max(0.0) * c2[at] as f64
+                            + n1 * d1[r] * d1[q]
+                            + n2 * d2[r] * d2[q];
+                        c1[at] = (pooled / denom) as f32;
+                        at += 1;
+                    }
+                }
+                g.means[k * dim..(k + 1) * dim].copy_from_slice(&mu);
+            }
+            self.counts[k] += other.counts[j];
+        }
+        self.append(fresh);
+    }
+
     /// The NCM mean of the k-th class.
     pub fn mean(&self, k: usize) -> &[f32] {
         &self.means[k * self.dim..(k + 1) * self.dim]
@@ -259,7 +318,9 @@ impl ClassStats {
                     Some(st)
                 }
                 super::CovDrift::Ridge => {
-                    explained = Some(super::transport::transport(g, &old, &new, dim).explained);
+                    explained = Some(
+                        super::transport::transport(&mut g.means, &mut g.covs, &old, &new, dim).explained,
+                    );
                     None
                 }
             }
@@ -328,21 +389,6 @@ fn covariance_packed(x: &[f32], rows: &[usize], mean: &[f32], dim: usize) -> Vec
         packed.extend(c[i * dim + i..(i + 1) * dim].iter().map(|v| *v as f32));
     }
     packed
-}
-
-/// Unpack a packed upper triangle into a full symmetric matrix (f64).
-pub fn unpack_symmetric(packed: &[f32], dim: usize) -> Vec<f64> {
-    assert_eq!(packed.len(), packed_len(dim), "unpack_symmetric: {} values for dim {dim}", packed.len());
-    let mut m = vec![0f64; dim * dim];
-    let mut k = 0;
-    for i in 0..dim {
-        for j in i..dim {
-            m[i * dim + j] = packed[k] as f64;
-            m[j * dim + i] = packed[k] as f64;
-            k += 1;
-        }
-    }
-    m
 }
 
 /// SDC's drift at `mu`: the weighted mean of `new_i − old_i` over the rows

@@ -10,8 +10,7 @@
 //! covariance of the fit's residuals `Y − XW`: the part of the new features
 //! the old ones do not explain, which a class's images will show too.
 
-use super::classifier::sym_inverse;
-use super::stats::{packed_len, unpack_symmetric, Gaussian};
+use super::linalg::{matmul, packed_len, sym_inverse, unpack_symmetric};
 
 /// Ridge strength relative to the mean diagonal of XᵀX. Chosen a priori, not
 /// tuned: large enough to keep the 256 × 256 solve well conditioned when a
@@ -25,37 +24,10 @@ pub struct Transport {
     pub explained: f64,
 }
 
-/// `C = op(A) · B` in f64, row-major; `op(A)` is `Aᵀ` when `at` (A then
-/// `k × m`), else A (`m × k`); B is `k × n`.
-fn matmul(a: &[f64], at: bool, b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
-    let mut c = vec![0f64; m * n];
-    let (rsa, csa) = if at { (1, m as isize) } else { (k as isize, 1) };
-    // SAFETY: op(A) is m × k with the strides given (A holds m·k values
-    // either way), B k × n and C m × n row-major: every index is in bounds.
-    unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            n as isize,
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-    c
-}
-
 /// Fit the map on `old` and `new` (n rows of `dim` each, the same images in
-/// the same order) and move every class of `g` with it.
-pub fn transport(g: &mut Gaussian, old: &[f32], new: &[f32], dim: usize) -> Transport {
+/// the same order) and move every class with it: `means` holds one row of
+/// `dim` per class, `covs` one packed upper triangle per class.
+pub fn transport(means: &mut [f32], covs: &mut [f32], old: &[f32], new: &[f32], dim: usize) -> Transport {
     let n = old.len() / dim;
     assert_eq!(old.len(), new.len(), "transport: old and new features differ in length");
     let x: Vec<f64> = old.iter().map(|&v| v as f64).collect();
@@ -79,14 +51,14 @@ pub fn transport(g: &mut Gaussian, old: &[f32], new: &[f32], dim: usize) -> Tran
     let resid: Vec<f64> = matmul(&e, true, &e, dim, n, dim).into_iter().map(|v| v * scale).collect();
 
     let plen = packed_len(dim);
-    let classes = g.means.len() / dim;
+    let classes = means.len() / dim;
     for k in 0..classes {
-        let mu: Vec<f64> = g.means[k * dim..(k + 1) * dim].iter().map(|&v| v as f64).collect();
+        let mu: Vec<f64> = means[k * dim..(k + 1) * dim].iter().map(|&v| v as f64).collect();
         let moved = matmul(&w, true, &mu, dim, dim, 1);
-        g.means[k * dim..(k + 1) * dim].iter_mut().zip(&moved).for_each(|(m, v)| *m = *v as f32);
-        let cov = unpack_symmetric(&g.covs[k * plen..(k + 1) * plen], dim);
+        means[k * dim..(k + 1) * dim].iter_mut().zip(&moved).for_each(|(m, v)| *m = *v as f32);
+        let cov = unpack_symmetric(&covs[k * plen..(k + 1) * plen], dim);
         let wt_cov_w = matmul(&matmul(&w, true, &cov, dim, dim, dim), false, &w, dim, dim, dim);
-        let packed = &mut g.covs[k * plen..(k + 1) * plen];
+        let packed = &mut covs[k * plen..(k + 1) * plen];
         let mut at = 0;
         for i in 0..dim {
             for j in i..dim {
@@ -133,15 +105,15 @@ mod tests {
         let mu = [0.3f32, -0.2, 0.5];
         let cov = [[0.5f64, 0.1, 0.0], [0.1, 0.4, 0.05], [0.0, 0.05, 0.3]];
         let packed: Vec<f32> = (0..dim).flat_map(|i| (i..dim).map(move |j| cov[i][j] as f32)).collect();
-        let mut g = Gaussian { means: mu.to_vec(), covs: packed };
-        let t = transport(&mut g, &old, &new, dim);
+        let (mut means, mut covs) = (mu.to_vec(), packed);
+        let t = transport(&mut means, &mut covs, &old, &new, dim);
         assert!(t.explained > 0.999, "{t:?}");
         for i in 0..dim {
             let want: f64 = (0..dim).map(|j| a[i * dim + j] * mu[j] as f64).sum();
             // The ridge shrinks the map by about RIDGE.
-            assert!((g.means[i] as f64 - want).abs() < 0.02, "mean {i}: {} vs {want}", g.means[i]);
+            assert!((means[i] as f64 - want).abs() < 0.02, "mean {i}: {} vs {want}", means[i]);
         }
-        let full = unpack_symmetric(&g.covs, dim);
+        let full = unpack_symmetric(&covs, dim);
         for i in 0..dim {
             for j in 0..dim {
                 let want: f64 = (0..dim)
@@ -165,10 +137,10 @@ mod tests {
         let mut rng = Rng::new(3);
         let old: Vec<f32> = (0..2000 * dim).map(|_| rng.normal()).collect();
         let new: Vec<f32> = (0..2000 * dim).map(|_| 2.0 * rng.normal()).collect();
-        let mut g = Gaussian { means: vec![1.0, 1.0], covs: vec![1.0, 0.0, 1.0] };
-        let t = transport(&mut g, &old, &new, dim);
+        let (mut means, mut covs) = (vec![1.0f32, 1.0], vec![1.0f32, 0.0, 1.0]);
+        let t = transport(&mut means, &mut covs, &old, &new, dim);
         assert!(t.explained < 0.01, "{t:?}");
-        assert!(g.means.iter().all(|m| m.abs() < 0.1), "{:?}", g.means);
-        assert!((g.covs[0] - 4.0).abs() < 0.4 && (g.covs[2] - 4.0).abs() < 0.4, "{:?}", g.covs);
+        assert!(means.iter().all(|m| m.abs() < 0.1), "{:?}", means);
+        assert!((covs[0] - 4.0).abs() < 0.4 && (covs[2] - 4.0).abs() < 0.4, "{:?}", covs);
     }
 }

@@ -27,9 +27,7 @@
 
 use super::classifier::FeatureClassifier;
 use super::stats::ClassStats;
-use super::train::Trainer;
 use crate::backend::Backend;
-use crate::data::{Normalization, Split};
 use crate::nn::Net;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -220,26 +218,24 @@ impl UnknownDetector {
 }
 
 /// The rule of the default score for a model's statistics, its threshold
-/// accepting `accept` of the known images `idx` of `split` (described by
-/// `calibrated_on`); `None` without images.
+/// accepting `accept` of the known images whose trunk features are `feats`
+/// (`n` rows, described by `calibrated_on`); `None` without images. The
+/// caller runs the trunk, so this module needs no trainer.
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate<B: Backend>(
-    tr: &mut Trainer<B>,
+    b: &B,
     net: &Net<B>,
     tasks: &[Vec<u32>],
     stats: Option<&ClassStats>,
-    split: &Split,
-    norm: &Normalization,
-    idx: &[usize],
+    feats: &[f32],
+    n: usize,
     accept: f64,
     calibrated_on: String,
 ) -> Option<UnknownRule> {
-    if idx.is_empty() {
+    if n == 0 {
         return None;
     }
-    let b = tr.b.clone();
-    let feats = tr.features(net, split, norm, idx, 128);
-    let scores = UnknownDetector::new(&b, net, tasks, stats).all_scores(&feats, idx.len(), None);
+    let scores = UnknownDetector::new(b, net, tasks, stats).all_scores(feats, n, None);
     let score = UnknownScore::default_for(stats);
     let values = score_of(&scores, score).expect("the default score is available");
     Some(UnknownRule {
@@ -248,7 +244,7 @@ pub fn calibrate<B: Backend>(
         accept,
         standardise: if score == UnknownScore::Combined { standardisation_of(&scores) } else { None },
         calibrated_on,
-        calibration_images: idx.len(),
+        calibration_images: n,
     })
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::decode::{self, Images};
+use super::decode::{self, FileKey, Images};
 use super::{CacheStatus, FolderOptions};
 use crate::data::file::sha256_hex;
 use crate::fsio::{create_dir_all, write_atomic};
@@ -24,14 +24,6 @@ use crate::Result;
 
 const MAGIC: &[u8; 8] = b"LWFIMGC1";
 const HEADER_LEN: usize = 8 + 32 + 12 + 8 + 32;
-
-/// One image file as the cache key sees it.
-pub(super) struct FileKey<'a> {
-    pub path: &'a Path,
-    pub rel: &'a str,
-    pub len: u64,
-    pub mtime_ns: u128,
-}
 
 /// Where the cache was looked for and what came of it.
 pub(super) struct CacheOutcome {

@@ -14,10 +14,18 @@ use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 
-use super::cache::FileKey;
 use super::FolderOptions;
 use crate::data::file::one_line;
 use crate::{Error, Result};
+
+/// One image file of the scan: where it is, and the size and time the
+/// cache key is made of.
+pub(super) struct FileKey<'a> {
+    pub path: &'a Path,
+    pub rel: &'a str,
+    pub len: u64,
+    pub mtime_ns: u128,
+}
 
 /// Decoded images, all of one shape.
 pub(super) struct Images {
