@@ -11,24 +11,17 @@ import argparse
 import gzip
 import os
 import shutil
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from colour_folder import parse_classes  # noqa: E402  (one parser of --classes for the tools)
 
 
 def read_idx(path, header):
     with gzip.open(path) as f:
         return np.frombuffer(f.read(), np.uint8, offset=header)
-
-
-def classes_of(spec):
-    out = []
-    for part in spec.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    return out
 
 
 def main():
@@ -45,7 +38,7 @@ def main():
     yt = read_idx(os.path.join(a.src, "t10k-labels-idx1-ubyte.gz"), 8)
     rng = np.random.default_rng(a.seed)
     keep = np.sort(
-        np.concatenate([rng.permutation(np.where(y == c)[0])[: a.per_class] for c in classes_of(a.classes)])
+        np.concatenate([rng.permutation(np.where(y == c)[0])[: a.per_class] for c in parse_classes(a.classes)])
     )
     os.makedirs(a.dst, exist_ok=True)
     np.save(os.path.join(a.dst, "train_images.npy"), x[keep])
