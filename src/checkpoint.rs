@@ -75,6 +75,13 @@ pub struct HistoryEntry {
     /// images of them (they kept their id, head and name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_classes: Vec<u32>,
+    /// The random transforms of the training views (`--augment`, resolved
+    /// for the data: `crop`, `flip` or both; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<crate::data::augment::Augment>,
+    /// Where LwF's targets came from with augmented views (`--teacher`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<crate::incremental::TeacherMode>,
 }
 
 /// What the `class_stats.*` tensors hold.

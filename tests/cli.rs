@@ -1711,3 +1711,65 @@ fn eval_scores_classes_the_model_has_not_learnt() {
         false,
     );
 }
+
+/// Every parameter of the model in `path`.
+fn weights(path: &Path) -> Vec<Vec<f32>> {
+    let b = lwf_engine::CpuBackend::new();
+    let ck = lwf_engine::checkpoint::load(path, &b).unwrap();
+    ck.net.params().iter().map(|p| p.value.to_vec(&b)).collect()
+}
+
+/// `--augment` trains on random views drawn from the seed: the same seed
+/// gives the same weights bit for bit, and other weights than without it;
+/// the history names what was done (`auto` resolved: crop alone for grey
+/// images). With LwF, `--teacher live` (the old model on each view) gives
+/// other weights than the recorded targets, and is recorded too.
+#[test]
+fn augmented_views_are_seeded_recorded_and_the_live_teacher_differs() {
+    use lwf_engine::data::augment::Augment;
+    use lwf_engine::incremental::TeacherMode;
+    let d = npy_dir("augment", &[0, 1, 2, 3], 160, 40, 28);
+    let m = TempDir::new("augment-models");
+    let train = |out: &Path, extra: &[&str]| {
+        let base = with(&["train", "--data", d.s(), "--classes", "0-1", "--out", p(out)], &QUICK);
+        ok(&with(&base, extra))
+    };
+    let (plain, a1, a2) = (m.path("plain.st"), m.path("a1.st"), m.path("a2.st"));
+    train(&plain, &[]);
+    let s = train(&a1, &["--augment"]);
+    assert!(s.contains("with augmented views (crop)"), "{s}");
+    train(&a2, &["--augment", "auto"]);
+    assert_eq!(weights(&a1), weights(&a2), "the same seed gave other views");
+    assert_ne!(weights(&a1), weights(&plain), "--augment changed nothing");
+    let b = lwf_engine::CpuBackend::new();
+    let last = |f: &Path| lwf_engine::checkpoint::load(f, &b).unwrap().meta.history.last().cloned().unwrap();
+    assert_eq!(last(&a1).augment, Some(Augment::Set { crop: true, flip: false }));
+    assert_eq!(last(&plain).augment, None);
+
+    let extend = |out: &Path, teacher: &str| {
+        let args = [
+            "extend",
+            "--model",
+            p(&plain),
+            "--data",
+            d.s(),
+            "--classes",
+            "2-3",
+            "--augment",
+            "crop,flip",
+            "--teacher",
+            teacher,
+            "--out",
+            p(out),
+        ];
+        ok(&with(&args, &QUICK))
+    };
+    let (rec, live) = (m.path("rec.st"), m.path("live.st"));
+    let s = extend(&live, "live");
+    assert!(s.contains("with augmented views (crop,flip; live teacher)"), "{s}");
+    extend(&rec, "recorded");
+    assert_eq!(last(&live).teacher, Some(TeacherMode::Live));
+    assert_eq!(last(&rec).augment, Some(Augment::Set { crop: true, flip: true }));
+    assert_ne!(weights(&live), weights(&rec), "the live teacher gave the recorded targets");
+    fails(&with(&["train", "--data", d.s(), "--augment", "crop,blur", "--out", p(&a1)], &QUICK), &["'blur'"]);
+}

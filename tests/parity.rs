@@ -883,6 +883,79 @@ fn resnet20_training_step() {
     }
 }
 
+/// An LwF epoch on augmented views with the live teacher: the crops and
+/// flips are drawn on the host from the run's seed, so both backends train
+/// on the same views, and the old model (kept on the device) gives the
+/// targets of each. Its losses and every parameter after the epoch agree
+/// with the CPU's, and they differ from an epoch without augmentation (the
+/// views did change the batches).
+#[test]
+fn augmented_epoch_with_live_teacher() {
+    use lwf_engine::data::augment::Augment;
+    use lwf_engine::data::{Normalization, Pixels, Split};
+    use lwf_engine::incremental::train::{Example, LossPlan, Trainer};
+    use lwf_engine::incremental::{Hyper, Silent};
+    let (Some(g), Some(t)) = (gpu(), gpu_tiled()) else { return };
+    let (n, side) = (20, 8);
+    let split = Split::new(
+        Pixels::F32(rand_vec(12, n * 3 * side * side, 0.0, 1.0)),
+        (0..n as u32).map(|i| i % 2).collect(),
+        3,
+        side,
+        side,
+    );
+    let norm = Normalization { mean: vec![0.4, 0.5, 0.6], std: vec![0.2, 0.25, 0.3] };
+    fn epoch<B: Backend>(
+        b: &B,
+        split: &Split,
+        norm: &Normalization,
+        augment: Augment,
+    ) -> (f32, Vec<Vec<f32>>) {
+        let arch =
+            Arch { name: "cnn-m".into(), input: [3, 8, 8], conv: vec![4, 8], hidden: 16, resnet: None };
+        let mut rng = Rng::new(42);
+        let mut net = Net::new(b, arch, &mut rng);
+        net.add_head(b, &mut rng, &[5, 6, 7]);
+        let mut tr = Trainer::new(b.clone());
+        let examples: Vec<Example> =
+            (0..split.len()).map(|idx| Example { idx, head: 1, label: split.labels[idx] }).collect();
+        let (teachers, _) = tr.record_outputs(&net, split, norm, &examples, &[0], 8, false);
+        let old = net.duplicate(b);
+        net.add_head(b, &mut rng, &[0, 1]);
+        net.set_trainable(true, 0, &[0, 1]);
+        let plan = LossPlan { ce_heads: vec![1], teachers: &teachers, anchors: None, live: Some(&old) };
+        let hyper = Hyper { batch_size: 8, lr: 0.05, augment, ..Hyper::default() };
+        let phase = tr
+            .run_epochs(
+                &mut net,
+                split,
+                norm,
+                &examples,
+                &plan,
+                &hyper,
+                1,
+                &mut Rng::new(7),
+                &Silent,
+                "t",
+                None,
+            )
+            .expect("an epoch");
+        (phase.last_loss, net.params().iter().map(|p| p.value.to_vec(b)).collect())
+    }
+    let views = Augment::Set { crop: true, flip: true };
+    let (cl, cp) = epoch(&cpu(), &split, &norm, views);
+    let (plain, _) = epoch(&cpu(), &split, &norm, Augment::Off);
+    assert!(cl.is_finite() && plain.is_finite());
+    assert_ne!(cl, plain, "augmented views left the last batch's loss unchanged");
+    for b in [g, t] {
+        let (gl, gp) = epoch(b, &split, &norm, views);
+        assert_close("last loss", &[gl], &[cl], 1e-5, 1e-4);
+        for (i, (a, c)) in gp.iter().zip(&cp).enumerate() {
+            assert_close(&format!("parameter {i} after the epoch"), a, c, 1e-5, 1e-4);
+        }
+    }
+}
+
 /// Class statistics come from features computed on the device: the trunk's
 /// features of a small split (several batches, a partial last one), the
 /// logits recorded in the same pass, and the class means built from them

@@ -18,12 +18,13 @@ own images"):
 with `<class>` the class ids as two-digit names (`00`, `01`, …), so their
 sorted order is their id order. Training images come from the Fashion-MNIST
 training files, test images from its test files: the first N of each class
-in file order. Colours come from `random.Random(seed)`, drawn in a fixed
+in file order (with --validation, test images are the next N of each class in the
+training files, so settings can be chosen without the test set). Colours come from `random.Random(seed)`, drawn in a fixed
 order (all training images, then all test images), so the same arguments
 give the same bytes.
 
     python3 tools/colour_folder.py OUT [--classes 0-4] [--train 600]
-        [--test 200] [--seed 0] [--source datasets/fashion-mnist]
+        [--test 200] [--seed 0] [--validation] [--source datasets/fashion-mnist]
 
 `/work/colour5` (the ResNet benchmarks, benches/README.md) is
 `python3 tools/colour_folder.py /work/colour5 --classes 0-4 --train 600 --test 200`.
@@ -126,15 +127,18 @@ def parse_classes(spec):
     return sorted(out)
 
 
-def write_split(out_dir, split, source, stem, classes, per_class, rng):
+def write_split(out_dir, split, source, stem, classes, per_class, rng, skip=0):
     (n, h, w), images = read_idx(find(source, f"{stem}-images-idx3-ubyte"))
     (nl,), labels = read_idx(find(source, f"{stem}-labels-idx1-ubyte"))
     if nl != n or h != w or h + 2 * PAD != SIZE:
         sys.exit(f"{source}: unexpected {stem} shapes {n}x{h}x{w}, {nl} labels")
     picked = {c: [] for c in classes}
+    seen = {c: 0 for c in classes}
     for i, label in enumerate(labels):
-        if label in picked and len(picked[label]) < per_class:
-            picked[label].append(i)
+        if label in picked:
+            seen[label] += 1
+            if seen[label] > skip and len(picked[label]) < per_class:
+                picked[label].append(i)
     for c in classes:
         if len(picked[c]) < per_class:
             sys.exit(f"{stem}: class {c} has only {len(picked[c])} images, {per_class} asked")
@@ -159,6 +163,12 @@ def main():
     ap.add_argument("--train", type=int, default=600, help="training images per class")
     ap.add_argument("--test", type=int, default=200, help="test images per class")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--validation",
+        action="store_true",
+        help="draw the test split from the training file too (the images of each class after the first "
+        "--train), so settings can be chosen without looking at the test images",
+    )
     a = ap.parse_args()
     if a.train < 1 or a.test < 1:
         sys.exit("--train and --test must be at least 1")
@@ -168,7 +178,10 @@ def main():
             sys.exit(f"{a.out}/{split} exists: choose a new folder")
     rng = random.Random(a.seed)
     ntr = write_split(a.out, "train", a.source, "train", classes, a.train, rng)
-    nte = write_split(a.out, "test", a.source, "t10k", classes, a.test, rng)
+    if a.validation:
+        nte = write_split(a.out, "test", a.source, "train", classes, a.test, rng, skip=a.train)
+    else:
+        nte = write_split(a.out, "test", a.source, "t10k", classes, a.test, rng)
     print(f"{a.out}: {ntr} training and {nte} test images, classes {classes}, 32x32 RGB, seed {a.seed}")
 
 

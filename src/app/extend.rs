@@ -1,8 +1,8 @@
 //! `extend`: new classes into a saved model, from the new data only.
 
 use super::{
-    calibrate_unknown, check_input, class_names, eval_present, finish_session, load_for_model, unknown_note,
-    validation_note, BackendChoice, Resumable,
+    augment_note, calibrate_unknown, check_input, class_names, eval_present, finish_session, load_for_model,
+    unknown_note, validation_note, BackendChoice, Resumable,
 };
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry};
@@ -187,6 +187,9 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         selection: selection.clone(),
         bn: (!net.batchnorms().is_empty()).then_some(req.hyper.bn),
         known_classes: again.clone(),
+        augment: req.hyper.augment.resolved(split.c, split.h, split.w),
+        teacher: (method == Method::Lwf && req.hyper.augment.resolved(split.c, split.h, split.w).is_some())
+            .then_some(req.hyper.teacher),
     });
     add_task_fisher(&mut tr, &mut net, &new_view, t as u64 + 1, &cx, &mut state.fisher);
     let fisher = state.fisher.take().expect("just estimated");
@@ -253,10 +256,11 @@ fn extend_on<B: Backend>(b: &B, method: Method, req: &ExtendRequest, obs: &dyn O
         ),
     };
     Ok(format!(
-        "{what} by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}; test accuracy per task [{}]{cil}{stats_note}{unk} → {}",
+        "{what} by {method}{chosen} on {} in {:.1}s ({:.0} images/s){}{}; test accuracy per task [{}]{cil}{stats_note}{unk} → {}",
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),
+        augment_note(meta.history.last()),
         validation_note(&report),
         per.join(", "),
         req.out.display()

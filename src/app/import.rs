@@ -351,6 +351,8 @@ fn import_on<B: Backend>(b: &B, req: &ImportRequest, obs: &dyn Observer) -> Resu
         selection: None,
         bn: None,
         known_classes: Vec::new(),
+        augment: None,
+        teacher: None,
     });
 
     let mut tr = Trainer::new(b.clone());

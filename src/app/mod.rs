@@ -156,6 +156,16 @@ fn validation_note(report: &crate::incremental::methods::TaskReport) -> String {
         .map_or(String::new(), |a| format!("; validation accuracy {:.2}%", 100.0 * a))
 }
 
+/// " with augmented views (crop,flip; live teacher)" when the training
+/// step of `entry` augmented its images.
+fn augment_note(entry: Option<&crate::checkpoint::HistoryEntry>) -> String {
+    match entry.and_then(|e| e.augment.map(|a| (a, e.teacher))) {
+        None => String::new(),
+        Some((a, None)) => format!(" with augmented views ({a})"),
+        Some((a, Some(t))) => format!(" with augmented views ({a}; {} teacher)", t.name()),
+    }
+}
+
 /// The "none of these" rule of a model that has just learnt `view` (task
 /// `t` of `cx`): calibrated on the task's validation images, else on its
 /// training images. Old tasks' images are gone, so only this task's classes

@@ -1,7 +1,8 @@
 //! `train`: a new model on some classes of a data set.
 
 use super::{
-    calibrate_unknown, class_names, finish_session, unknown_note, validation_note, BackendChoice, Resumable,
+    augment_note, calibrate_unknown, class_names, finish_session, unknown_note, validation_note,
+    BackendChoice, Resumable,
 };
 use crate::backend::Backend;
 use crate::checkpoint::{self, HistoryEntry, Meta};
@@ -82,6 +83,8 @@ fn train_on<B: Backend>(
         selection: None,
         bn: (!net.batchnorms().is_empty()).then_some(crate::nn::BnPolicy::Train),
         known_classes: Vec::new(),
+        augment: req.hyper.augment.resolved(data.train.c, data.train.h, data.train.w),
+        teacher: None,
     });
     let stats = task_stats(&mut tr, &net, &view, &cx, req.hyper.class_stats);
     let mut fisher = None;
@@ -102,12 +105,13 @@ fn train_on<B: Backend>(
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     finish_session(&tr);
     Ok(format!(
-        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s); test accuracy {:.2}%{}; class statistics: {}{} → {}",
+        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s){}; test accuracy {:.2}%{}; class statistics: {}{} → {}",
         data::format_classes(classes),
         class_names(data, classes).join(", "),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),
+        augment_note(meta.history.last()),
         100.0 * acc.task_aware[0],
         validation_note(&report),
         stats.kind().name(),

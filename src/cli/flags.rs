@@ -4,10 +4,11 @@
 use clap::Args;
 use lwf_engine::app::{self, BackendChoice};
 use lwf_engine::backend::cpu::simd::SimdPath;
+use lwf_engine::data::augment::Augment;
 use lwf_engine::data::FolderOptions;
 use lwf_engine::incremental::select::SelectGrid;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
-use lwf_engine::incremental::{CovDrift, HeadMode, Hyper, Ssl};
+use lwf_engine::incremental::{CovDrift, HeadMode, Hyper, Ssl, TeacherMode};
 use lwf_engine::nn::BnPolicy;
 use std::path::PathBuf;
 
@@ -151,6 +152,18 @@ pub struct HyperArgs {
     /// calls an image unknown when its score is above that threshold.
     #[arg(long, default_value_t = 0.95)]
     pub unknown_accept: f64,
+    /// Random views of the training images at every step, seeded: crop
+    /// (shift by up to an eighth of the side, black padding) and flip (left-right).
+    /// Alone, the policy for the data: crop,flip for colour images, crop for
+    /// grey ones. Also off, or a list, e.g. --augment crop,flip.
+    #[arg(long, num_args = 0..=1, default_value = "off", default_missing_value = "auto",
+          value_parser = parse_augment)]
+    pub augment: Augment,
+    /// LwF's targets with --augment: recorded (Y_o once, on the un-augmented
+    /// images) or live (the old model run on every augmented batch, one more
+    /// forward pass per step).
+    #[arg(long, value_enum, default_value_t = TeacherMode::Recorded)]
+    pub teacher: TeacherMode,
 }
 
 /// `--select`: choose LwF's λ_o (and T, lr) from the new data alone.
@@ -195,6 +208,10 @@ pub(super) fn positive(s: &str) -> Result<f32, String> {
     }
 }
 
+pub(super) fn parse_augment(s: &str) -> Result<Augment, String> {
+    Augment::parse(s)
+}
+
 pub(super) fn parse_sigma(s: &str) -> Result<Sigma, String> {
     Sigma::parse(s)
 }
@@ -223,6 +240,8 @@ impl HyperArgs {
             bn: self.bn,
             ssl: self.ssl,
             unknown_accept: self.unknown_accept,
+            augment: self.augment,
+            teacher: self.teacher,
         };
         h.validate()?;
         Ok(h)

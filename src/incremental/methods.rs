@@ -7,7 +7,7 @@
 
 use super::stats::{ClassStats, DriftReport, Sigma, StatsKind};
 use super::train::{Anchors, Example, LossPlan, Phase, Teacher, Trainer, Validation};
-use super::{HeadMode, Hyper, Method, Observer, Ssl};
+use super::{HeadMode, Hyper, Method, Observer, Ssl, TeacherMode};
 use crate::backend::Backend;
 use crate::data::augment::{rotated, shape_keeping_turns};
 use crate::data::split::TaskView;
@@ -171,7 +171,7 @@ pub fn train_first_task<B: Backend>(
         teachers: Vec::new(),
         temperature: cx.hyper.temperature,
     };
-    let mut plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None };
+    let mut plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None, live: None };
     // Rotation self-supervision: the turned copies of the training images
     // join the split (after every original image, so the class head's and
     // the validation's indices stay valid) and train an extra head of
@@ -320,6 +320,12 @@ pub fn learn_task<B: Backend>(
         }
     }
 
+    // `--teacher live` with augmented views: the old model itself, kept
+    // unchanged beside the one that trains, gives the targets of each view.
+    let augmenting = hyper.augment.views(cx.split.c, cx.split.h, cx.split.w).is_some();
+    let live = (method == Method::Lwf && hyper.teacher == TeacherMode::Live && augmenting)
+        .then(|| net.duplicate(&b));
+
     // The old model's outputs on the validation images too (LwF reports
     // the distillation loss on them after every epoch).
     let mut val_teachers = Vec::new();
@@ -392,7 +398,7 @@ pub fn learn_task<B: Backend>(
     if let (Method::Lwf, Some(new_head), true) = (method, new_head, hyper.warmup_epochs > 0) {
         net.set_trainable(false, 0, &[new_head]);
         let kd: &[Teacher] = if mode == HeadMode::Shared { &teachers } else { &[] };
-        let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None };
+        let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None, live: live.as_ref() };
         let warm = format!("{label} warm-up");
         let phase = tr.run_epochs(
             net,
@@ -428,7 +434,7 @@ pub fn learn_task<B: Backend>(
         ce_heads.dedup();
     }
     let kd: &[Teacher] = if method == Method::Lwf { &teachers } else { &[] };
-    let plan = LossPlan { ce_heads, teachers: kd, anchors: anchors.as_ref() };
+    let plan = LossPlan { ce_heads, teachers: kd, anchors: anchors.as_ref(), live: live.as_ref() };
     let phase = tr.run_epochs(
         net,
         cx.split,

@@ -146,6 +146,31 @@ impl Ssl {
     }
 }
 
+/// Where LwF's distillation targets come from (`--teacher`). Without
+/// augmentation the training views are the recorded images, so both give
+/// the same targets and the recorded ones are used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeacherMode {
+    /// Y_o recorded once on the un-augmented new images (the paper): the
+    /// targets of an augmented view are those of the image it was made from.
+    #[default]
+    Recorded,
+    /// The old model, kept beside the one training, run on every augmented
+    /// batch: the targets are its outputs on the very view that trains (one
+    /// more forward pass per step).
+    Live,
+}
+
+impl TeacherMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            TeacherMode::Recorded => "recorded",
+            TeacherMode::Live => "live",
+        }
+    }
+}
+
 /// How drift compensation moves the old classes' Gaussians (`--cov-drift`;
 /// the NCM means are always moved by SDC).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -205,6 +230,14 @@ pub struct Hyper {
     /// accepts when train and extend calibrate it.
     #[serde(default = "default_unknown_accept")]
     pub unknown_accept: f64,
+    /// Random views of the training images at every step (files from
+    /// before it read as off).
+    #[serde(default)]
+    pub augment: crate::data::augment::Augment,
+    /// Where LwF's distillation targets come from when the views are
+    /// augmented.
+    #[serde(default)]
+    pub teacher: TeacherMode,
 }
 
 fn default_unknown_accept() -> f64 {
@@ -235,6 +268,8 @@ impl Default for Hyper {
             ssl: Ssl::Off,
             cov_drift: CovDrift::Sdc,
             unknown_accept: default_unknown_accept(),
+            augment: crate::data::augment::Augment::Off,
+            teacher: TeacherMode::default(),
         }
     }
 }

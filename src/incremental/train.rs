@@ -1,5 +1,6 @@
 //! The epoch loop, generic over the backend: each step stages one batch
-//! (images, labels, recorded teacher logits) on the host and runs
+//! (images, drawn into random views with `--augment`, labels, teacher
+//! logits recorded or computed live) on the host and runs
 //! `step::sgd_step`. Buffers are recycled through the `Trainer`'s step state,
 //! so the steady state allocates nothing on the device.
 
@@ -7,6 +8,7 @@ use super::session::{PhaseStart, Session};
 use super::{Hyper, Observer};
 use crate::autodiff::Tape;
 use crate::backend::{Backend, IGNORE_LABEL};
+use crate::data::augment::Views;
 use crate::data::{Normalization, Split};
 use crate::error::{Error, Result};
 use crate::metrics::{TaskTiming, ValPoint};
@@ -41,6 +43,9 @@ pub struct LossPlan<'p, B: Backend> {
     pub ce_heads: Vec<usize>,
     pub teachers: &'p [Teacher],
     pub anchors: Option<&'p Anchors<B>>,
+    /// `--teacher live`: the old model, run on every (augmented) batch for
+    /// the teachers' targets in place of their recorded logits.
+    pub live: Option<&'p Net<B>>,
 }
 
 /// The validation images of the task being learnt, checked after every epoch.
@@ -72,6 +77,8 @@ pub struct Trainer<B: Backend> {
     /// Saving and resuming training state (`train`/`extend` only).
     pub session: Option<Session>,
     xs: Vec<f32>,
+    /// One image's values while its augmented view is written.
+    scratch: Vec<f32>,
     /// Host staging of a batch's teacher logits (one per teacher) and labels
     /// (one per cross-entropy head).
     teacher_rows: Vec<Vec<f32>>,
@@ -86,6 +93,7 @@ impl<B: Backend> Trainer<B> {
             st: StepState::default(),
             session: None,
             xs: Vec::new(),
+            scratch: Vec::new(),
             teacher_rows: Vec::new(),
             labels: Vec::new(),
             idx: Vec::new(),
@@ -127,6 +135,7 @@ impl<B: Backend> Trainer<B> {
             )));
         }
         let steps = examples.len().div_ceil(bs) - usize::from(batch_stats && examples.len() % bs == 1);
+        let policy = hyper.augment.views(split.c, split.h, split.w);
         let first = match self.session.as_mut() {
             None => 0,
             Some(s) => match s.start_phase(&self.b, net, &mut sgd, rng)? {
@@ -139,6 +148,11 @@ impl<B: Backend> Trainer<B> {
             let start = Instant::now();
             obs.phase(&format!("{label} epoch {}/{epochs}", epoch + 1), steps as u64);
             let order = rng.permutation(examples.len());
+            // The epoch's views come from a stream of their own, seeded from
+            // the run's (drawn only with --augment, so runs without it keep
+            // their shuffles); a resumed run restarts at an epoch boundary,
+            // so it draws the same seed again.
+            let mut views = policy.map(|v| (v, Rng::new(rng.next_u64())));
             let mut batches: Vec<&[usize]> = order.chunks(bs).collect();
             if batch_stats && batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
                 batches.pop();
@@ -146,7 +160,8 @@ impl<B: Backend> Trainer<B> {
                 *batches.last_mut().expect("two batches") = &order[start..];
             }
             for (step, &batch) in batches.iter().enumerate() {
-                let loss = self.step(net, split, norm, examples, batch, plan, hyper, &mut sgd);
+                let aug = views.as_mut().map(|(v, r)| (&*v, r));
+                let loss = self.step(net, split, norm, examples, batch, plan, hyper, &mut sgd, aug);
                 if let Some(why) = self.b.fault() {
                     obs.phase_done();
                     return Err(Error::Device(why));
@@ -203,7 +218,8 @@ impl<B: Backend> Trainer<B> {
         Ok(phase)
     }
 
-    /// One SGD step on the examples at positions `batch`; returns the loss.
+    /// One SGD step on the examples at positions `batch`, on views drawn by
+    /// `aug` when given; returns the loss.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -215,9 +231,14 @@ impl<B: Backend> Trainer<B> {
         plan: &LossPlan<'_, B>,
         hyper: &Hyper,
         sgd: &mut Sgd<B>,
+        aug: Option<(&Views, &mut Rng)>,
     ) -> f32 {
         let n = batch.len();
+        let dims = [n, split.c, split.h, split.w];
         self.stage_images(split, norm, examples, batch);
+        if let Some((views, rng)) = aug {
+            views.apply(&mut self.xs, dims, norm, rng, &mut self.scratch);
+        }
         self.labels.resize_with(plan.ce_heads.len(), Vec::new);
         for (labels, &h) in self.labels.iter_mut().zip(&plan.ce_heads) {
             labels.clear();
@@ -231,10 +252,26 @@ impl<B: Backend> Trainer<B> {
             }));
         }
         self.teacher_rows.resize_with(plan.teachers.len(), Vec::new);
-        for (rows, t) in self.teacher_rows.iter_mut().zip(plan.teachers) {
-            rows.clear();
-            for &i in batch {
-                rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
+        match plan.live.filter(|_| !plan.teachers.is_empty()) {
+            Some(old) => {
+                // The old model on the views that train (BatchNorm on its
+                // running statistics, as when Y_o is recorded).
+                let mut tape = Tape::new(&self.b, &mut self.st.ws);
+                let x = tape.input(&dims, &self.xs);
+                let f = old.features(&mut tape, x);
+                for (rows, t) in self.teacher_rows.iter_mut().zip(plan.teachers) {
+                    let z = tape.linear(f, &old.heads[t.head].linear);
+                    rows.clear();
+                    rows.extend_from_slice(&self.b.download(tape.value(z))[..n * t.cols]);
+                }
+            }
+            None => {
+                for (rows, t) in self.teacher_rows.iter_mut().zip(plan.teachers) {
+                    rows.clear();
+                    for &i in batch {
+                        rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
+                    }
+                }
             }
         }
         let t2 = if hyper.kd_t2 { hyper.temperature * hyper.temperature } else { 1.0 };
@@ -250,7 +287,7 @@ impl<B: Backend> Trainer<B> {
             kd_weight: hyper.lambda_o * t2,
             anchors: plan.anchors,
         };
-        sgd_step(&self.b, &mut self.st, net, sgd, &self.xs, [n, split.c, split.h, split.w], &loss)
+        sgd_step(&self.b, &mut self.st, net, sgd, &self.xs, dims, &loss)
     }
 
     /// Normalised images of the batch into the host staging vector.

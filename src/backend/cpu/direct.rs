@@ -633,6 +633,85 @@ mod tests {
         }
     }
 
+    /// The first layer of cnn-s at its training size (128 images of 28×28,
+    /// 32 output channels): the pooled weight gradient and the dense one
+    /// (scatter, then the direct weight gradient) against an f64 sum. Both
+    /// are f32 sums of the same terms in different orders, so they differ
+    /// from the exact sum by rounding of the same size, and neither leans
+    /// one way: the mean signed error of each is within four standard
+    /// errors of zero. (README, "Numbers across builds": why that order
+    /// change still moves a run's figures.)
+    #[test]
+    fn pooled_and_dense_weight_gradients_round_alike() {
+        let p = Conv2dParams { n: 128, c: 1, h: 28, w: 28, oc: 32, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1 };
+        let (oh, ow) = (p.oh(), p.ow());
+        let pool = PoolParams { n: p.n, c: p.oc, h: oh, w: ow, k: 2, s: 2, pad: 0 };
+        let (ph, pw) = (pool.oh(), pool.ow());
+        let mut rng = Rng::new(5);
+        // Normalised Fashion-MNIST-like inputs (mostly background), ReLU-sparse gradients.
+        let x: Vec<f32> =
+            (0..p.x_len()).map(|_| if rng.below(2) == 0 { -0.81 } else { rng.uniform(-0.8, 2.0) }).collect();
+        let cells = p.n * p.oc * ph * pw;
+        let dy: Vec<f32> =
+            (0..cells).map(|_| if rng.below(2) == 0 { 0.0 } else { rng.uniform(-1e-3, 1e-3) }).collect();
+        let argmax: Vec<u32> = (0..cells)
+            .map(|i| {
+                let (py, px) = ((i / pw) % ph, i % pw);
+                ((2 * py + rng.below(2)) * ow + 2 * px + rng.below(2)) as u32
+            })
+            .collect();
+        let mut dconv = vec![0.0f32; p.y_len()];
+        for (i, (&d, &a)) in dy.iter().zip(&argmax).enumerate() {
+            dconv[(i / (ph * pw)) * oh * ow + a as usize] += d;
+        }
+        let mut exact = vec![0.0f64; p.w_len()];
+        for n in 0..p.n {
+            for k in 0..p.oc {
+                for (i, j) in (0..3).flat_map(|i| (0..3).map(move |j| (i, j))) {
+                    let mut s = 0.0f64;
+                    for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                        let (iy, ix) = ((oy + i) as isize - 1, (ox + j) as isize - 1);
+                        if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                            continue;
+                        }
+                        let xv = x[(n * p.h + iy as usize) * p.w + ix as usize];
+                        s += dconv[((n * p.oc + k) * oh + oy) * ow + ox] as f64 * xv as f64;
+                    }
+                    exact[(k * 3 + i) * 3 + j] += s;
+                }
+            }
+        }
+        let partials = Mutex::new(Vec::new());
+        let mut pooled = vec![0.0f32; p.w_len()];
+        bwd_weight_pooled_on(SimdPath::Avx2, &mut pooled, &x, &dy, &argmax, &p, &pool, &partials);
+        let mut dense = vec![0.0f32; p.w_len()];
+        bwd_weight(&mut dense, &x, &dconv, &p, &partials);
+        let scale = (exact.iter().map(|v| v * v).sum::<f64>() / exact.len() as f64).sqrt();
+        let errors = |got: &[f32]| -> (f64, f64) {
+            let e: Vec<f64> = got.iter().zip(&exact).map(|(&g, &v)| (g as f64 - v) / scale).collect();
+            let mean = e.iter().sum::<f64>() / e.len() as f64;
+            let rms = (e.iter().map(|v| v * v).sum::<f64>() / e.len() as f64).sqrt();
+            (mean, rms)
+        };
+        let ((mp, rp), (md, rd)) = (errors(&pooled), errors(&dense));
+        let se = |rms: f64| rms / (p.w_len() as f64).sqrt();
+        eprintln!(
+            "pooled: rms {rp:.2e}, mean {mp:.2e} (se {:.2e}); dense: rms {rd:.2e}, mean {md:.2e} (se {:.2e}); \
+             pooled vs dense differ by rms {:.2e}",
+            se(rp),
+            se(rd),
+            (pooled.iter().zip(&dense).map(|(a, b)| ((a - b) as f64 / scale).powi(2)).sum::<f64>()
+                / p.w_len() as f64)
+                .sqrt()
+        );
+        assert!(pooled != dense, "the two orders gave the same bits: nothing to explain");
+        for (what, mean, rms) in [("pooled", mp, rp), ("dense", md, rd)] {
+            assert!(rms > 0.0 && rms < 1e-5, "{what}: rms error {rms:e} of the gradient's scale");
+            assert!(mean.abs() <= 4.0 * se(rms), "{what}: mean signed error {mean:e}, se {:e}", se(rms));
+        }
+        assert!(rp < 4.0 * rd && rd < 4.0 * rp, "errors of different sizes: pooled {rp:e}, dense {rd:e}");
+    }
+
     /// The weight gradient from the pooled gradient (winners only) against
     /// the dense one: the pooled gradient scattered to its argmax, then the
     /// naive f64 sum over every output position. Random winners in each

@@ -14,6 +14,7 @@
 //! multiply-adds however C is cut, so the result does not depend on the
 //! number of threads (tested below).
 
+use super::kernel_switch::{self, Kernel};
 use super::microgemm::{self, Operands};
 use super::simd::{self, SimdPath};
 use super::{transpose, Gemm};
@@ -54,7 +55,10 @@ pub fn gemm_parallel(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
     let path = simd::active();
     // AVX-512 only: on the AVX2 path (forced on a Zen 5) our 6×16 kernel and
     // the scalar transposes made every phase 7 % slower than the sgemm.
-    let ours = path == SimdPath::Avx512 && g.alpha == 1.0 && (g.beta == 0.0 || g.beta == 1.0);
+    let ours = path == SimdPath::Avx512
+        && g.alpha == 1.0
+        && (g.beta == 0.0 || g.beta == 1.0)
+        && kernel_switch::on(Kernel::LinearMicroGemm);
     if !ours && (rayon::current_num_threads() < 2 || g.flops() < PAR_GEMM_FLOPS) {
         return gemm_slices(c, a, b, g);
     }

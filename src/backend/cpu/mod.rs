@@ -32,6 +32,7 @@ pub mod probe;
 mod direct;
 mod gemm;
 mod im2col;
+pub mod kernel_switch;
 mod microgemm;
 pub mod naive;
 mod norm;
@@ -168,7 +169,9 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         let only = if self.im2col_only { ", im2col only" } else { "" };
-        format!("cpu ({} threads, {}{only})", rayon::current_num_threads(), simd::active())
+        let plain = kernel_switch::plain_names();
+        let plain = if plain.is_empty() { String::new() } else { format!(", plain {}", plain.join("+")) };
+        format!("cpu ({} threads, {}{only}{plain})", rayon::current_num_threads(), simd::active())
     }
 
     fn zeros(&self, len: usize) -> CpuBuf {
@@ -302,7 +305,10 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         pool: &PoolParams,
     ) {
-        if !matches!(self.conv_path(p), ConvPath::Direct) || !direct::pooled_applies(p, pool) {
+        if !matches!(self.conv_path(p), ConvPath::Direct)
+            || !direct::pooled_applies(p, pool)
+            || !kernel_switch::on(kernel_switch::Kernel::PooledWeightGrad)
+        {
             self.maxpool2d_bwd_set(dconv, dy, argmax, pool);
             return self.conv2d_bwd_weight(dw, x, dconv, p);
         }

@@ -20,6 +20,7 @@
 //! and halve, so rounding stays at the level of the direct convolution
 //! (tests/engine.rs compares against the naive f64 reference).
 
+use super::kernel_switch::{self, Kernel};
 use super::simd::{self, SimdPath};
 use super::{batch_partials, gemm_slices, microgemm, transpose, Conv2dParams, Gemm};
 use rayon::iter::Either;
@@ -643,14 +644,15 @@ fn bwd_weight_on(
                 // operands in its own layout, with no packing; elsewhere the
                 // sgemm packs V_ξᵀ (on the AVX2 path, forced on a Zen 5, the
                 // transpose and 6×16 kernel were 4 % slower on a plain epoch).
-                let vt = grow(&mut s.vt, if path == SimdPath::Avx512 { tiles * ic } else { 0 });
+                let ours = path == SimdPath::Avx512 && kernel_switch::on(Kernel::WinogradMicroGemm);
+                let vt = grow(&mut s.vt, if ours { tiles * ic } else { 0 });
                 for xi in 0..XI {
                     let (du, dm, v) = (
                         &mut du[xi * oc * ic..(xi + 1) * oc * ic],
                         &mb[xi * ms..][..oc * tiles],
                         &vb[xi * vs..][..ic * tiles],
                     );
-                    if path == SimdPath::Avx512 {
+                    if ours {
                         transpose::transpose(path, vt, v, ic, tiles);
                         microgemm::gemm_acc(path, du, dm, vt, oc, ic, tiles);
                     } else {
