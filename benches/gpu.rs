@@ -234,6 +234,7 @@ impl<B: Backend> Step<B> {
             temperature: 2.0,
             kd_weight: 1.0,
             anchors: None,
+            features: None,
         };
         sgd_step(b, &mut self.st, &mut self.net, &mut self.sgd, &self.xs, [self.batch, 1, 28, 28], &loss)
     }

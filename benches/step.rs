@@ -62,6 +62,7 @@ impl State {
             temperature: 2.0,
             kd_weight: 1.0,
             anchors: None,
+            features: None,
         };
         sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, &self.x, [BATCH, 1, 28, 28], &loss)
     }

@@ -516,6 +516,19 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.push(Op::Distill, Shape::default(), None, false);
     }
 
+    /// Add `scale · Σ (f − f_old)²` over every element of `features` and the
+    /// constant `target` of the same shape (feature distillation: the trunk's
+    /// features held near the old model's). Gradient `2·scale·(f − f_old)`,
+    /// written when recorded, as the other loss terms; pass `scale = λ_f / batch`.
+    pub fn feature_distill(&mut self, features: Var, target: Var, scale: f32) {
+        let (fs, ts) = (self.shape(features).clone(), self.shape(target).clone());
+        assert!(fs == ts, "feature_distill: features {fs} and old features {ts} differ in shape");
+        self.fused_loss(features, |b, df, loss, nodes| {
+            b.anchor_penalty(df, loss, value_of(nodes, features), value_of(nodes, target), None, scale)
+        });
+        self.push(Op::Distill, Shape::default(), None, false);
+    }
+
     /// Run a fused loss kernel `f(backend, dlogits, loss, nodes)` on the
     /// gradient slot of `logits`; if the logits need no gradient, the
     /// gradient goes to a scratch buffer.

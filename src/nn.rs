@@ -738,8 +738,13 @@ impl<B: Backend> Net<B> {
     /// statistics it records are folded into the running ones by
     /// `update_running_stats` after the step.
     pub fn forward_train<'a>(&'a self, tape: &mut Tape<'a, B>, x: Var, heads: &[usize]) -> Vec<Var> {
-        let f = self.trunk_pass(tape, x, true);
+        let f = self.features_train(tape, x);
         heads.iter().map(|&h| tape.linear(f, &self.heads[h].linear)).collect()
+    }
+
+    /// The trunk alone for a training step (BatchNorm per `bn_policy`).
+    pub fn features_train<'a>(&'a self, tape: &mut Tape<'a, B>, x: Var) -> Var {
+        self.trunk_pass(tape, x, true)
     }
 
     /// Whether a training step normalises with batch statistics anywhere

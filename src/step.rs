@@ -33,6 +33,9 @@ pub struct BatchLoss<'s, B: Backend> {
     /// scaling), divided by n.
     pub kd_weight: f32,
     pub anchors: Option<&'s Anchors<B>>,
+    /// Feature distillation: the old model's features of the batch
+    /// (`n × hidden`) and their weight λ_f (divided by n).
+    pub features: Option<(&'s [f32], f32)>,
 }
 
 /// Long-lived state of the steps: recycled device buffers and the parameter
@@ -50,7 +53,8 @@ impl<B: Backend> Default for StepState<B> {
 
 /// One step on images `x` of shape `dims` (N, C, H, W); returns the loss.
 /// The heads are run in ascending order and each head's terms recorded in
-/// turn (its cross-entropy, then its distillations), then the anchors, so the
+/// turn (its cross-entropy, then its distillations), then the feature
+/// distillation, then the anchors, so the
 /// loss sums in a fixed order. A non-finite loss updates nothing (the caller
 /// reports it).
 pub fn sgd_step<B: Backend>(
@@ -69,7 +73,8 @@ pub fn sgd_step<B: Backend>(
     let (value, batch_stats) = {
         let mut tape = Tape::new(b, &mut st.ws);
         let xv = tape.input(&dims, x);
-        let logits = net.forward_train(&mut tape, xv, &heads);
+        let f = net.features_train(&mut tape, xv);
+        let logits: Vec<_> = heads.iter().map(|&h| tape.linear(f, &net.heads[h].linear)).collect();
         for (&h, &z) in heads.iter().zip(&logits) {
             for &(_, labels) in loss.ce.iter().filter(|t| t.0 == h) {
                 tape.cross_entropy(z, labels, 1.0 / n as f32);
@@ -78,6 +83,10 @@ pub fn sgd_step<B: Backend>(
                 let zt = tape.input(&[n, cols], teacher);
                 tape.distill(z, zt, loss.temperature, loss.kd_weight / n as f32);
             }
+        }
+        if let Some((old, weight)) = loss.features {
+            let target = tape.input(&[n, net.arch.hidden], old);
+            tape.feature_distill(f, target, weight / n as f32);
         }
         if let Some(a) = loss.anchors {
             for (k, p) in net.trunk_params().into_iter().enumerate() {

@@ -419,6 +419,7 @@ impl Trainer {
             temperature: 2.0,
             kd_weight: 1.0,
             anchors: None,
+            features: None,
         };
         sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, x, [labels.len(), 1, 8, 8], &loss)
     }

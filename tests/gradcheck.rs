@@ -410,6 +410,44 @@ impl Model for Kd {
     }
 }
 
+/// Feature distillation of leaf features (N, D) against constant old
+/// features, beside a cross-entropy on a linear head over the same
+/// features (both gradients reach them).
+struct FeatureKd {
+    feats: Leaf,
+    lin: Linear<B>,
+    old: Vec<f32>,
+    labels: Vec<u32>,
+    rows: usize,
+    dim: usize,
+    scale: f32,
+}
+
+impl Model for FeatureKd {
+    fn params(&self) -> Vec<&Param<B>> {
+        let mut p = self.feats.params();
+        p.extend([&self.lin.w, &self.lin.b]);
+        p
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut p = self.feats.params_mut();
+        p.extend([&mut self.lin.w, &mut self.lin.b]);
+        p
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let b = B::new();
+        let f = self.feats.record(tape);
+        let z = tape.linear(f, &self.lin);
+        tape.cross_entropy(z, &self.labels, 1.0 / self.rows as f32);
+        let old = tape.input(&[self.rows, self.dim], &self.old);
+        tape.feature_distill(f, old, self.scale);
+        let fv = b.download(tape.value(f));
+        let ce = ce_f64(&b.download(tape.value(z)), &self.labels, self.lin.out_f, 1.0 / self.rows as f64);
+        let sq: f64 = fv.iter().zip(&self.old).map(|(&a, &o)| (a as f64 - o as f64).powi(2)).sum();
+        Eval { loss: ce + self.scale as f64 * sq, pattern: vec![] }
+    }
+}
+
 /// A linear layer trained by cross-entropy plus an anchor penalty on its
 /// weight (l2 without Fisher, ewc with it): both gradients accumulate.
 struct Anchored {
@@ -489,6 +527,21 @@ proptest! {
         let (grads, _, _) = analytic(&b, &m);
         let g = b.download(grads.get(0).unwrap());
         prop_assert!(g[cols * rows..].iter().all(|&v| v == 0.0), "columns past the teacher's have a gradient");
+    }
+
+    /// Feature distillation on top of a head's CE over the same features.
+    #[test]
+    fn feature_distill_grads(
+        rows in 1usize..5, dim in 1usize..7, out_f in 1usize..4, scale in 0.01f32..2.0, seed: u64,
+    ) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let feats = Leaf::mat(&b, &mut rng, 0, rows, dim, -2.0, 2.0);
+        let lin = linear(&b, &mut rng, 2, dim, out_f, true);
+        let old = uniform_vec(&mut rng, rows * dim, -2.0, 2.0);
+        let labels = (0..rows).map(|_| rng.below(out_f) as u32).collect();
+        let mut m = FeatureKd { feats, lin, old, labels, rows, dim, scale };
+        verdict(&mut m, &[0, 2, 3], seed, Tol::default())?;
     }
 
     /// Anchor penalty with and without a Fisher weight, on top of CE.

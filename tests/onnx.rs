@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const CLASSIFIERS: [&str; 5] = ["heads", "aligned-heads", "ncm", "mahalanobis", "ncm-task"];
+const CLASSIFIERS: [&str; 6] = ["heads", "aligned-heads", "ncm", "mahalanobis", "ncm-task", "analytic"];
 const TEST_IMAGES: usize = 500;
 
 /// The Python interpreter that has onnx, onnxruntime and numpy, if any.

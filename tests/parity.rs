@@ -769,7 +769,8 @@ fn sgd_step_momentum_decay() {
 // ---- a whole training step ------------------------------------------------------
 
 /// Two SGD steps of a small net with two heads (distillation on the old
-/// head, cross-entropy on the new one): the losses and every updated
+/// head, cross-entropy on the new one, feature distillation on the trunk's
+/// output): the losses and every updated
 /// parameter agree with the CPU backend.
 fn train<B: Backend>(b: &B, arch: &Arch, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
     let arch = arch.clone();
@@ -782,6 +783,8 @@ fn train<B: Backend>(b: &B, arch: &Arch, steps: usize) -> (Vec<f32>, Vec<Vec<f32
     let xs = rand_vec(5, batch * c * h * w, -1.0, 1.0);
     let zt = rand_vec(6, batch * 3, -3.0, 3.0);
     let labels: Vec<u32> = vec![0, 1, 1, IGNORE_LABEL, 0, 1];
+    // Old features for feature distillation (a leaf of the trunk's output).
+    let old_features = rand_vec(7, batch * net.arch.hidden, 0.0, 1.0);
     let mut st = StepState::default();
     let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
     let loss = BatchLoss {
@@ -790,6 +793,7 @@ fn train<B: Backend>(b: &B, arch: &Arch, steps: usize) -> (Vec<f32>, Vec<Vec<f32
         temperature: 2.0,
         kd_weight: 1.0,
         anchors: None,
+        features: Some((old_features.as_slice(), 0.3)),
     };
     let losses =
         (0..steps).map(|_| sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, c, h, w], &loss)).collect();
@@ -851,6 +855,7 @@ fn resnet20_training_step() {
             temperature: 2.0,
             kd_weight: 1.0,
             anchors: None,
+            features: None,
         };
         let value = sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, 3, 8, 8], &loss);
         let params = net.params().iter().map(|p| p.value.to_vec(b)).collect();
@@ -923,7 +928,13 @@ fn augmented_epoch_with_live_teacher() {
         let old = net.duplicate(b);
         net.add_head(b, &mut rng, &[0, 1]);
         net.set_trainable(true, 0, &[0, 1]);
-        let plan = LossPlan { ce_heads: vec![1], teachers: &teachers, anchors: None, live: Some(&old) };
+        let plan = LossPlan {
+            ce_heads: vec![1],
+            teachers: &teachers,
+            anchors: None,
+            live: Some(&old),
+            old_features: None,
+        };
         let hyper = Hyper { batch_size: 8, lr: 0.05, augment, ..Hyper::default() };
         let phase = tr
             .run_epochs(
@@ -1035,6 +1046,7 @@ fn a_buffer_over_the_device_limit_is_an_error_not_a_panic() {
         temperature: 2.0,
         kd_weight: 1.0,
         anchors: None,
+        features: None,
     };
     let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
     let value = sgd_step(&g, &mut StepState::default(), &mut net, &mut sgd, &xs, [8, 1, 28, 28], &loss);

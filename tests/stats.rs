@@ -224,6 +224,56 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(proptest_cfg(24))]
+
+    /// The analytic classifier, solved from the class statistics alone, is
+    /// the ridge regression of one-hot labels fitted on the images'
+    /// Tukey features themselves (explicit rows, a constant column for the
+    /// bias, λ = 0.01 × the mean diagonal, the bias unshrunk).
+    #[test]
+    fn analytic_is_the_ridge_fit_on_the_images(seed in any::<u64>(), dim in 2usize..9, k in 2usize..5, n in 1usize..12) {
+        let mut rng = Rng::new(seed);
+        let classes: Vec<u32> = (0..k as u32).collect();
+        let (train, labels) = features(&mut rng, dim + 4, &classes, dim);
+        let s = ClassStats::compute(&train, &labels, &classes, dim, StatsKind::Cov);
+        let clf = FeatureClassifier::analytic(&s).expect("covariances kept");
+        let da = dim + 1;
+        let tukey = |r: &[f32]| {
+            let mut t = normalise(&r.iter().map(|v| (v.max(0.0) as f64).sqrt()).collect::<Vec<_>>());
+            t.push(1.0);
+            t
+        };
+        let mut gram = vec![0.0f64; da * da];
+        let mut cross = vec![0.0f64; da * k];
+        for (i, &l) in labels.iter().enumerate() {
+            let a = tukey(&train[i * dim..(i + 1) * dim]);
+            for p in 0..da {
+                for q in 0..da {
+                    gram[p * da + q] += a[p] * a[q];
+                }
+                cross[p * k + l as usize] += a[p];
+            }
+        }
+        let lambda = 0.01 * (0..dim).map(|p| gram[p * da + p]).sum::<f64>() / dim as f64;
+        for p in 0..dim {
+            gram[p * da + p] += lambda;
+        }
+        let inv = gauss_jordan_inverse(&gram, da);
+        let w: Vec<f64> = (0..da * k).map(|q| (0..da).map(|m| inv[(q / k) * da + m] * cross[m * k + q % k]).sum()).collect();
+        let x = uniform_vec(&mut rng, n * dim, 0.0, 2.0);
+        let scores = clf.scores(&x, n);
+        for i in 0..n {
+            let a = tukey(&x[i * dim..(i + 1) * dim]);
+            for c in 0..k {
+                let want: f64 = (0..da).map(|p| a[p] * w[p * k + c]).sum();
+                let got = scores[i * k + c] as f64;
+                prop_assert!((got - want).abs() <= 2e-3 * (1.0 + want.abs()), "row {i} class {c}: {got} vs {want}");
+            }
+        }
+    }
+}
+
 #[test]
 fn sym_inverse_inverts_and_survives_a_singular_matrix() {
     let mut rng = Rng::new(7);

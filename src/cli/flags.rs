@@ -99,6 +99,11 @@ pub struct HyperArgs {
     /// λ_o: weight of the distillation loss on the old outputs.
     #[arg(long, default_value_t = 1.0)]
     pub lambda_o: f32,
+    /// λ_f: weight of LwF's feature distillation, `λ_f · Σ (f − f_old)²` per
+    /// image over the trunk's features, the old trunk's recorded with Y_o
+    /// (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub lambda_f: f32,
     /// Multiply the distillation loss by T² (Hinton et al.).
     #[arg(long)]
     pub kd_t2: bool,
@@ -227,6 +232,7 @@ impl HyperArgs {
             weight_decay: self.weight_decay,
             temperature: self.temperature,
             lambda_o: self.lambda_o,
+            lambda_f: self.lambda_f,
             kd_t2: self.kd_t2,
             lambda_l2: self.lambda_l2,
             lambda_ewc: self.lambda_ewc,

@@ -11,6 +11,12 @@
 //! - `mahalanobis`: FeCAM (Goswami et al., arXiv 2309.14062): Tukey-transformed
 //!   features, per-class covariance shrunk and normalised to a correlation
 //!   matrix, squared Mahalanobis distance to each class mean.
+//! - `analytic`: the closed-form ridge regression of one-hot labels on the
+//!   Tukey-space features (with a bias) over every class, the classifier of
+//!   ACIL (Zhuang et al. 2022) and DPCR (2025): its normal equations need only
+//!   each class's count, mean and covariance, which the model keeps (and
+//!   drift compensation moves), so it is exactly the ridge fit on all the
+//!   images ever seen, with none of them kept.
 //! - `ncm-task`: NCM infers the task, that task's own head the class:
 //!   `p(c) = p_ncm(task of c) · softmax of that task's logits (c)`, with
 //!   `p_ncm(task)` the NCM probabilities of the task's classes summed. The
@@ -23,7 +29,7 @@
 //! posterior of Gaussians with the shared correlation-normalised shape and
 //! equal priors).
 
-use super::linalg::{packed_len, sym_inverse, unpack_symmetric};
+use super::linalg::{matmul, packed_len, sym_inverse, unpack_symmetric};
 use super::stats::{ncm_space, tukey_space, ClassStats};
 use crate::backend::Backend;
 use crate::nn::Net;
@@ -33,6 +39,15 @@ use std::fmt;
 
 /// Scale of the cosine similarities in NCM's softmax.
 pub const NCM_SCALE: f32 = 16.0;
+
+/// Scale of the analytic classifier's scores (regressed one-hot targets,
+/// about 1 for the best class and 0 for the others) in its softmax.
+pub const ANALYTIC_SCALE: f32 = 16.0;
+
+/// The analytic classifier's ridge, relative to the mean diagonal of the
+/// features' second-moment matrix (the same relative ridge as
+/// `--cov-drift ridge`'s map).
+pub const ANALYTIC_RIDGE: f64 = 0.01;
 
 /// How an image's class is chosen among all the classes a model knows (also
 /// the CLI's `--classifier` values).
@@ -49,15 +64,19 @@ pub enum ClassifierKind {
     Mahalanobis,
     /// Nearest class mean picks the task, that task's head the class.
     NcmTask,
+    /// Ridge regression of one-hot labels on Tukey features, solved in closed
+    /// form from the stored class statistics (needs --class-stats cov).
+    Analytic,
 }
 
 impl ClassifierKind {
-    pub const ALL: [ClassifierKind; 5] = [
+    pub const ALL: [ClassifierKind; 6] = [
         ClassifierKind::Heads,
         ClassifierKind::AlignedHeads,
         ClassifierKind::Ncm,
         ClassifierKind::Mahalanobis,
         ClassifierKind::NcmTask,
+        ClassifierKind::Analytic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +86,7 @@ impl ClassifierKind {
             ClassifierKind::Ncm => "ncm",
             ClassifierKind::Mahalanobis => "mahalanobis",
             ClassifierKind::NcmTask => "ncm-task",
+            ClassifierKind::Analytic => "analytic",
         }
     }
 
@@ -77,6 +97,7 @@ impl ClassifierKind {
             ClassifierKind::Ncm => "softmax of 16 × cosine similarity",
             ClassifierKind::Mahalanobis => "softmax of −d²/2",
             ClassifierKind::NcmTask => "NCM probability of the task × softmax of that task's head",
+            ClassifierKind::Analytic => "softmax of 16 × the regressed one-hot score",
         }
     }
 
@@ -85,7 +106,9 @@ impl ClassifierKind {
         match self {
             ClassifierKind::Heads | ClassifierKind::AlignedHeads => None,
             ClassifierKind::Ncm | ClassifierKind::NcmTask => Some("class means"),
-            ClassifierKind::Mahalanobis => Some("class covariances (train or extend with --class-stats cov)"),
+            ClassifierKind::Mahalanobis | ClassifierKind::Analytic => {
+                Some("class covariances (train or extend with --class-stats cov)")
+            }
         }
     }
 
@@ -114,7 +137,9 @@ impl ClassifierKind {
             .filter(|k| match k {
                 ClassifierKind::Heads | ClassifierKind::AlignedHeads => true,
                 ClassifierKind::Ncm | ClassifierKind::NcmTask => stats.is_some(),
-                ClassifierKind::Mahalanobis => stats.is_some_and(|s| s.gauss.is_some()),
+                ClassifierKind::Mahalanobis | ClassifierKind::Analytic => {
+                    stats.is_some_and(|s| s.gauss.is_some())
+                }
             })
             .collect()
     }
@@ -144,6 +169,8 @@ pub enum Parts<'a> {
     /// Scores `−(t − μ_k)ᵀ Σ_k⁻¹ (t − μ_k)` with `t = tukey_space(x)`
     /// (means classes × dim, inverses classes × dim × dim).
     Mahalanobis { means: &'a [f32], inv: &'a [f32] },
+    /// Scores `tukey_space(x) · Wᵀ + b` (classes × dim rows of W).
+    TukeyLinear { w: &'a [f32], b: &'a [f32] },
     /// NCM's task probability times the task's head softmax; `task_of[k]` is
     /// the task of column k (both classifiers hold the same classes).
     NcmTask { ncm: &'a FeatureClassifier, heads: &'a FeatureClassifier, task_of: &'a [usize] },
@@ -159,6 +186,8 @@ enum Model {
     Ncm { means: Vec<f32> },
     /// Tukey-space means and inverse correlation-normalised covariances.
     Maha { means: Vec<f32>, inv: Vec<f32> },
+    /// Rows of W (classes × dim) and biases over Tukey-space features.
+    TukeyLinear { w: Vec<f32>, b: Vec<f32> },
 }
 
 impl FeatureClassifier {
@@ -218,6 +247,50 @@ impl FeatureClassifier {
         })
     }
 
+    /// The analytic classifier; `None` without covariances. With `a = [t, 1]`
+    /// the Tukey features and a constant, the ridge solution over all the
+    /// images the statistics describe is `W = (Σ aaᵀ + λ·D)⁻¹ Σ a·yᵀ`, D the
+    /// identity without the bias entry (the bias is not shrunk). Per class
+    /// `k` (count `n`, mean μ, unbiased covariance Σ) the sums are
+    /// `Σ ttᵀ = (n − 1)Σ + n·μμᵀ`, `Σ t = n·μ` and `Σ a·y_k = n·[μ, 1]`, so
+    /// the statistics give the fit exactly.
+    pub fn analytic(stats: &ClassStats) -> Option<Self> {
+        let g = stats.gauss.as_ref()?;
+        let (d, nc, plen) = (stats.dim, stats.classes.len(), packed_len(stats.dim));
+        let da = d + 1;
+        let mut gram = vec![0f64; da * da];
+        let mut cross = vec![0f64; da * nc];
+        for k in 0..nc {
+            let n = stats.counts[k] as f64;
+            let mu: Vec<f64> = g.means[k * d..(k + 1) * d].iter().map(|&v| v as f64).collect();
+            let cov = unpack_symmetric(&g.covs[k * plen..(k + 1) * plen], d);
+            for i in 0..d {
+                for j in 0..d {
+                    gram[i * da + j] += (n - 1.0).max(0.0) * cov[i * d + j] + n * mu[i] * mu[j];
+                }
+                gram[i * da + d] += n * mu[i];
+                gram[d * da + i] += n * mu[i];
+                cross[i * nc + k] = n * mu[i];
+            }
+            gram[d * da + d] += n;
+            cross[d * nc + k] = n;
+        }
+        let mean_diag = (0..d).map(|i| gram[i * da + i]).sum::<f64>() / d.max(1) as f64;
+        for i in 0..d {
+            gram[i * da + i] += ANALYTIC_RIDGE * mean_diag;
+        }
+        let sol = matmul(&sym_inverse(&gram, da), false, &cross, da, da, nc);
+        let w: Vec<f32> =
+            (0..nc).flat_map(|k| (0..d).map(move |i| (k, i))).map(|(k, i)| sol[i * nc + k] as f32).collect();
+        let b: Vec<f32> = (0..nc).map(|k| sol[d * nc + k] as f32).collect();
+        Some(FeatureClassifier {
+            kind: ClassifierKind::Analytic,
+            classes: stats.classes.clone(),
+            dim: d,
+            model: Model::TukeyLinear { w, b },
+        })
+    }
+
     /// Build `kind` from a net and its statistics; `Err` names what is missing.
     pub fn build<B: Backend>(
         kind: ClassifierKind,
@@ -232,6 +305,7 @@ impl FeatureClassifier {
             ClassifierKind::AlignedHeads => Ok(Self::heads(b, net, tasks, true)),
             ClassifierKind::Ncm => stats.map(Self::ncm).ok_or_else(missing),
             ClassifierKind::Mahalanobis => stats.and_then(Self::mahalanobis).ok_or_else(missing),
+            ClassifierKind::Analytic => stats.and_then(Self::analytic).ok_or_else(missing),
             ClassifierKind::NcmTask => {
                 let stats = stats.ok_or_else(missing)?;
                 Ok(Self::ncm_task(Self::ncm(stats), Self::heads(b, net, tasks, false), tasks))
@@ -270,6 +344,14 @@ impl FeatureClassifier {
         match &self.model {
             Model::Linear { w, b } => {
                 out.par_chunks_mut(nc).zip(raw.par_chunks(d)).for_each(|(o, x)| {
+                    for (k, o) in o.iter_mut().enumerate() {
+                        *o = dot(&w[k * d..(k + 1) * d], x) + b[k];
+                    }
+                });
+            }
+            Model::TukeyLinear { w, b } => {
+                let x = tukey_space(raw, d);
+                out.par_chunks_mut(nc).zip(x.par_chunks(d)).for_each(|(o, x)| {
                     for (k, o) in o.iter_mut().enumerate() {
                         *o = dot(&w[k * d..(k + 1) * d], x) + b[k];
                     }
@@ -342,6 +424,7 @@ impl FeatureClassifier {
             Model::Linear { .. } => Some(1.0),
             Model::Ncm { .. } => Some(NCM_SCALE),
             Model::Maha { .. } => Some(0.5),
+            Model::TukeyLinear { .. } => Some(ANALYTIC_SCALE),
             Model::NcmTask { .. } => None,
         }
     }
@@ -358,6 +441,7 @@ impl FeatureClassifier {
             Model::Linear { w, b } => Parts::Linear { w, b },
             Model::Ncm { means } => Parts::Ncm { means },
             Model::Maha { means, inv } => Parts::Mahalanobis { means, inv },
+            Model::TukeyLinear { w, b } => Parts::TukeyLinear { w, b },
             Model::NcmTask { ncm, heads, task_of } => Parts::NcmTask { ncm, heads, task_of },
         }
     }

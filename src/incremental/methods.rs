@@ -171,7 +171,8 @@ pub fn train_first_task<B: Backend>(
         teachers: Vec::new(),
         temperature: cx.hyper.temperature,
     };
-    let mut plan = LossPlan { ce_heads: vec![h], teachers: &[], anchors: None, live: None };
+    let mut plan =
+        LossPlan { ce_heads: vec![h], teachers: &[], anchors: None, live: None, old_features: None };
     // Rotation self-supervision: the turned copies of the training images
     // join the split (after every original image, so the class head's and
     // the validation's indices stay valid) and train an extra head of
@@ -307,12 +308,21 @@ pub fn learn_task<B: Backend>(
         && hyper.sdc_sigma != Sigma::Off;
     let mut teachers: Vec<Teacher> = Vec::new();
     let mut old_features = Vec::new();
+    // LwF's feature distillation reads the same old features.
+    let distil_features = method == Method::Lwf && hyper.lambda_f > 0.0;
     if method == Method::Lwf || compensate {
         let t0 = Instant::now();
         let probe = examples_for(new, cx.split, 0, &new.classes); // labels unused
         let heads: &[usize] = if method == Method::Lwf { &old_heads } else { &[] };
-        (teachers, old_features) =
-            tr.record_outputs(net, cx.split, cx.norm, &probe, heads, hyper.batch_size, compensate);
+        (teachers, old_features) = tr.record_outputs(
+            net,
+            cx.split,
+            cx.norm,
+            &probe,
+            heads,
+            hyper.batch_size,
+            compensate || distil_features,
+        );
         if method == Method::Lwf {
             report.timing.yo_record_seconds = Some(t0.elapsed().as_secs_f64());
         } else {
@@ -398,7 +408,13 @@ pub fn learn_task<B: Backend>(
     if let (Method::Lwf, Some(new_head), true) = (method, new_head, hyper.warmup_epochs > 0) {
         net.set_trainable(false, 0, &[new_head]);
         let kd: &[Teacher] = if mode == HeadMode::Shared { &teachers } else { &[] };
-        let plan = LossPlan { ce_heads: vec![new_head], teachers: kd, anchors: None, live: live.as_ref() };
+        let plan = LossPlan {
+            ce_heads: vec![new_head],
+            teachers: kd,
+            anchors: None,
+            live: live.as_ref(),
+            old_features: None,
+        };
         let warm = format!("{label} warm-up");
         let phase = tr.run_epochs(
             net,
@@ -434,7 +450,13 @@ pub fn learn_task<B: Backend>(
         ce_heads.dedup();
     }
     let kd: &[Teacher] = if method == Method::Lwf { &teachers } else { &[] };
-    let plan = LossPlan { ce_heads, teachers: kd, anchors: anchors.as_ref(), live: live.as_ref() };
+    let plan = LossPlan {
+        ce_heads,
+        teachers: kd,
+        anchors: anchors.as_ref(),
+        live: live.as_ref(),
+        old_features: distil_features.then_some(old_features.as_slice()),
+    };
     let phase = tr.run_epochs(
         net,
         cx.split,

@@ -230,6 +230,11 @@ pub struct Hyper {
     /// accepts when train and extend calibrate it.
     #[serde(default = "default_unknown_accept")]
     pub unknown_accept: f64,
+    /// λ_f, the weight of feature distillation (LwF: the trunk's features of
+    /// the new images held near the old trunk's); 0 is off (files from
+    /// before it read as 0).
+    #[serde(default)]
+    pub lambda_f: f32,
     /// Random views of the training images at every step (files from
     /// before it read as off).
     #[serde(default)]
@@ -268,6 +273,7 @@ impl Default for Hyper {
             ssl: Ssl::Off,
             cov_drift: CovDrift::Sdc,
             unknown_accept: default_unknown_accept(),
+            lambda_f: 0.0,
             augment: crate::data::augment::Augment::Off,
             teacher: TeacherMode::default(),
         }
@@ -307,6 +313,7 @@ impl Hyper {
             ("--lambda-o", self.lambda_o),
             ("--lambda-l2", self.lambda_l2),
             ("--lambda-ewc", self.lambda_ewc),
+            ("--lambda-f", self.lambda_f),
         ];
         if let Some((flag, _)) = non_negative.iter().find(|(_, v)| !(*v >= 0.0 && v.is_finite())) {
             return bad(&format!("{flag} must be a finite number ≥ 0"));

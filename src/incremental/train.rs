@@ -46,6 +46,10 @@ pub struct LossPlan<'p, B: Backend> {
     /// `--teacher live`: the old model, run on every (augmented) batch for
     /// the teachers' targets in place of their recorded logits.
     pub live: Option<&'p Net<B>>,
+    /// Feature distillation (`--lambda-f`): the old trunk's features of each
+    /// example (rows of `hidden`, recorded with Y_o; computed on each view
+    /// with `live`).
+    pub old_features: Option<&'p [f32]>,
 }
 
 /// The validation images of the task being learnt, checked after every epoch.
@@ -82,6 +86,8 @@ pub struct Trainer<B: Backend> {
     /// Host staging of a batch's teacher logits (one per teacher) and labels
     /// (one per cross-entropy head).
     teacher_rows: Vec<Vec<f32>>,
+    /// The old trunk's features of a batch (feature distillation).
+    feature_rows: Vec<f32>,
     labels: Vec<Vec<u32>>,
     idx: Vec<usize>,
 }
@@ -95,6 +101,7 @@ impl<B: Backend> Trainer<B> {
             xs: Vec::new(),
             scratch: Vec::new(),
             teacher_rows: Vec::new(),
+            feature_rows: Vec::new(),
             labels: Vec::new(),
             idx: Vec::new(),
         }
@@ -252,13 +259,19 @@ impl<B: Backend> Trainer<B> {
             }));
         }
         self.teacher_rows.resize_with(plan.teachers.len(), Vec::new);
-        match plan.live.filter(|_| !plan.teachers.is_empty()) {
+        let dim = net.arch.hidden;
+        let distil_features = plan.old_features.is_some() && hyper.lambda_f > 0.0;
+        self.feature_rows.clear();
+        match plan.live.filter(|_| !plan.teachers.is_empty() || distil_features) {
             Some(old) => {
                 // The old model on the views that train (BatchNorm on its
                 // running statistics, as when Y_o is recorded).
                 let mut tape = Tape::new(&self.b, &mut self.st.ws);
                 let x = tape.input(&dims, &self.xs);
                 let f = old.features(&mut tape, x);
+                if distil_features {
+                    self.feature_rows.extend_from_slice(&self.b.download(tape.value(f))[..n * dim]);
+                }
                 for (rows, t) in self.teacher_rows.iter_mut().zip(plan.teachers) {
                     let z = tape.linear(f, &old.heads[t.head].linear);
                     rows.clear();
@@ -270,6 +283,11 @@ impl<B: Backend> Trainer<B> {
                     rows.clear();
                     for &i in batch {
                         rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
+                    }
+                }
+                if let Some(old) = plan.old_features.filter(|_| distil_features) {
+                    for &i in batch {
+                        self.feature_rows.extend_from_slice(&old[i * dim..(i + 1) * dim]);
                     }
                 }
             }
@@ -286,6 +304,7 @@ impl<B: Backend> Trainer<B> {
             temperature: hyper.temperature,
             kd_weight: hyper.lambda_o * t2,
             anchors: plan.anchors,
+            features: distil_features.then_some((self.feature_rows.as_slice(), hyper.lambda_f)),
         };
         sgd_step(&self.b, &mut self.st, net, sgd, &self.xs, dims, &loss)
     }

@@ -240,7 +240,7 @@ fn classifier(g: &mut Graph, clf: &FeatureClassifier, feats: &str, order: &[usiz
     }
 }
 
-/// Scores (N × K, the columns `order`) of a heads, NCM or Mahalanobis classifier.
+/// Scores (N × K, the columns `order`) of a heads, NCM, Mahalanobis or analytic classifier.
 fn scores(g: &mut Graph, clf: &FeatureClassifier, feats: &str, order: &[usize]) -> String {
     let (d, k) = (clf.dim(), order.len());
     match clf.parts() {
@@ -257,6 +257,14 @@ fn scores(g: &mut Graph, clf: &FeatureClassifier, feats: &str, order: &[usize]) 
             let mt: Vec<f32> = (0..d).flat_map(|i| (0..k).map(move |j| m[j * d + i])).collect();
             let mt = g.f32s("ncm.means_t", &[d, k], &mt);
             g.op("MatMul", &[&x, &mt], vec![], "cosine")
+        }
+        Parts::TukeyLinear { w, b } => {
+            let r = g.op("Relu", &[feats], vec![], "nonneg");
+            let s = g.op("Sqrt", &[&r], vec![], "tukey");
+            let t = l2_rows(g, &s);
+            let w = g.f32s("analytic.weight", &[k, d], &rows_in(order, w, d));
+            let b = g.f32s("analytic.bias", &[k], &rows_in(order, b, 1));
+            g.op("Gemm", &[&t, &w, &b], vec![("transB", Attr::Int(1))], "scores")
         }
         Parts::Mahalanobis { means, inv } => {
             // t = Tukey space; centred[k, n, :] = t[n] − μ_k; d²[n, k] =
