@@ -190,6 +190,31 @@ fn task2_at(offset: usize, method: Method, mode: HeadMode) -> After {
     After { acc, old_kl }
 }
 
+/// Feature distillation (`--lambda-f`) holds the trunk's features of the
+/// new images nearer the old trunk's than LwF's logit distillation alone:
+/// the mean squared move of the features, relative to their mean square.
+#[test]
+fn feature_distillation_keeps_the_old_features_nearer() {
+    let base = base();
+    let (d, b) = (fmnist(), B::new());
+    let v2 = view(&tasks()[1], N2);
+    let moved = |lambda_f: f32| {
+        let hyper = Hyper { epochs: 2, lambda_f, val_fraction: 0.0, ..Hyper::default() };
+        let mut tr = Trainer::new(b.clone());
+        let before = tr.features(&base.net, &d.train, &fm_norm(), &v2.indices, 256);
+        let mut net = base.net.duplicate(&b);
+        let cx = TaskContext { split: &d.train, norm: &fm_norm(), hyper: &hyper, seed: seed(), obs: &Silent };
+        learn_task(&mut tr, &mut net, Method::Lwf, 1, &v2, &[], &mut MethodState::default(), &cx)
+            .unwrap_or_else(|e| panic!("task 2 with λ_f {lambda_f}: {e}"));
+        let after = tr.features(&net, &d.train, &fm_norm(), &v2.indices, 256);
+        let sq: f64 = before.iter().map(|&v| (v as f64).powi(2)).sum();
+        before.iter().zip(&after).map(|(&a, &c)| (a as f64 - c as f64).powi(2)).sum::<f64>() / sq
+    };
+    let (plain, held) = (moved(0.0), moved(0.01));
+    eprintln!("features moved by {plain:.4} under LwF, {held:.4} with λ_f 0.01 (relative mean square)");
+    assert!(held < 0.7 * plain, "λ_f 0.01 moved the features by {held:.4}, plain LwF by {plain:.4}");
+}
+
 /// One head per task (the paper), on three seeds: on a 1000-image task one
 /// seed's old-task accuracy moves by several points with the arithmetic (it
 /// did when the convolutions moved to Winograd, and again when the first

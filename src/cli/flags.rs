@@ -164,10 +164,10 @@ pub struct HyperArgs {
     #[arg(long, num_args = 0..=1, default_value = "off", default_missing_value = "auto",
           value_parser = parse_augment)]
     pub augment: Augment,
-    /// LwF's targets with --augment: recorded (Y_o once, on the un-augmented
-    /// images) or live (the old model run on every augmented batch, one more
-    /// forward pass per step).
-    #[arg(long, value_enum, default_value_t = TeacherMode::Recorded)]
+    /// LwF's targets with --augment: live (the old model run on every
+    /// augmented batch, one more forward pass per step; measured better) or
+    /// recorded (Y_o once, on the un-augmented images).
+    #[arg(long, value_enum, default_value_t = TeacherMode::Live)]
     pub teacher: TeacherMode,
 }
 

@@ -146,19 +146,22 @@ impl Ssl {
     }
 }
 
-/// Where LwF's distillation targets come from (`--teacher`). Without
-/// augmentation the training views are the recorded images, so both give
-/// the same targets and the recorded ones are used.
+/// Where LwF's distillation targets come from with `--augment`
+/// (`--teacher`). Without augmentation the training views are the recorded
+/// images, so both give the same targets and the recorded ones are used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TeacherMode {
     /// Y_o recorded once on the un-augmented new images (the paper): the
     /// targets of an augmented view are those of the image it was made from.
-    #[default]
     Recorded,
     /// The old model, kept beside the one training, run on every augmented
     /// batch: the targets are its outputs on the very view that trains (one
-    /// more forward pass per step).
+    /// more forward pass per step). The default: on a colour validation
+    /// folder it kept more of the old task than the recorded targets with
+    /// cnn-m (+3.6 points, 8 epochs) and resnet20 (+12.3), README
+    /// "Augmented training views".
+    #[default]
     Live,
 }
 
