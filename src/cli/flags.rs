@@ -132,8 +132,9 @@ pub struct HyperArgs {
     pub sdc_sigma: Sigma,
     /// How the old classes' covariances follow the trunk (with --class-stats
     /// cov): sdc moves only their means; ridge fits a linear map from old to
-    /// new features on the new images and moves means and covariances.
-    #[arg(long, value_enum, default_value_t = CovDrift::Sdc)]
+    /// new features on the new images and moves means and covariances (the
+    /// default: better for mahalanobis and analytic on validation splits).
+    #[arg(long, value_enum, default_value_t = CovDrift::Ridge)]
     pub cov_drift: CovDrift,
     /// Share of each task's training images held out for validation
     /// (stratified, seeded); accuracy on them is reported after every epoch.

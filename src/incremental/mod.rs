@@ -180,6 +180,8 @@ impl TeacherMode {
 #[serde(rename_all = "kebab-case")]
 pub enum CovDrift {
     /// SDC moves the Tukey-space means; the covariances stay as measured.
+    /// (The serde default, so files from before `ridge` read as what they
+    /// did; the CLI's and `Hyper::default`'s is `Ridge`.)
     #[default]
     Sdc,
     /// A ridge-regression map from old to new features, fitted on the new
@@ -274,7 +276,7 @@ impl Default for Hyper {
             val_fraction: 0.1,
             bn: crate::nn::BnPolicy::default(),
             ssl: Ssl::Off,
-            cov_drift: CovDrift::Sdc,
+            cov_drift: CovDrift::Ridge,
             unknown_accept: default_unknown_accept(),
             lambda_f: 0.0,
             augment: crate::data::augment::Augment::Off,

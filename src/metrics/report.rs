@@ -73,8 +73,9 @@ pub fn classifier_table(results: &[RunResult]) -> String {
             }
         }
     }
-    let order =
-        |n: &str| ["heads", "aligned-heads", "ncm", "mahalanobis", "ncm-task"].iter().position(|k| *k == n);
+    let order = |n: &str| {
+        ["heads", "aligned-heads", "ncm", "mahalanobis", "ncm-task", "analytic"].iter().position(|k| *k == n)
+    };
     names.sort_by_key(|n| order(n).unwrap_or(usize::MAX));
     let header: Vec<String> = std::iter::once("method".to_string())
         .chain(names.iter().map(|n| format!("{n}: class-IL (old / new)")))
@@ -199,7 +200,7 @@ fn mean_pm_std(values: &[f64], scale: f64, decimals: usize) -> String {
 /// aligned-heads (predict's default rule); a report without per-classifier
 /// curves (an older one, or the reference's) has only the heads'.
 pub fn default_class_il(r: &RunResult) -> (&'static str, f64) {
-    for k in ["ncm-task", "aligned-heads"] {
+    for k in ["analytic", "ncm-task", "aligned-heads"] {
         if let Some(&acc) = r.class_il_by_classifier.get(k).and_then(|c| c.after_each_task.last()) {
             return (k, acc);
         }
