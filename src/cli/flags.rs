@@ -101,7 +101,8 @@ pub struct HyperArgs {
     pub lambda_o: f32,
     /// λ_f: weight of LwF's feature distillation, `λ_f · Σ (f − f_old)²` per
     /// image over the trunk's features, the old trunk's recorded with Y_o
-    /// (0: off).
+    /// (0: off). Keep it small (0.01-0.03 helped split5 at the default lr;
+    /// 1 makes SGD oscillate).
     #[arg(long, default_value_t = 0.0)]
     pub lambda_f: f32,
     /// Multiply the distillation loss by T² (Hinton et al.).
