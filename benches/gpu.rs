@@ -14,7 +14,7 @@ use lwf_engine::backend::{Backend, Conv2dParams, CpuBackend, Gemm, SgdHyper};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
-use lwf_engine::step::{sgd_step, BatchLoss, StepState};
+use lwf_engine::step::{sgd_step, BatchLoss, StepState, Targets};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -230,11 +230,13 @@ impl<B: Backend> Step<B> {
     fn run(&mut self, b: &B) -> f32 {
         let loss = BatchLoss {
             ce: vec![(1, self.labels.as_slice())],
-            kd: vec![(0, self.zt.as_slice(), 5)],
+            kd: vec![(0, 5)],
+            targets: Targets::Recorded { logits: vec![self.zt.as_slice()], features: None },
             temperature: 2.0,
             kd_weight: 1.0,
+            feature_weight: 0.0,
+            kd_concat: None,
             anchors: None,
-            features: None,
         };
         sgd_step(b, &mut self.st, &mut self.net, &mut self.sgd, &self.xs, [self.batch, 1, 28, 28], &loss)
     }

@@ -17,7 +17,7 @@ use lwf_engine::backend::{Backend, SgdHyper};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
-use lwf_engine::step::{sgd_step, BatchLoss, StepState};
+use lwf_engine::step::{sgd_step, BatchLoss, StepState, Targets};
 use lwf_engine::CpuBackend;
 use std::hint::black_box;
 use std::time::Duration;
@@ -58,11 +58,16 @@ impl State {
     fn step(&mut self, distill: bool) -> f32 {
         let loss = BatchLoss {
             ce: vec![(if distill { 1 } else { 0 }, self.labels.as_slice())],
-            kd: if distill { vec![(0, self.teacher.as_slice(), 5)] } else { vec![] },
+            kd: if distill { vec![(0, 5)] } else { vec![] },
+            targets: Targets::Recorded {
+                logits: if distill { vec![self.teacher.as_slice()] } else { vec![] },
+                features: None,
+            },
             temperature: 2.0,
             kd_weight: 1.0,
+            feature_weight: 0.0,
+            kd_concat: None,
             anchors: None,
-            features: None,
         };
         sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, &self.x, [BATCH, 1, 28, 28], &loss)
     }

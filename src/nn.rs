@@ -778,6 +778,15 @@ impl<B: Backend> Net<B> {
             .collect();
         Net { arch: self.arch.clone(), trunk, heads, next_id: self.next_id, bn_policy: self.bn_policy }
     }
+
+    /// A deep copy with every parameter frozen: the old model that a live
+    /// teacher runs beside the one that trains (it shares the parameter ids,
+    /// so it must never take a gradient).
+    pub fn frozen_copy(&self, b: &B) -> Self {
+        let mut old = self.duplicate(b);
+        old.set_trainable(false, 0, &[]);
+        old
+    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@
 //! step benchmark and the tests all step through [`sgd_step`], so what is
 //! measured and tested is what trains.
 
-use crate::autodiff::{Grads, Tape, Workspace};
+use crate::autodiff::{Grads, Tape, Var, Workspace};
 use crate::backend::Backend;
 use crate::nn::Net;
 use crate::optim::Sgd;
+use crate::param::{Linear, Param};
+use crate::tensor::Tensor;
 
 /// A quadratic pull of θs towards an anchor (l2; ewc with a Fisher weight).
 pub struct Anchors<B: Backend> {
@@ -23,19 +25,112 @@ pub struct BatchLoss<'s, B: Backend> {
     /// Cross-entropy terms: a head and one label per image (rows labelled
     /// `IGNORE_LABEL` are skipped), each weighted 1/n.
     pub ce: Vec<(usize, &'s [u32])>,
-    /// Distillation terms: a head and the teacher's logits of the batch,
-    /// `n × cols` (cols may be fewer than the head's outputs: the old columns
-    /// of a grown shared head).
-    pub kd: Vec<(usize, &'s [f32], usize)>,
+    /// Distillation terms: a head and the width of its old outputs (cols
+    /// may be fewer than the head's outputs: the old columns of a grown
+    /// shared head).
+    pub kd: Vec<(usize, usize)>,
+    /// Where the distillation terms' targets (and the old features) come from.
+    pub targets: Targets<'s, B>,
     /// Distillation temperature T.
     pub temperature: f32,
     /// Weight of each distillation term (λ_o, times T² for Hinton's
     /// scaling), divided by n.
     pub kd_weight: f32,
+    /// Feature distillation's weight λ_f (divided by n); 0 is none.
+    pub feature_weight: f32,
+    /// All the distillation terms in one softmax over their joined columns
+    /// (`--kd-softmax all`) instead of one softmax per term.
+    pub kd_concat: Option<&'s KdConcat<B>>,
     pub anchors: Option<&'s Anchors<B>>,
-    /// Feature distillation: the old model's features of the batch
-    /// (`n × hidden`) and their weight λ_f (divided by n).
-    pub features: Option<(&'s [f32], f32)>,
+}
+
+/// Joins the logits of several heads into one row, so that the old tasks'
+/// outputs are distilled in a single softmax (the form of FACIL, Mammoth and
+/// PyCIL). Made of the tape's own ops: each part goes through a frozen 0/1
+/// placement matrix that puts its columns at their offset, and the parts
+/// are summed, so no new kernel (or gradient) is needed.
+pub struct KdConcat<B: Backend> {
+    places: Vec<Linear<B>>,
+}
+
+impl<B: Backend> KdConcat<B> {
+    /// Placements for parts of widths `cols`, in order.
+    pub fn new(b: &B, cols: &[usize]) -> Self {
+        let width: usize = cols.iter().sum();
+        let mut offset = 0;
+        let places = cols
+            .iter()
+            .map(|&c| {
+                // y = x Wᵀ with W (width × c): W[offset + j][j] = 1.
+                let mut w = vec![0.0; width * c];
+                for j in 0..c {
+                    w[(offset + j) * c + j] = 1.0;
+                }
+                offset += c;
+                // Never trainable, so the ids (which index gradients) are
+                // never read.
+                let frozen = |name: &str, dims: &[usize], data: &[f32]| Param {
+                    id: usize::MAX,
+                    name: name.to_string(),
+                    value: Tensor::from_vec(b, dims, data),
+                    trainable: false,
+                };
+                Linear {
+                    w: frozen("kd_concat.weight", &[width, c], &w),
+                    b: frozen("kd_concat.bias", &[width], &vec![0.0; width]),
+                    in_f: c,
+                    out_f: width,
+                }
+            })
+            .collect();
+        KdConcat { places }
+    }
+
+    /// The parts (`n × cols[k]` each) side by side, `n × Σ cols`.
+    pub fn join<'t>(&'t self, tape: &mut Tape<'t, B>, parts: &[Var]) -> Var {
+        assert_eq!(
+            parts.len(),
+            self.places.len(),
+            "KdConcat::join: {} parts for {} places",
+            parts.len(),
+            self.places.len()
+        );
+        let mut joined: Option<Var> = None;
+        for (&part, place) in parts.iter().zip(&self.places) {
+            assert_eq!(
+                tape.shape(part).0.get(1),
+                Some(&place.in_f),
+                "KdConcat::join: a part of shape {} for a place of width {}",
+                tape.shape(part),
+                place.in_f
+            );
+            let y = tape.linear(part, place);
+            joined = Some(match joined {
+                Some(acc) => tape.add(acc, y),
+                None => y,
+            });
+        }
+        joined.expect("KdConcat::join: no parts")
+    }
+}
+
+/// The old model's outputs that a batch is distilled towards.
+pub enum Targets<'s, B: Backend> {
+    /// Recorded on the host: the teacher's logits of the batch (`n × cols`)
+    /// per distillation term, in `kd`'s order, and with feature
+    /// distillation the old features (`n × hidden`).
+    Recorded { logits: Vec<&'s [f32]>, features: Option<&'s [f32]> },
+    /// The old model itself (every parameter frozen), run in evaluation mode
+    /// on the same batch in the same tape: its logits and features never
+    /// leave the device.
+    Live(&'s Net<B>),
+}
+
+impl<B: Backend> Targets<'_, B> {
+    /// No distillation at all.
+    pub fn none() -> Self {
+        Targets::Recorded { logits: Vec::new(), features: None }
+    }
 }
 
 /// Long-lived state of the steps: recycled device buffers and the parameter
@@ -53,7 +148,8 @@ impl<B: Backend> Default for StepState<B> {
 
 /// One step on images `x` of shape `dims` (N, C, H, W); returns the loss.
 /// The heads are run in ascending order and each head's terms recorded in
-/// turn (its cross-entropy, then its distillations), then the feature
+/// turn (its cross-entropy, then its distillations; with `kd_concat` the
+/// one joined distillation after all heads), then the feature
 /// distillation, then the anchors, so the
 /// loss sums in a fixed order. A non-finite loss updates nothing (the caller
 /// reports it).
@@ -75,18 +171,56 @@ pub fn sgd_step<B: Backend>(
         let xv = tape.input(&dims, x);
         let f = net.features_train(&mut tape, xv);
         let logits: Vec<_> = heads.iter().map(|&h| tape.linear(f, &net.heads[h].linear)).collect();
+        // The live teacher's features, recorded once when anything reads them.
+        let old_f = match loss.targets {
+            Targets::Live(old) if !loss.kd.is_empty() || loss.feature_weight > 0.0 => {
+                assert!(
+                    old.params().iter().all(|p| !p.trainable),
+                    "sgd_step: the live teacher's parameters must be frozen (they share the student's ids)"
+                );
+                Some((old, old.features(&mut tape, xv)))
+            }
+            _ => None,
+        };
+        // The targets of the distillation terms, in `kd`'s order.
+        let targets: Vec<Var> = loss
+            .kd
+            .iter()
+            .enumerate()
+            .map(|(k, &(h, cols))| match (&loss.targets, old_f) {
+                (_, Some((old, of))) => tape.linear(of, &old.heads[h].linear),
+                (Targets::Recorded { logits, .. }, None) => tape.input(&[n, cols], logits[k]),
+                (Targets::Live(_), None) => unreachable!("live features are recorded when kd has terms"),
+            })
+            .collect();
+        let kd_scale = loss.kd_weight / n as f32;
         for (&h, &z) in heads.iter().zip(&logits) {
             for &(_, labels) in loss.ce.iter().filter(|t| t.0 == h) {
                 tape.cross_entropy(z, labels, 1.0 / n as f32);
             }
-            for &(_, teacher, cols) in loss.kd.iter().filter(|t| t.0 == h) {
-                let zt = tape.input(&[n, cols], teacher);
-                tape.distill(z, zt, loss.temperature, loss.kd_weight / n as f32);
+            if loss.kd_concat.is_none() {
+                for (k, _) in loss.kd.iter().enumerate().filter(|(_, t)| t.0 == h) {
+                    tape.distill(z, targets[k], loss.temperature, kd_scale);
+                }
             }
         }
-        if let Some((old, weight)) = loss.features {
-            let target = tape.input(&[n, net.arch.hidden], old);
-            tape.feature_distill(f, target, weight / n as f32);
+        if let Some(concat) = loss.kd_concat {
+            let student: Vec<Var> =
+                loss.kd.iter().map(|t| logits[heads.binary_search(&t.0).expect("kd head is run")]).collect();
+            let (zs, zt) = (concat.join(&mut tape, &student), concat.join(&mut tape, &targets));
+            tape.distill(zs, zt, loss.temperature, kd_scale);
+        }
+        if loss.feature_weight > 0.0 {
+            let target = match (&loss.targets, old_f) {
+                (_, Some((_, of))) => Some(of),
+                (Targets::Recorded { features: Some(old), .. }, None) => {
+                    Some(tape.input(&[n, net.arch.hidden], old))
+                }
+                _ => None,
+            };
+            if let Some(target) = target {
+                tape.feature_distill(f, target, loss.feature_weight / n as f32);
+            }
         }
         if let Some(a) = loss.anchors {
             for (k, p) in net.trunk_params().into_iter().enumerate() {

@@ -11,7 +11,7 @@ use lwf_engine::backend::{Backend, Conv2dParams, Gemm, PoolParams, SgdHyper};
 use lwf_engine::nn::{Arch, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
-use lwf_engine::step::{sgd_step, BatchLoss, StepState};
+use lwf_engine::step::{sgd_step, BatchLoss, StepState, Targets};
 use proptest::prelude::*;
 
 // ---- (a) fast kernels vs naive references --------------------------------------------
@@ -415,11 +415,13 @@ impl Trainer {
     fn step(&mut self, x: &[f32], labels: &[u32], teacher: Option<&[f32]>) -> f32 {
         let loss = BatchLoss {
             ce: vec![(1, labels)],
-            kd: teacher.map(|t| (0, t, 3)).into_iter().collect(),
+            kd: teacher.map(|_| (0, 3)).into_iter().collect(),
+            targets: Targets::Recorded { logits: teacher.into_iter().collect(), features: None },
             temperature: 2.0,
             kd_weight: 1.0,
+            feature_weight: 0.0,
+            kd_concat: None,
             anchors: None,
-            features: None,
         };
         sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, x, [labels.len(), 1, 8, 8], &loss)
     }

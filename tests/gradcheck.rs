@@ -26,10 +26,11 @@
 mod common;
 
 use common::*;
-use lwf_engine::autodiff::{Grads, Tape, Workspace};
+use lwf_engine::autodiff::{Grads, Tape, Var, Workspace};
 use lwf_engine::backend::{Backend, Conv2dParams, IGNORE_LABEL};
 use lwf_engine::nn::{Arch, ArchKind, BatchNorm2d, BnPolicy, Conv2d, Layer, Linear, Net, Param, ParamId};
 use lwf_engine::rng::Rng;
+use lwf_engine::step::KdConcat;
 use lwf_engine::tensor::Tensor;
 use proptest::prelude::*;
 
@@ -410,6 +411,53 @@ impl Model for Kd {
     }
 }
 
+/// Distillation of two old heads in one softmax (`--kd-softmax all`): leaf
+/// student logits of widths c1 and c2 joined by `KdConcat`, against the
+/// two constant teachers joined the same way. The host reference joins the
+/// rows itself, so a wrong placement fails both the loss and the gradient.
+struct JoinedKd {
+    parts: [Leaf; 2],
+    teachers: [Vec<f32>; 2],
+    concat: KdConcat<B>,
+    rows: usize,
+    cols: [usize; 2],
+    t: f32,
+    scale: f32,
+}
+
+impl Model for JoinedKd {
+    fn params(&self) -> Vec<&Param<B>> {
+        self.parts.iter().flat_map(Leaf::params).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        self.parts.iter_mut().flat_map(Leaf::params_mut).collect()
+    }
+    fn record<'a>(&'a self, tape: &mut Tape<'a, B>) -> Eval {
+        let b = B::new();
+        let zs: Vec<Var> = self.parts.iter().map(|p| p.record(tape)).collect();
+        let zt: Vec<Var> =
+            self.teachers.iter().zip(self.cols).map(|(t, c)| tape.input(&[self.rows, c], t)).collect();
+        let (js, jt) = (self.concat.join(tape, &zs), self.concat.join(tape, &zt));
+        tape.distill(js, jt, self.t, self.scale);
+        let width = self.cols[0] + self.cols[1];
+        let join = |a: &[f32], b: &[f32]| -> Vec<f32> {
+            (0..self.rows)
+                .flat_map(|r| {
+                    a[r * self.cols[0]..(r + 1) * self.cols[0]]
+                        .iter()
+                        .chain(&b[r * self.cols[1]..(r + 1) * self.cols[1]])
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let s = join(&b.download(tape.value(zs[0])), &b.download(tape.value(zs[1])));
+        let t = join(&self.teachers[0], &self.teachers[1]);
+        let loss = kd_f64(&s, &t, self.rows, width, width, self.t as f64, self.scale as f64);
+        Eval { loss, pattern: vec![] }
+    }
+}
+
 /// Feature distillation of leaf features (N, D) against constant old
 /// features, beside a cross-entropy on a linear head over the same
 /// features (both gradients reach them).
@@ -527,6 +575,24 @@ proptest! {
         let (grads, _, _) = analytic(&b, &m);
         let g = b.download(grads.get(0).unwrap());
         prop_assert!(g[cols * rows..].iter().all(|&v| v == 0.0), "columns past the teacher's have a gradient");
+    }
+
+    /// Two heads distilled in one softmax through `KdConcat`.
+    #[test]
+    fn joined_distill_grads(
+        rows in 1usize..5, c1 in 1usize..5, c2 in 1usize..5, t in 1.0f32..5.0,
+        scale in 0.1f32..2.0, seed: u64,
+    ) {
+        let b = B::new();
+        let mut rng = Rng::new(seed);
+        let parts = [
+            Leaf::mat(&b, &mut rng, 0, rows, c1, -4.0, 4.0),
+            Leaf::mat(&b, &mut rng, 2, rows, c2, -4.0, 4.0),
+        ];
+        let teachers = [uniform_vec(&mut rng, rows * c1, -4.0, 4.0), uniform_vec(&mut rng, rows * c2, -4.0, 4.0)];
+        let concat = KdConcat::new(&b, &[c1, c2]);
+        let mut m = JoinedKd { parts, teachers, concat, rows, cols: [c1, c2], t, scale };
+        verdict(&mut m, &[0, 2], seed, Tol::default())?;
     }
 
     /// Feature distillation on top of a head's CE over the same features.

@@ -24,7 +24,7 @@ use lwf_engine::incremental::methods::{
 use lwf_engine::incremental::protocol::{ExperimentConfig, MethodRun};
 use lwf_engine::incremental::select::{learn_task_selected, SelectGrid};
 use lwf_engine::incremental::train::Trainer;
-use lwf_engine::incremental::{HeadMode, Hyper, Method, Silent};
+use lwf_engine::incremental::{HeadMode, Hyper, KdSoftmax, Method, Silent};
 use lwf_engine::metrics::EngineInfo;
 use lwf_engine::nn::{Arch, ArchKind, Net};
 use lwf_engine::rng::Rng;
@@ -401,6 +401,45 @@ fn split5_run_fills_the_lower_triangle() {
         }
         let ncm = &r.class_il_by_classifier["ncm"];
         assert!(in_unit(ncm.after_each_task[t]), "{ncm:?}");
+    }
+}
+
+/// `--kd-softmax all` distils the old heads in one softmax: with a single
+/// old head (task 2) that is the per-task loss, bit for bit; from task 3 on
+/// (two old heads) it trains something else.
+#[test]
+fn one_softmax_over_the_old_tasks_changes_only_runs_with_several() {
+    let hyper = Hyper { epochs: 1, batch_size: 64, val_fraction: 0.0, ..Hyper::default() };
+    let joined = Hyper { kd_softmax: KdSoftmax::All, ..hyper.clone() };
+    let (a, b) = (
+        runs(&experiment("split5", &[Method::Lwf], &[0], hyper)).pop().unwrap(),
+        runs(&experiment("split5", &[Method::Lwf], &[0], joined)).pop().unwrap(),
+    );
+    // Every number of each task's record (accuracies, last loss).
+    let bits = |r: &MethodRun, t: usize| -> Vec<u64> {
+        let (acc, loss) = (&r.records[t].acc, r.records[t].report.last_loss);
+        acc.task_aware
+            .iter()
+            .chain(&acc.class_il_per_task)
+            .map(|x| x.to_bits())
+            .chain([loss.to_bits() as u64])
+            .collect()
+    };
+    for t in 0..2 {
+        assert_eq!(
+            bits(&a, t),
+            bits(&b, t),
+            "task {} (at most one old head) differs between the forms",
+            t + 1
+        );
+    }
+    for t in 2..5 {
+        assert_ne!(
+            bits(&a, t),
+            bits(&b, t),
+            "task {} (several old heads) is the same with one softmax",
+            t + 1
+        );
     }
 }
 

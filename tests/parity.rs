@@ -21,7 +21,7 @@ use lwf_engine::backend::{
 use lwf_engine::nn::{Arch, ArchKind, Net};
 use lwf_engine::optim::Sgd;
 use lwf_engine::rng::Rng;
-use lwf_engine::step::{sgd_step, BatchLoss, StepState};
+use lwf_engine::step::{sgd_step, BatchLoss, StepState, Targets};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -789,11 +789,13 @@ fn train<B: Backend>(b: &B, arch: &Arch, steps: usize) -> (Vec<f32>, Vec<Vec<f32
     let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
     let loss = BatchLoss {
         ce: vec![(1, labels.as_slice())],
-        kd: vec![(0, zt.as_slice(), 3)],
+        kd: vec![(0, 3)],
+        targets: Targets::Recorded { logits: vec![zt.as_slice()], features: Some(old_features.as_slice()) },
         temperature: 2.0,
         kd_weight: 1.0,
+        feature_weight: 0.3,
+        kd_concat: None,
         anchors: None,
-        features: Some((old_features.as_slice(), 0.3)),
     };
     let losses =
         (0..steps).map(|_| sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, c, h, w], &loss)).collect();
@@ -852,10 +854,12 @@ fn resnet20_training_step() {
         let loss = BatchLoss {
             ce: vec![(0, labels.as_slice())],
             kd: vec![],
+            targets: Targets::none(),
             temperature: 2.0,
             kd_weight: 1.0,
+            feature_weight: 0.0,
+            kd_concat: None,
             anchors: None,
-            features: None,
         };
         let value = sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, 3, 8, 8], &loss);
         let params = net.params().iter().map(|p| p.value.to_vec(b)).collect();
@@ -925,7 +929,7 @@ fn augmented_epoch_with_live_teacher() {
         let examples: Vec<Example> =
             (0..split.len()).map(|idx| Example { idx, head: 1, label: split.labels[idx] }).collect();
         let (teachers, _) = tr.record_outputs(&net, split, norm, &examples, &[0], 8, false);
-        let old = net.duplicate(b);
+        let old = net.frozen_copy(b);
         net.add_head(b, &mut rng, &[0, 1]);
         net.set_trainable(true, 0, &[0, 1]);
         let plan = LossPlan {
@@ -934,6 +938,7 @@ fn augmented_epoch_with_live_teacher() {
             anchors: None,
             live: Some(&old),
             old_features: None,
+            kd_concat: None,
         };
         let hyper = Hyper { batch_size: 8, lr: 0.05, augment, ..Hyper::default() };
         let phase = tr
@@ -1043,10 +1048,12 @@ fn a_buffer_over_the_device_limit_is_an_error_not_a_panic() {
     let loss = BatchLoss {
         ce: vec![(0, labels.as_slice())],
         kd: vec![],
+        targets: Targets::none(),
         temperature: 2.0,
         kd_weight: 1.0,
+        feature_weight: 0.0,
+        kd_concat: None,
         anchors: None,
-        features: None,
     };
     let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });
     let value = sgd_step(&g, &mut StepState::default(), &mut net, &mut sgd, &xs, [8, 1, 28, 28], &loss);

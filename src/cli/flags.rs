@@ -8,7 +8,7 @@ use lwf_engine::data::augment::Augment;
 use lwf_engine::data::FolderOptions;
 use lwf_engine::incremental::select::SelectGrid;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
-use lwf_engine::incremental::{CovDrift, HeadMode, Hyper, Ssl, TeacherMode};
+use lwf_engine::incremental::{CovDrift, HeadMode, Hyper, KdSoftmax, Ssl, TeacherMode};
 use lwf_engine::nn::BnPolicy;
 use std::path::PathBuf;
 
@@ -171,6 +171,10 @@ pub struct HyperArgs {
     /// recorded (Y_o once, on the un-augmented images).
     #[arg(long, value_enum, default_value_t = TeacherMode::Live)]
     pub teacher: TeacherMode,
+    /// LwF with several old tasks: per-task (one softmax per old head, the
+    /// paper) or all (one softmax over every old output side by side).
+    #[arg(long, value_enum, default_value_t = KdSoftmax::PerTask)]
+    pub kd_softmax: KdSoftmax,
 }
 
 /// `--select`: choose LwF's λ_o (and T, lr) from the new data alone.
@@ -250,6 +254,7 @@ impl HyperArgs {
             unknown_accept: self.unknown_accept,
             augment: self.augment,
             teacher: self.teacher,
+            kd_softmax: self.kd_softmax,
         };
         h.validate()?;
         Ok(h)

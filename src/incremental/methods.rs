@@ -7,7 +7,7 @@
 
 use super::stats::{ClassStats, DriftReport, Sigma, StatsKind};
 use super::train::{Anchors, Example, LossPlan, Phase, Teacher, Trainer, Validation};
-use super::{HeadMode, Hyper, Method, Observer, Ssl, TeacherMode};
+use super::{HeadMode, Hyper, KdSoftmax, Method, Observer, Ssl, TeacherMode};
 use crate::backend::Backend;
 use crate::data::augment::{rotated, shape_keeping_turns};
 use crate::data::split::TaskView;
@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{TaskTiming, ValPoint};
 use crate::nn::{Arch, BnPolicy, Net};
 use crate::rng::Rng;
+use crate::step::KdConcat;
 use std::time::Instant;
 
 /// Random streams of a run, `Rng::derive(seed, STREAM + task)`: each use has
@@ -171,8 +172,14 @@ pub fn train_first_task<B: Backend>(
         teachers: Vec::new(),
         temperature: cx.hyper.temperature,
     };
-    let mut plan =
-        LossPlan { ce_heads: vec![h], teachers: &[], anchors: None, live: None, old_features: None };
+    let mut plan = LossPlan {
+        ce_heads: vec![h],
+        teachers: &[],
+        anchors: None,
+        live: None,
+        old_features: None,
+        kd_concat: None,
+    };
     // Rotation self-supervision: the turned copies of the training images
     // join the split (after every original image, so the class head's and
     // the validation's indices stay valid) and train an extra head of
@@ -334,7 +341,7 @@ pub fn learn_task<B: Backend>(
     // unchanged beside the one that trains, gives the targets of each view.
     let augmenting = hyper.augment.views(cx.split.c, cx.split.h, cx.split.w).is_some();
     let live = (method == Method::Lwf && hyper.teacher == TeacherMode::Live && augmenting)
-        .then(|| net.duplicate(&b));
+        .then(|| net.frozen_copy(&b));
 
     // The old model's outputs on the validation images too (LwF reports
     // the distillation loss on them after every epoch).
@@ -414,6 +421,7 @@ pub fn learn_task<B: Backend>(
             anchors: None,
             live: live.as_ref(),
             old_features: None,
+            kd_concat: None,
         };
         let warm = format!("{label} warm-up");
         let phase = tr.run_epochs(
@@ -450,12 +458,16 @@ pub fn learn_task<B: Backend>(
         ce_heads.dedup();
     }
     let kd: &[Teacher] = if method == Method::Lwf { &teachers } else { &[] };
+    // One softmax over the old tasks only means something with two or more.
+    let kd_concat = (hyper.kd_softmax == KdSoftmax::All && kd.len() > 1)
+        .then(|| KdConcat::new(&b, &kd.iter().map(|t| t.cols).collect::<Vec<_>>()));
     let plan = LossPlan {
         ce_heads,
         teachers: kd,
         anchors: anchors.as_ref(),
         live: live.as_ref(),
         old_features: distil_features.then_some(old_features.as_slice()),
+        kd_concat: kd_concat.as_ref(),
     };
     let phase = tr.run_epochs(
         net,

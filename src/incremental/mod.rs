@@ -174,6 +174,29 @@ impl TeacherMode {
     }
 }
 
+/// How LwF's distillation treats several old tasks (`--kd-softmax`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KdSoftmax {
+    /// One temperature softmax per old head, each term weighted λ_o (the
+    /// paper's form; files from before the choice read as this).
+    #[default]
+    PerTask,
+    /// One softmax over all old heads' outputs side by side, weighted λ_o
+    /// once (FACIL, Mammoth, PyCIL): it also keeps how the old tasks'
+    /// outputs compare with each other.
+    All,
+}
+
+impl KdSoftmax {
+    pub fn name(self) -> &'static str {
+        match self {
+            KdSoftmax::PerTask => "per-task",
+            KdSoftmax::All => "all",
+        }
+    }
+}
+
 /// How drift compensation moves the old classes' Gaussians (`--cov-drift`;
 /// the NCM means are always moved by SDC).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -248,6 +271,9 @@ pub struct Hyper {
     /// augmented.
     #[serde(default)]
     pub teacher: TeacherMode,
+    /// The distillation's softmax over several old tasks.
+    #[serde(default)]
+    pub kd_softmax: KdSoftmax,
 }
 
 fn default_unknown_accept() -> f64 {
@@ -281,6 +307,7 @@ impl Default for Hyper {
             lambda_f: 0.0,
             augment: crate::data::augment::Augment::Off,
             teacher: TeacherMode::default(),
+            kd_softmax: KdSoftmax::default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::nn::Net;
 use crate::optim::Sgd;
 use crate::rng::Rng;
 pub use crate::step::Anchors;
-use crate::step::{sgd_step, BatchLoss, StepState};
+use crate::step::{sgd_step, BatchLoss, KdConcat, StepState, Targets};
 use std::time::Instant;
 
 /// One training example: its index in the split, the head whose
@@ -50,6 +50,8 @@ pub struct LossPlan<'p, B: Backend> {
     /// example (rows of `hidden`, recorded with Y_o; computed on each view
     /// with `live`).
     pub old_features: Option<&'p [f32]>,
+    /// `--kd-softmax all`: the teachers' outputs joined for one softmax.
+    pub kd_concat: Option<&'p KdConcat<B>>,
 }
 
 /// The validation images of the task being learnt, checked after every epoch.
@@ -258,53 +260,41 @@ impl<B: Backend> Trainer<B> {
                 }
             }));
         }
-        self.teacher_rows.resize_with(plan.teachers.len(), Vec::new);
-        let dim = net.arch.hidden;
         let distil_features = plan.old_features.is_some() && hyper.lambda_f > 0.0;
-        self.feature_rows.clear();
-        match plan.live.filter(|_| !plan.teachers.is_empty() || distil_features) {
-            Some(old) => {
-                // The old model on the views that train (BatchNorm on its
-                // running statistics, as when Y_o is recorded).
-                let mut tape = Tape::new(&self.b, &mut self.st.ws);
-                let x = tape.input(&dims, &self.xs);
-                let f = old.features(&mut tape, x);
-                if distil_features {
-                    self.feature_rows.extend_from_slice(&self.b.download(tape.value(f))[..n * dim]);
-                }
-                for (rows, t) in self.teacher_rows.iter_mut().zip(plan.teachers) {
-                    let z = tape.linear(f, &old.heads[t.head].linear);
-                    rows.clear();
-                    rows.extend_from_slice(&self.b.download(tape.value(z))[..n * t.cols]);
-                }
-            }
+        let targets = match plan.live {
+            // The old model on the views that train, in the same tape.
+            Some(old) => Targets::Live(old),
             None => {
+                let dim = net.arch.hidden;
+                self.teacher_rows.resize_with(plan.teachers.len(), Vec::new);
                 for (rows, t) in self.teacher_rows.iter_mut().zip(plan.teachers) {
                     rows.clear();
                     for &i in batch {
                         rows.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
                     }
                 }
+                self.feature_rows.clear();
                 if let Some(old) = plan.old_features.filter(|_| distil_features) {
                     for &i in batch {
                         self.feature_rows.extend_from_slice(&old[i * dim..(i + 1) * dim]);
                     }
                 }
+                Targets::Recorded {
+                    logits: self.teacher_rows.iter().map(Vec::as_slice).collect(),
+                    features: distil_features.then_some(self.feature_rows.as_slice()),
+                }
             }
-        }
+        };
         let t2 = if hyper.kd_t2 { hyper.temperature * hyper.temperature } else { 1.0 };
         let loss = BatchLoss {
             ce: plan.ce_heads.iter().copied().zip(self.labels.iter().map(Vec::as_slice)).collect(),
-            kd: plan
-                .teachers
-                .iter()
-                .zip(&self.teacher_rows)
-                .map(|(t, r)| (t.head, r.as_slice(), t.cols))
-                .collect(),
+            kd: plan.teachers.iter().map(|t| (t.head, t.cols)).collect(),
+            targets,
             temperature: hyper.temperature,
             kd_weight: hyper.lambda_o * t2,
+            feature_weight: if distil_features { hyper.lambda_f } else { 0.0 },
+            kd_concat: plan.kd_concat,
             anchors: plan.anchors,
-            features: distil_features.then_some((self.feature_rows.as_slice(), hyper.lambda_f)),
         };
         sgd_step(&self.b, &mut self.st, net, sgd, &self.xs, dims, &loss)
     }
