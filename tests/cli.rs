@@ -27,9 +27,10 @@ fn train_extend_eval_predict_with_new_data_only() {
     let models = TempDir::new("models");
     let (m1, m2) = (models.path("old.safetensors"), models.path("new.safetensors"));
 
+    // Means only (no covariances): the path of the smaller checkpoints.
     let s = ok(&with(
         &["train", "--data", old.s(), "--classes", "0-4", "--out", p(&m1), "--epochs", "2"],
-        &["--batch-size", "64", "--ewc-samples", "50"],
+        &["--batch-size", "64", "--ewc-samples", "50", "--class-stats", "mean"],
     ));
     assert!(s.contains("trained classes 0-4") && s.contains(p(&m1)), "{s}");
     assert!(m1.is_file());
@@ -368,7 +369,10 @@ fn bad_checkpoints_and_diverging_training_leave_files_untouched() {
     let ck = lwf_engine::checkpoint::load(&m28, &b).unwrap();
     assert!(ck.stats.is_some(), "train stores class statistics");
     let bare = dir.path("bare.safetensors");
-    lwf_engine::checkpoint::save(&bare, &b, &ck.net, &ck.meta, ck.fisher.as_deref(), None).unwrap();
+    // Older versions wrote no "none of these" rule either (the default one
+    // reads the covariances this copy drops).
+    let meta = lwf_engine::checkpoint::Meta { unknown: None, ..ck.meta.clone() };
+    lwf_engine::checkpoint::save(&bare, &b, &ck.net, &meta, ck.fisher.as_deref(), None).unwrap();
     let e = json(&ok(&["eval", "--model", p(&bare), "--data", old.s(), "--json"]));
     assert_eq!(e["classifier"], "aligned-heads", "{e}");
     frac(&e["class_il"], "aligned-heads class-IL of a checkpoint without statistics");
@@ -1104,7 +1108,11 @@ fn resnets_train_extend_eval_on_a_colour_folder() {
     image_folder(&new, &[(2, "ant"), (3, "eel")], 30);
     let quick = ["--epochs", "4", "--warmup-epochs", "1", "--batch-size", "8", "--ewc-samples", "10"];
     let m1 = t.path("r20.safetensors");
-    let out = run(&with(&["train", "--data", p(&old), "--arch", "resnet20", "--out", p(&m1)], &quick));
+    // Without rotation self-supervision, whose views would add to the count below.
+    let out = run(&with(
+        &["train", "--data", p(&old), "--arch", "resnet20", "--ssl", "off", "--out", p(&m1)],
+        &quick,
+    ));
     assert!(out.status.success(), "train failed: {}", text(&out.stderr));
     let bytes = std::fs::read(&m1).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -1546,21 +1554,21 @@ fn an_engine_cnn_s_round_trips_through_import() {
     assert!(!never.exists());
 }
 
-/// `train --ssl rotation`: the rotation head trains beside the class head
-/// and is gone from the saved model, which loads, evaluates and extends as
-/// any other.
+/// `train` with the defaults trains with rotation self-supervision (the
+/// rotation head trains beside the class head and is gone from the saved
+/// model, which loads, evaluates and extends as any other) and keeps
+/// covariances, so the analytic classifier answers.
 #[test]
 fn train_with_rotation_self_supervision_saves_the_class_head_only() {
     let old = npy_dir("ssl-old", &[0, 1, 2], 600, 150, 28);
     let models = TempDir::new("ssl-models");
     let m = models.path("m.safetensors");
-    let out = ok(&with(
-        &["train", "--data", old.s(), "--classes", "0-2", "--ssl", "rotation", "--out", p(&m)],
-        &QUICK,
-    ));
+    let out = ok(&with(&["train", "--data", old.s(), "--classes", "0-2", "--out", p(&m)], &QUICK));
     assert!(out.contains("trained classes 0-2"), "{out}");
+    assert!(out.contains("with rotation self-supervision") && out.contains("class statistics: cov"), "{out}");
     let e = json(&ok(&["eval", "--model", p(&m), "--data", old.s(), "--json"]));
     assert_eq!(e["tasks"], serde_json::json!([[0, 1, 2]]), "{e}");
+    assert_eq!(e["classifier"], "analytic", "the default with covariances ({e})");
     let acc = frac(&e["task_aware"][0], "task-aware");
     assert!(acc > 0.6, "three clothing classes after one epoch: {acc} ({e})");
     fails_with(

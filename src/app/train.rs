@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::incremental::eval::evaluate;
 use crate::incremental::methods::{add_task_fisher, streams, task_stats, train_first_task, TaskContext};
 use crate::incremental::train::Trainer;
-use crate::incremental::{Hyper, Observer};
+use crate::incremental::{Hyper, Observer, Ssl};
 use crate::nn::{ArchKind, Net};
 use crate::rng::Rng;
 use std::path::PathBuf;
@@ -105,13 +105,17 @@ fn train_on<B: Backend>(
     checkpoint::save(&req.out, b, &net, &meta, Some(&fisher), Some(&stats))?;
     finish_session(&tr);
     Ok(format!(
-        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s){}; test accuracy {:.2}%{}; class statistics: {}{} → {}",
+        "trained classes {} ({}) on {} in {:.1}s ({:.0} images/s){}{}; test accuracy {:.2}%{}; class statistics: {}{} → {}",
         data::format_classes(classes),
         class_names(data, classes).join(", "),
         b.name(),
         report.timing.train_seconds,
         report.timing.images_per_second(),
         augment_note(meta.history.last()),
+        match req.hyper.ssl {
+            Ssl::Rotation => ", with rotation self-supervision",
+            Ssl::Off => "",
+        },
         100.0 * acc.task_aware[0],
         validation_note(&report),
         stats.kind().name(),

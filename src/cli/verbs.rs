@@ -124,8 +124,8 @@ pub struct ImportArgs {
     /// Head mode the model will be extended in (see extend --head-mode).
     #[arg(long, value_enum, default_value_t = HeadMode::PerTask)]
     pub head_mode: HeadMode,
-    /// Class statistics measured on --data.
-    #[arg(long, value_enum, default_value_t = StatsKind::Mean)]
+    /// Class statistics measured on --data (cov, the default, as train's).
+    #[arg(long, value_enum, default_value_t = StatsKind::Cov)]
     pub class_stats: StatsKind,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
