@@ -236,6 +236,7 @@ impl<B: Backend> Step<B> {
             kd_weight: 1.0,
             feature_weight: 0.0,
             kd_concat: None,
+            feature_metric: None,
             anchors: None,
         };
         sgd_step(b, &mut self.st, &mut self.net, &mut self.sgd, &self.xs, [self.batch, 1, 28, 28], &loss)

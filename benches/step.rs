@@ -67,6 +67,7 @@ impl State {
             kd_weight: 1.0,
             feature_weight: 0.0,
             kd_concat: None,
+            feature_metric: None,
             anchors: None,
         };
         sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, &self.x, [BATCH, 1, 28, 28], &loss)

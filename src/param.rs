@@ -108,6 +108,25 @@ impl<B: Backend> Linear<B> {
     pub fn duplicate(&self, b: &B) -> Self {
         Linear { w: self.w.duplicate(b), b: self.b.duplicate(b), in_f: self.in_f, out_f: self.out_f }
     }
+
+    /// A fixed map `y = x · Wᵀ` (`w`: out_f × in_f, no bias) that is never
+    /// trained: a loss's own matrix, not a model's layer. Its ids are never
+    /// read, since only trainable parameters own gradients.
+    pub fn fixed(b: &B, name: &str, w: &[f32], out_f: usize, in_f: usize) -> Self {
+        assert_eq!(w.len(), out_f * in_f, "Linear::fixed: {} values for {out_f} × {in_f}", w.len());
+        let param = |suffix: &str, dims: &[usize], data: &[f32]| Param {
+            id: usize::MAX,
+            name: format!("{name}.{suffix}"),
+            value: Tensor::from_vec(b, dims, data),
+            trainable: false,
+        };
+        Linear {
+            w: param("weight", &[out_f, in_f], w),
+            b: param("bias", &[out_f], &vec![0.0; out_f]),
+            in_f,
+            out_f,
+        }
+    }
 }
 
 /// 2-D convolution, with a bias or without (a convolution followed by

@@ -9,8 +9,7 @@ use crate::autodiff::{Grads, Tape, Var, Workspace};
 use crate::backend::Backend;
 use crate::nn::Net;
 use crate::optim::Sgd;
-use crate::param::{Linear, Param};
-use crate::tensor::Tensor;
+use crate::param::Linear;
 
 /// A quadratic pull of θs towards an anchor (l2; ewc with a Fisher weight).
 pub struct Anchors<B: Backend> {
@@ -38,6 +37,10 @@ pub struct BatchLoss<'s, B: Backend> {
     pub kd_weight: f32,
     /// Feature distillation's weight λ_f (divided by n); 0 is none.
     pub feature_weight: f32,
+    /// Feature distillation under a metric M = F Fᵀ, `(f − f_old)ᵀ M (f −
+    /// f_old)`: the map `x ↦ x F` applied to both sides (`--feature-metric
+    /// efm`); None is the plain squared distance.
+    pub feature_metric: Option<&'s Linear<B>>,
     /// All the distillation terms in one softmax over their joined columns
     /// (`--kd-softmax all`) instead of one softmax per term.
     pub kd_concat: Option<&'s KdConcat<B>>,
@@ -67,20 +70,7 @@ impl<B: Backend> KdConcat<B> {
                     w[(offset + j) * c + j] = 1.0;
                 }
                 offset += c;
-                // Never trainable, so the ids (which index gradients) are
-                // never read.
-                let frozen = |name: &str, dims: &[usize], data: &[f32]| Param {
-                    id: usize::MAX,
-                    name: name.to_string(),
-                    value: Tensor::from_vec(b, dims, data),
-                    trainable: false,
-                };
-                Linear {
-                    w: frozen("kd_concat.weight", &[width, c], &w),
-                    b: frozen("kd_concat.bias", &[width], &vec![0.0; width]),
-                    in_f: c,
-                    out_f: width,
-                }
+                Linear::fixed(b, "kd_concat", &w, width, c)
             })
             .collect();
         KdConcat { places }
@@ -219,6 +209,10 @@ pub fn sgd_step<B: Backend>(
                 _ => None,
             };
             if let Some(target) = target {
+                let (f, target) = match loss.feature_metric {
+                    Some(m) => (tape.linear(f, m), tape.linear(target, m)),
+                    None => (f, target),
+                };
                 tape.feature_distill(f, target, loss.feature_weight / n as f32);
             }
         }

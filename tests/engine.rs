@@ -421,6 +421,7 @@ impl Trainer {
             kd_weight: 1.0,
             feature_weight: 0.0,
             kd_concat: None,
+            feature_metric: None,
             anchors: None,
         };
         sgd_step(&self.b, &mut self.st, &mut self.net, &mut self.sgd, x, [labels.len(), 1, 8, 8], &loss)
@@ -596,5 +597,68 @@ fn steady_state_inference_allocates_no_device_buffers() {
             assert!(n > 0);
             assert_eq!(ws.allocations, n, "batch {batch}: call {} allocated new device buffers", i + 1);
         }
+    }
+}
+
+/// Feature distillation under a metric (`--feature-metric efm`): the step's
+/// loss grows by exactly `w/n · Σ ‖(f − f_old) Fᵀ‖²` for the fixed map F,
+/// i.e. `(f − f_old)ᵀ M (f − f_old)` with M = Fᵀ F, on top of the rest of
+/// the loss; the plain pull is the same with F = I.
+#[test]
+fn feature_distillation_under_a_metric_adds_the_metric_distance() {
+    use lwf_engine::param::Linear;
+    let rand_vec = |seed: u64, len: usize, lo: f32, hi: f32| -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| rng.uniform(lo, hi)).collect()
+    };
+    let n = 5;
+    let x = rand_vec(21, n * 64, -1.0, 1.0);
+    let labels = vec![0, 1, 2, 3, 0];
+    let probe = Trainer::new(9);
+    let d = probe.net.arch.hidden;
+    let old = rand_vec(22, n * d, 0.0, 1.0);
+    let map = rand_vec(23, d * d, -0.5, 0.5);
+    let identity: Vec<f32> = (0..d * d).map(|k| if k / d == k % d { 1.0 } else { 0.0 }).collect();
+    let features = {
+        let mut t = Trainer::new(9);
+        let mut tape = Tape::new(&t.b, &mut t.st.ws);
+        let xv = tape.input(&[n, 1, 8, 8], &x);
+        let f = t.net.features(&mut tape, xv);
+        t.b.download(tape.value(f))
+    };
+    let weight = 0.3;
+    let loss_with = |m: Option<&[f32]>| {
+        let mut t = Trainer::new(9);
+        let fixed = m.map(|w| Linear::fixed(&t.b, "metric", w, d, d));
+        let loss = BatchLoss {
+            ce: vec![(1, labels.as_slice())],
+            kd: Vec::new(),
+            targets: Targets::Recorded { logits: Vec::new(), features: Some(old.as_slice()) },
+            temperature: 2.0,
+            kd_weight: 1.0,
+            feature_weight: if m.is_some() { weight } else { 0.0 },
+            kd_concat: None,
+            feature_metric: fixed.as_ref(),
+            anchors: None,
+        };
+        sgd_step(&t.b, &mut t.st, &mut t.net, &mut t.sgd, &x, [n, 1, 8, 8], &loss) as f64
+    };
+    let base = loss_with(None);
+    for (name, m) in [("random map", &map), ("identity", &identity)] {
+        let mut want = 0.0f64;
+        for i in 0..n {
+            for r in 0..d {
+                let y: f64 = (0..d)
+                    .map(|k| (features[i * d + k] as f64 - old[i * d + k] as f64) * m[r * d + k] as f64)
+                    .sum();
+                want += y * y;
+            }
+        }
+        want *= weight as f64 / n as f64;
+        let got = loss_with(Some(m)) - base;
+        assert!(
+            (got - want).abs() <= 1e-4 * want.max(1.0),
+            "{name}: the pull added {got}, the metric distance is {want}"
+        );
     }
 }

@@ -795,6 +795,7 @@ fn train<B: Backend>(b: &B, arch: &Arch, steps: usize) -> (Vec<f32>, Vec<Vec<f32
         kd_weight: 1.0,
         feature_weight: 0.3,
         kd_concat: None,
+        feature_metric: None,
         anchors: None,
     };
     let losses =
@@ -859,6 +860,7 @@ fn resnet20_training_step() {
             kd_weight: 1.0,
             feature_weight: 0.0,
             kd_concat: None,
+            feature_metric: None,
             anchors: None,
         };
         let value = sgd_step(b, &mut st, &mut net, &mut sgd, &xs, [batch, 3, 8, 8], &loss);
@@ -939,6 +941,7 @@ fn augmented_epoch_with_live_teacher() {
             live: Some(&old),
             old_features: None,
             kd_concat: None,
+            feature_metric: None,
         };
         let hyper = Hyper { batch_size: 8, lr: 0.05, augment, ..Hyper::default() };
         let phase = tr
@@ -1053,6 +1056,7 @@ fn a_buffer_over_the_device_limit_is_an_error_not_a_panic() {
         kd_weight: 1.0,
         feature_weight: 0.0,
         kd_concat: None,
+        feature_metric: None,
         anchors: None,
     };
     let mut sgd = Sgd::new(SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 });

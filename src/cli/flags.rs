@@ -8,7 +8,7 @@ use lwf_engine::data::augment::Augment;
 use lwf_engine::data::FolderOptions;
 use lwf_engine::incremental::select::SelectGrid;
 use lwf_engine::incremental::stats::{Sigma, StatsKind};
-use lwf_engine::incremental::{CovDrift, HeadMode, Hyper, KdSoftmax, Ssl, TeacherMode};
+use lwf_engine::incremental::{CovDrift, FeatureMetric, HeadMode, Hyper, KdSoftmax, Ssl, TeacherMode};
 use lwf_engine::nn::BnPolicy;
 use std::path::PathBuf;
 
@@ -181,6 +181,11 @@ pub struct HyperArgs {
     /// paper) or all (one softmax over every old output side by side).
     #[arg(long, value_enum, default_value_t = KdSoftmax::PerTask)]
     pub kd_softmax: KdSoftmax,
+    /// Feature distillation's distance (with --lambda-f): plain (every
+    /// direction alike) or efm (EFC's empirical feature matrix of the old
+    /// heads: what they read held, other directions a tenth as much).
+    #[arg(long, value_enum, default_value_t = FeatureMetric::Plain)]
+    pub feature_metric: FeatureMetric,
 }
 
 /// `--select`: choose LwF's λ_o (and T, lr) from the new data alone.
@@ -261,6 +266,7 @@ impl HyperArgs {
             augment: self.augment,
             teacher: self.teacher,
             kd_softmax: self.kd_softmax,
+            feature_metric: self.feature_metric,
         };
         h.validate()?;
         Ok(h)

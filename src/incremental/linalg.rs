@@ -104,3 +104,25 @@ fn gauss_jordan(a: &[f64], n: usize, ridge: f64, tiny: f64) -> Option<Vec<f64>> 
     }
     inv.iter().all(|v| v.is_finite()).then_some(inv)
 }
+
+/// Lower-triangular L with `L Lᵀ = A` for a symmetric positive definite A
+/// (dim × dim, row-major, f64), or None when a pivot is not positive.
+pub fn cholesky(a: &[f64], dim: usize) -> Option<Vec<f64>> {
+    assert_eq!(a.len(), dim * dim, "cholesky: {} values for dim {dim}", a.len());
+    let mut l = vec![0f64; dim * dim];
+    for i in 0..dim {
+        for j in 0..=i {
+            let dot: f64 = (0..j).map(|k| l[i * dim + k] * l[j * dim + k]).sum();
+            if i == j {
+                let d = a[i * dim + i] - dot;
+                if d.is_nan() || d <= 0.0 {
+                    return None;
+                }
+                l[i * dim + i] = d.sqrt();
+            } else {
+                l[i * dim + j] = (a[i * dim + j] - dot) / l[j * dim + j];
+            }
+        }
+    }
+    Some(l)
+}

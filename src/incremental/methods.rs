@@ -7,7 +7,7 @@
 
 use super::stats::{ClassStats, DriftReport, Sigma, StatsKind};
 use super::train::{Anchors, Example, LossPlan, Phase, Teacher, Trainer, Validation};
-use super::{HeadMode, Hyper, KdSoftmax, Method, Observer, Ssl, TeacherMode};
+use super::{feature_metric, FeatureMetric, HeadMode, Hyper, KdSoftmax, Method, Observer, Ssl, TeacherMode};
 use crate::backend::Backend;
 use crate::data::augment::{rotated, shape_keeping_turns};
 use crate::data::split::TaskView;
@@ -15,6 +15,7 @@ use crate::data::{Normalization, Split};
 use crate::error::{Error, Result};
 use crate::metrics::{TaskTiming, ValPoint};
 use crate::nn::{Arch, BnPolicy, Net};
+use crate::param::Linear;
 use crate::rng::Rng;
 use crate::step::KdConcat;
 use std::time::Instant;
@@ -179,6 +180,7 @@ pub fn train_first_task<B: Backend>(
         live: None,
         old_features: None,
         kd_concat: None,
+        feature_metric: None,
     };
     // Rotation self-supervision: the turned copies of the training images
     // join the split (after every original image, so the class head's and
@@ -342,6 +344,10 @@ pub fn learn_task<B: Backend>(
     let augmenting = hyper.augment.views(cx.split.c, cx.split.h, cx.split.w).is_some();
     let live = (method == Method::Lwf && hyper.teacher == TeacherMode::Live && augmenting)
         .then(|| net.frozen_copy(&b));
+    // `--feature-metric efm`: the old heads' metric, from their weights and
+    // outputs before anything trains.
+    let metric = (distil_features && hyper.feature_metric == FeatureMetric::Efm && !teachers.is_empty())
+        .then(|| efm_map(&b, net, &teachers));
 
     // The old model's outputs on the validation images too (LwF reports
     // the distillation loss on them after every epoch).
@@ -422,6 +428,7 @@ pub fn learn_task<B: Backend>(
             live: live.as_ref(),
             old_features: None,
             kd_concat: None,
+            feature_metric: None,
         };
         let warm = format!("{label} warm-up");
         let phase = tr.run_epochs(
@@ -468,6 +475,7 @@ pub fn learn_task<B: Backend>(
         live: live.as_ref(),
         old_features: distil_features.then_some(old_features.as_slice()),
         kd_concat: kd_concat.as_ref(),
+        feature_metric: metric.as_ref(),
     };
     let phase = tr.run_epochs(
         net,
@@ -558,6 +566,27 @@ fn dup_buf<B: Backend>(b: &B, x: &B::Buf) -> B::Buf {
     let mut y = b.zeros(n);
     b.copy(&mut y, 0, x, 0, n);
     y
+}
+
+/// `--feature-metric efm`: the fixed map that applies EFC's metric
+/// ([`feature_metric`]), from the old heads' weights (the rows their
+/// teachers distil) and their recorded outputs on the new images, joined.
+fn efm_map<B: Backend>(b: &B, net: &Net<B>, teachers: &[Teacher]) -> Linear<B> {
+    let d = net.arch.hidden;
+    let c: usize = teachers.iter().map(|t| t.cols).sum();
+    let n = teachers[0].logits.len() / teachers[0].cols;
+    let mut w = Vec::with_capacity(c * d);
+    for t in teachers {
+        w.extend_from_slice(&net.heads[t.head].linear.w.value.to_vec(b)[..t.cols * d]);
+    }
+    let mut z = Vec::with_capacity(n * c);
+    for i in 0..n {
+        for t in teachers {
+            z.extend_from_slice(&t.logits[i * t.cols..(i + 1) * t.cols]);
+        }
+    }
+    let m = feature_metric::metric(&feature_metric::empirical_feature_matrix(&w, &z, c, d), d);
+    Linear::fixed(b, "feature_metric", &feature_metric::metric_map(&m, d), d, d)
 }
 
 #[cfg(test)]

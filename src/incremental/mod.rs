@@ -11,6 +11,7 @@
 
 pub mod classifier;
 pub mod eval;
+pub mod feature_metric;
 pub mod linalg;
 pub mod methods;
 pub mod protocol;
@@ -212,6 +213,18 @@ pub enum CovDrift {
     Ridge,
 }
 
+/// The distance feature distillation measures (`--feature-metric`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureMetric {
+    /// The squared distance, every direction alike.
+    #[default]
+    Plain,
+    /// Weighted by EFC's empirical feature matrix of the old heads: the
+    /// directions they read held, the others a tenth as much ([`feature_metric`]).
+    Efm,
+}
+
 /// Hyper-parameters; `Default` is the protocol of DESIGN.md (the paper's
 /// LwF, which the PyTorch reference runs). The command line's defaults add
 /// the class-incremental settings chosen on validation splits: class
@@ -278,6 +291,9 @@ pub struct Hyper {
     /// The distillation's softmax over several old tasks.
     #[serde(default)]
     pub kd_softmax: KdSoftmax,
+    /// Feature distillation's distance (files from before it read as plain).
+    #[serde(default)]
+    pub feature_metric: FeatureMetric,
 }
 
 fn default_unknown_accept() -> f64 {
@@ -312,6 +328,7 @@ impl Default for Hyper {
             augment: crate::data::augment::Augment::Off,
             teacher: TeacherMode::default(),
             kd_softmax: KdSoftmax::default(),
+            feature_metric: FeatureMetric::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{TaskTiming, ValPoint};
 use crate::nn::Net;
 use crate::optim::Sgd;
+use crate::param::Linear;
 use crate::rng::Rng;
 pub use crate::step::Anchors;
 use crate::step::{sgd_step, BatchLoss, KdConcat, StepState, Targets};
@@ -52,6 +53,9 @@ pub struct LossPlan<'p, B: Backend> {
     pub old_features: Option<&'p [f32]>,
     /// `--kd-softmax all`: the teachers' outputs joined for one softmax.
     pub kd_concat: Option<&'p KdConcat<B>>,
+    /// `--feature-metric efm`: the map that applies the metric to the
+    /// features of both sides of the feature distillation.
+    pub feature_metric: Option<&'p Linear<B>>,
 }
 
 /// The validation images of the task being learnt, checked after every epoch.
@@ -294,6 +298,7 @@ impl<B: Backend> Trainer<B> {
             kd_weight: hyper.lambda_o * t2,
             feature_weight: if distil_features { hyper.lambda_f } else { 0.0 },
             kd_concat: plan.kd_concat,
+            feature_metric: plan.feature_metric,
             anchors: plan.anchors,
         };
         sgd_step(&self.b, &mut self.st, net, sgd, &self.xs, dims, &loss)
