@@ -30,8 +30,8 @@ pub enum Error {
     #[error("interrupted at epoch {epoch}, step {step} ({context}); {saved}")]
     Interrupted { epoch: usize, step: usize, context: String, saved: String },
     /// Training diverged; the last good checkpoint is left as it was.
-    #[error("loss became {value} at epoch {epoch}, step {step} ({context}); stopped, nothing written — try a lower --lr")]
-    NonFiniteLoss { value: f32, epoch: usize, step: usize, context: String },
+    #[error("loss became {value} at epoch {epoch}, step {step} ({context}); stopped, nothing written — try a lower {remedy}")]
+    NonFiniteLoss { value: f32, epoch: usize, step: usize, context: String, remedy: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -228,8 +228,8 @@ pub enum FeatureMetric {
 /// Hyper-parameters; `Default` is the protocol of DESIGN.md (the paper's
 /// LwF, which the PyTorch reference runs). The command line's defaults add
 /// the class-incremental settings chosen on validation splits: class
-/// statistics with covariances and rotation self-supervision on the first
-/// task (`src/cli/flags.rs`).
+/// statistics with covariances, rotation self-supervision on the first task
+/// and feature distillation (`src/cli/flags.rs`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hyper {
     pub epochs: usize,

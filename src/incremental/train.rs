@@ -186,6 +186,12 @@ impl<B: Backend> Trainer<B> {
                         epoch: epoch + 1,
                         step: step + 1,
                         context: label.to_string(),
+                        // The feature pull's strength is the other step size.
+                        remedy: if plan.old_features.is_some() && hyper.lambda_f > 0.0 {
+                            format!("--lr or --lambda-f (now {})", hyper.lambda_f)
+                        } else {
+                            "--lr".to_string()
+                        },
                     });
                 }
                 phase.timing.train_images += batch.len() as u64;
