@@ -97,10 +97,19 @@ pub fn metric_map(m: &[f64], d: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
 
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    /// Old heads' weights (c × d, in [-1, 1]) and their logits on n images
+    /// (in [-spread, spread]).
+    fn heads(rng: &mut Rng, c: usize, d: usize, n: usize, spread: f32) -> (Vec<f32>, Vec<f32>) {
+        let w = (0..c * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let z = (0..n * c).map(|_| rng.uniform(-spread, spread)).collect();
+        (w, z)
+    }
+
+    /// xᵀ M x for a d × d matrix.
+    fn quadratic(m: &[f64], x: &[f64], d: usize) -> f64 {
+        (0..d).map(|i| (0..d).map(|j| x[i] * m[i * d + j] * x[j]).sum::<f64>()).sum()
     }
 
     /// vᵀ E v is the mean over the images of the variance, under p, of the
@@ -108,12 +117,11 @@ mod tests {
     #[test]
     fn efm_is_the_mean_variance_of_the_logit_change() {
         let (c, d, n) = (5, 7, 11);
-        let mut s = 3;
-        let w: Vec<f32> = (0..c * d).map(|_| lcg(&mut s)).collect();
-        let z: Vec<f32> = (0..n * c).map(|_| 3.0 * lcg(&mut s)).collect();
+        let mut rng = Rng::new(3);
+        let (w, z) = heads(&mut rng, c, d, n, 3.0);
         let e = empirical_feature_matrix(&w, &z, c, d);
         for _ in 0..4 {
-            let v: Vec<f64> = (0..d).map(|_| lcg(&mut s) as f64).collect();
+            let v: Vec<f64> = (0..d).map(|_| rng.uniform(-1.0, 1.0) as f64).collect();
             let wv: Vec<f64> = (0..c).map(|k| (0..d).map(|j| w[k * d + j] as f64 * v[j]).sum()).collect();
             let mut want = 0.0;
             for row in z.chunks(c) {
@@ -124,7 +132,7 @@ mod tests {
                 let sq: f64 = (0..c).map(|k| ex[k] / sum * wv[k] * wv[k]).sum();
                 want += (sq - mean * mean) / n as f64;
             }
-            let got: f64 = (0..d).map(|i| (0..d).map(|j| v[i] * e[i * d + j] * v[j]).sum::<f64>()).sum();
+            let got = quadratic(&e, &v, d);
             assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "vᵀEv {got} against {want}");
         }
     }
@@ -133,17 +141,16 @@ mod tests {
     #[test]
     fn metric_map_applies_the_metric() {
         let (c, d, n) = (3, 6, 9);
-        let mut s = 11;
-        let w: Vec<f32> = (0..c * d).map(|_| lcg(&mut s)).collect();
-        let z: Vec<f32> = (0..n * c).map(|_| 2.0 * lcg(&mut s)).collect();
+        let mut rng = Rng::new(11);
+        let (w, z) = heads(&mut rng, c, d, n, 2.0);
         let m = metric(&empirical_feature_matrix(&w, &z, c, d), d);
         assert!((largest_eigenvalue(&m, d) - (1.0 + ETA)).abs() < 1e-6);
         let map = metric_map(&m, d);
         for _ in 0..4 {
-            let x: Vec<f64> = (0..d).map(|_| lcg(&mut s) as f64).collect();
+            let x: Vec<f64> = (0..d).map(|_| rng.uniform(-1.0, 1.0) as f64).collect();
             let y: Vec<f64> = (0..d).map(|r| (0..d).map(|k| x[k] * map[r * d + k] as f64).sum()).collect();
             let got: f64 = y.iter().map(|v| v * v).sum();
-            let want: f64 = (0..d).map(|i| (0..d).map(|j| x[i] * m[i * d + j] * x[j]).sum::<f64>()).sum();
+            let want = quadratic(&m, &x, d);
             assert!((got - want).abs() <= 1e-5 * want, "‖x L‖² {got} against xᵀMx {want}");
         }
     }

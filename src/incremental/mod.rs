@@ -189,15 +189,6 @@ pub enum KdSoftmax {
     All,
 }
 
-impl KdSoftmax {
-    pub fn name(self) -> &'static str {
-        match self {
-            KdSoftmax::PerTask => "per-task",
-            KdSoftmax::All => "all",
-        }
-    }
-}
-
 /// How drift compensation moves the old classes' Gaussians (`--cov-drift`;
 /// the NCM means are always moved by SDC).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -58,6 +58,13 @@ pub struct LossPlan<'p, B: Backend> {
     pub feature_metric: Option<&'p Linear<B>>,
 }
 
+impl<B: Backend> LossPlan<'_, B> {
+    /// Whether the phase has a feature-distillation term.
+    pub fn pulls_features(&self, hyper: &Hyper) -> bool {
+        self.old_features.is_some() && hyper.lambda_f > 0.0
+    }
+}
+
 /// The validation images of the task being learnt, checked after every epoch.
 pub struct Validation {
     /// The images, each with the head that learns it and its label there.
@@ -187,7 +194,7 @@ impl<B: Backend> Trainer<B> {
                         step: step + 1,
                         context: label.to_string(),
                         // The feature pull's strength is the other step size.
-                        remedy: if plan.old_features.is_some() && hyper.lambda_f > 0.0 {
+                        remedy: if plan.pulls_features(hyper) {
                             format!("--lr or --lambda-f (now {})", hyper.lambda_f)
                         } else {
                             "--lr".to_string()
@@ -270,7 +277,7 @@ impl<B: Backend> Trainer<B> {
                 }
             }));
         }
-        let distil_features = plan.old_features.is_some() && hyper.lambda_f > 0.0;
+        let distil_features = plan.pulls_features(hyper);
         let targets = match plan.live {
             // The old model on the views that train, in the same tape.
             Some(old) => Targets::Live(old),
