@@ -215,6 +215,51 @@ fn feature_distillation_keeps_the_old_features_nearer() {
     assert!(held < 0.7 * plain, "λ_f 0.01 moved the features by {held:.4}, plain LwF by {plain:.4}");
 }
 
+/// `--lr-ramp` touches LwF's main phase only: with a ramp far longer than
+/// the phase, LwF's trunk barely moves (its learning rate stays near 0),
+/// while without one it moves; finetune and the first task, which never
+/// ramp, give the same bits with and without it.
+#[test]
+fn the_lr_ramp_slows_only_lwfs_main_phase() {
+    let (d, b) = (fmnist(), B::new());
+    let base = base();
+    let v2 = view(&tasks()[1], 300);
+    let trunk =
+        |net: &Net<B>| -> Vec<f32> { net.trunk_params().iter().flat_map(|p| p.value.to_vec(&b)).collect() };
+    let before = trunk(&base.net);
+    let after = |method: Method, lr_ramp: usize| {
+        let hyper = Hyper { epochs: 1, lambda_f: 0.01, val_fraction: 0.0, lr_ramp, ..Hyper::default() };
+        let mut tr = Trainer::new(b.clone());
+        let mut net = base.net.duplicate(&b);
+        let cx = TaskContext { split: &d.train, norm: &fm_norm(), hyper: &hyper, seed: seed(), obs: &Silent };
+        learn_task(&mut tr, &mut net, method, 1, &v2, &[], &mut MethodState::default(), &cx)
+            .unwrap_or_else(|e| panic!("task 2 by {method} with --lr-ramp {lr_ramp}: {e}"));
+        trunk(&net)
+    };
+    let moved = |w: &[f32]| -> f64 {
+        let sq: f64 = before.iter().map(|&v| (v as f64).powi(2)).sum();
+        before.iter().zip(w).map(|(&a, &c)| (a as f64 - c as f64).powi(2)).sum::<f64>() / sq
+    };
+    let (free, ramped) = (moved(&after(Method::Lwf, 0)), moved(&after(Method::Lwf, 1_000_000_000)));
+    eprintln!("LwF's trunk moved by {free:.3e} without a ramp, {ramped:.3e} under a ramp of 10^9 steps");
+    assert!(free > 1e-6, "LwF without a ramp left the trunk in place ({free:.3e})");
+    assert!(
+        ramped < 1e-4 * free,
+        "a ramp of 10^9 steps still moved the trunk by {ramped:.3e} (free: {free:.3e})"
+    );
+    assert_eq!(after(Method::Finetune, 1_000_000_000), after(Method::Finetune, 0), "finetune does not ramp");
+
+    let first = |lr_ramp: usize| {
+        let hyper = Hyper { epochs: 1, val_fraction: 0.0, lr_ramp, ..Hyper::default() };
+        let mut tr = Trainer::new(b.clone());
+        let cx = TaskContext { split: &d.train, norm: &fm_norm(), hyper: &hyper, seed: seed(), obs: &Silent };
+        let mut net = Net::new(&b, Arch::cnn_s([1, 28, 28]), &mut Rng::derive(seed(), streams::TRUNK));
+        train_first_task(&mut tr, &mut net, &view(&tasks()[0], 300), &cx).expect("task 1 trains");
+        trunk(&net)
+    };
+    assert_eq!(first(1_000_000_000), first(0), "the first task does not ramp");
+}
+
 /// One head per task (the paper), on three seeds: on a 1000-image task one
 /// seed's old-task accuracy moves by several points with the arithmetic (it
 /// did when the convolutions moved to Winograd, and again when the first

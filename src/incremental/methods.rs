@@ -203,7 +203,7 @@ pub fn train_first_task<B: Backend>(
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
     // A net trained from scratch has no running statistics worth keeping:
     // `--bn` is a policy for new tasks, the first always trains BatchNorm.
-    let hyper = Hyper { bn: BnPolicy::Train, ..cx.hyper.clone() };
+    let hyper = Hyper { bn: BnPolicy::Train, lr_ramp: 0, ..cx.hyper.clone() };
     let phase = tr.run_epochs(
         net,
         split,
@@ -300,6 +300,9 @@ pub fn learn_task<B: Backend>(
 ) -> Result<TaskReport> {
     let start = Instant::now();
     let hyper = cx.hyper;
+    // Only LwF's main phase ramps its learning rate up (`--lr-ramp`): the
+    // warm-up and the other methods run at `lr` from the first step.
+    let unramped = Hyper { lr_ramp: 0, ..hyper.clone() };
     let b = tr.b.clone();
     let mode = method.head_mode(hyper.head_mode);
     let old_heads: Vec<usize> = (0..net.heads.len()).collect();
@@ -437,7 +440,7 @@ pub fn learn_task<B: Backend>(
             cx.norm,
             &examples,
             &plan,
-            hyper,
+            &unramped,
             hyper.warmup_epochs,
             &mut rng,
             cx.obs,
@@ -483,7 +486,7 @@ pub fn learn_task<B: Backend>(
         cx.norm,
         &examples,
         &plan,
-        hyper,
+        if method == Method::Lwf { hyper } else { &unramped },
         hyper.epochs,
         &mut rng,
         cx.obs,

@@ -285,6 +285,11 @@ pub struct Hyper {
     /// Feature distillation's distance (files from before it read as plain).
     #[serde(default)]
     pub feature_metric: FeatureMetric,
+    /// Steps over which LwF's main phase raises the learning rate linearly
+    /// to `lr` ([`crate::optim::ramped_lr`]); 0 is none, the paper's (and
+    /// files from before it read as 0).
+    #[serde(default)]
+    pub lr_ramp: usize,
 }
 
 fn default_unknown_accept() -> f64 {
@@ -320,6 +325,7 @@ impl Default for Hyper {
             teacher: TeacherMode::default(),
             kd_softmax: KdSoftmax::default(),
             feature_metric: FeatureMetric::default(),
+            lr_ramp: 0,
         }
     }
 }

@@ -180,6 +180,7 @@ impl<B: Backend> Trainer<B> {
                 *batches.last_mut().expect("two batches") = &order[start..];
             }
             for (step, &batch) in batches.iter().enumerate() {
+                sgd.hyper.lr = crate::optim::ramped_lr(hyper.lr, hyper.lr_ramp, epoch * steps + step + 1);
                 let aug = views.as_mut().map(|(v, r)| (&*v, r));
                 let loss = self.step(net, split, norm, examples, batch, plan, hyper, &mut sgd, aug);
                 if let Some(why) = self.b.fault() {
@@ -195,7 +196,10 @@ impl<B: Backend> Trainer<B> {
                         context: label.to_string(),
                         // The feature pull's strength is the other step size.
                         remedy: if plan.pulls_features(hyper) {
-                            format!("--lr or --lambda-f (now {})", hyper.lambda_f)
+                            format!(
+                                "--lr or --lambda-f (now {}), or a longer --lr-ramp (now {})",
+                                hyper.lambda_f, hyper.lr_ramp
+                            )
                         } else {
                             "--lr".to_string()
                         },
