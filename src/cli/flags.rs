@@ -102,16 +102,17 @@ pub struct HyperArgs {
     /// λ_f: weight of LwF's feature distillation, `λ_f · Σ (f − f_old)²` per
     /// image over the trunk's features, the old trunk's recorded with Y_o
     /// (0: off, the paper's LwF). The default 0.03 was the best of 0-0.1 on
-    /// validation splits (two-task and split5). Keep it small: at the
-    /// default lr 0.1 collapsed the trunk, and a ResNet with --bn frozen
-    /// (nothing renormalising its activations) diverged at 0.03.
+    /// validation splits (two-task and split5). It adds curvature in
+    /// proportion: without --lr-ramp, 0.1 collapsed the trunk at the default
+    /// lr, and a ResNet with --bn frozen diverged at 0.03.
     #[arg(long, default_value_t = 0.03)]
     pub lambda_f: f32,
     /// Steps over which LwF's main phase (after the warm-up of the new head)
     /// raises the learning rate linearly to --lr; 0: none (the paper). The
     /// default 20 (about a quarter of an epoch of a split5 task) keeps the
     /// first steps of the feature pull from throwing the trunk out: without
-    /// it one split5 validation seed in six collapsed at task 5.
+    /// it one split5 validation seed in six collapsed at task 5 and others
+    /// lost points.
     #[arg(long, value_name = "STEPS", default_value_t = 20)]
     pub lr_ramp: usize,
     /// Multiply the distillation loss by T² (Hinton et al.).
