@@ -203,7 +203,7 @@ pub fn train_first_task<B: Backend>(
     let mut rng = Rng::derive(cx.seed, streams::SHUFFLE);
     // A net trained from scratch has no running statistics worth keeping:
     // `--bn` is a policy for new tasks, the first always trains BatchNorm.
-    let hyper = Hyper { bn: BnPolicy::Train, lr_ramp: 0, ..cx.hyper.clone() };
+    let hyper = Hyper { bn: BnPolicy::Train, ..cx.hyper.unramped() };
     let phase = tr.run_epochs(
         net,
         split,
@@ -300,9 +300,7 @@ pub fn learn_task<B: Backend>(
 ) -> Result<TaskReport> {
     let start = Instant::now();
     let hyper = cx.hyper;
-    // Only LwF's main phase ramps its learning rate up (`--lr-ramp`): the
-    // warm-up and the other methods run at `lr` from the first step.
-    let unramped = Hyper { lr_ramp: 0, ..hyper.clone() };
+    let unramped = hyper.unramped();
     let b = tr.b.clone();
     let mode = method.head_mode(hyper.head_mode);
     let old_heads: Vec<usize> = (0..net.heads.len()).collect();

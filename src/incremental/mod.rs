@@ -335,6 +335,13 @@ impl Hyper {
         SgdHyper { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay }
     }
 
+    /// These settings for a phase that runs at `lr` from its first step:
+    /// only LwF's main phase ramps (`--lr-ramp`); the first task, LwF's
+    /// warm-up and every other method do not.
+    pub fn unramped(&self) -> Hyper {
+        Hyper { lr_ramp: 0, ..self.clone() }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         if self.batch_size == 0 {

@@ -13,7 +13,7 @@ use crate::data::{Normalization, Split};
 use crate::error::{Error, Result};
 use crate::metrics::{TaskTiming, ValPoint};
 use crate::nn::Net;
-use crate::optim::Sgd;
+use crate::optim::{ramped_lr, Sgd};
 use crate::param::Linear;
 use crate::rng::Rng;
 pub use crate::step::Anchors;
@@ -180,7 +180,7 @@ impl<B: Backend> Trainer<B> {
                 *batches.last_mut().expect("two batches") = &order[start..];
             }
             for (step, &batch) in batches.iter().enumerate() {
-                sgd.hyper.lr = crate::optim::ramped_lr(hyper.lr, hyper.lr_ramp, epoch * steps + step + 1);
+                sgd.hyper.lr = ramped_lr(hyper.lr, hyper.lr_ramp, epoch * steps + step + 1);
                 let aug = views.as_mut().map(|(v, r)| (&*v, r));
                 let loss = self.step(net, split, norm, examples, batch, plan, hyper, &mut sgd, aug);
                 if let Some(why) = self.b.fault() {
